@@ -1,0 +1,376 @@
+//! The request body that can be sent again.
+//!
+//! Retrying a request means sending its body again, and most bodies can be read only once.
+//! Layers that may send a request more than once (retry, dead letters) first read the body into
+//! memory, up to a limit, with [`Buffer`], then send a [`ReplayBody`] on each attempt:
+//!
+//! - a body that fits the limit (a `Full<Bytes>`, an `Empty`, or a stream that ends in time) is
+//!   kept as [`Bytes`] and replayed at the cost of a reference count;
+//! - a body over the limit is sent once, whole: the part already read goes first, then the rest
+//!   of the stream. It is never truncated, and the layer knows it cannot replay it.
+//!
+//! The service a layer wraps therefore takes `http::Request<ReplayBody<B>>`; for a hyper-util
+//! client that means building it with `ReplayBody<B>` as its body type.
+//!
+//! # Example
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower_outbound::body::ReplayBody;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let body: ReplayBody<Full<Bytes>> = ReplayBody::from_bytes(Bytes::from_static(b"hello"));
+//! let bytes = body.collect().await.unwrap().to_bytes();
+//! assert_eq!(bytes, "hello");
+//! # }
+//! ```
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::error::BoxError;
+
+/// The default limit on how much of a request body is held in memory for replay: 1 MiB.
+pub const DEFAULT_MAX_BUFFERED: usize = 1024 * 1024;
+
+/// A request body as sent by the layers: either bytes held in memory, which can be sent any
+/// number of times, or a stream that is sent once. See the [module docs](self).
+pub enum ReplayBody<B> {
+    /// Bytes held in memory (and the trailers, if the original body had any).
+    Buffered {
+        /// The data, sent as one frame (`None` once sent, or for an empty body).
+        data: Option<Bytes>,
+        /// The trailers, sent after the data.
+        trailers: Option<HeaderMap>,
+    },
+    /// A body sent once: the chunks already read, then the rest of the original stream.
+    Streaming {
+        /// Chunks already read from the original body, sent first.
+        prefix: VecDeque<Bytes>,
+        /// The rest of the original body.
+        rest: B,
+    },
+}
+
+impl<B> ReplayBody<B> {
+    /// A body of these bytes.
+    pub fn from_bytes(data: Bytes) -> Self {
+        ReplayBody::Buffered {
+            data: (!data.is_empty()).then_some(data),
+            trailers: None,
+        }
+    }
+
+    /// The original body, sent once without being read first.
+    pub fn once(body: B) -> Self {
+        ReplayBody::Streaming {
+            prefix: VecDeque::new(),
+            rest: body,
+        }
+    }
+
+    /// The bytes of a buffered body; `None` for a body that is sent once.
+    pub fn bytes(&self) -> Option<Bytes> {
+        match self {
+            ReplayBody::Buffered { data, .. } => Some(data.clone().unwrap_or_default()),
+            ReplayBody::Streaming { .. } => None,
+        }
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayBody::Buffered { data, .. } => f
+                .debug_struct("ReplayBody::Buffered")
+                .field("len", &data.as_ref().map_or(0, Bytes::len))
+                .finish(),
+            ReplayBody::Streaming { prefix, .. } => f
+                .debug_struct("ReplayBody::Streaming")
+                .field("prefix_chunks", &prefix.len())
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ReplayBody::Buffered { data, trailers } => {
+                if let Some(data) = data.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+            }
+            ReplayBody::Streaming { prefix, rest } => {
+                if let Some(chunk) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                }
+                let frame = ready!(Pin::new(rest).poll_frame(cx));
+                Poll::Ready(frame.map(|frame| {
+                    frame
+                        .map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+                        .map_err(Into::into)
+                }))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ReplayBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            ReplayBody::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ReplayBody::Buffered { data, .. } => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ReplayBody::Streaming { prefix, rest } => {
+                let read: u64 = prefix.iter().map(|c| c.len() as u64).sum();
+                let rest = rest.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(rest.lower().saturating_add(read));
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(upper.saturating_add(read));
+                }
+                hint
+            }
+        }
+    }
+}
+
+/// A body read into memory, or found to be too large for that.
+#[derive(Debug)]
+pub enum Buffered<B> {
+    /// The whole body, within the limit: replayable.
+    Complete {
+        /// All data frames, joined.
+        data: Bytes,
+        /// The trailers, if the body had any.
+        trailers: Option<HeaderMap>,
+    },
+    /// The body went over the limit; it can be sent once as [`ReplayBody::Streaming`].
+    TooLarge(ReplayBody<B>),
+    /// A too-large body that was already handed over: nothing is left to send.
+    Sent,
+}
+
+impl<B> Buffered<B> {
+    /// The body to send for one attempt. For a complete body this is a cheap copy, available
+    /// any number of times. A body that was too large is handed over on the first call;
+    /// every later call returns `None`, since nothing is left to send.
+    pub fn take_attempt(&mut self) -> Option<ReplayBody<B>> {
+        match self {
+            Buffered::Complete { data, trailers } => Some(ReplayBody::Buffered {
+                data: (!data.is_empty()).then(|| data.clone()),
+                trailers: trailers.clone(),
+            }),
+            Buffered::TooLarge(_) => match std::mem::replace(self, Buffered::Sent) {
+                Buffered::TooLarge(body) => Some(body),
+                _ => None,
+            },
+            Buffered::Sent => None,
+        }
+    }
+
+    /// Whether the body can be sent again (it was read whole into memory).
+    pub fn is_replayable(&self) -> bool {
+        matches!(self, Buffered::Complete { .. })
+    }
+
+    /// The bytes of a complete body.
+    pub fn bytes(&self) -> Option<&Bytes> {
+        match self {
+            Buffered::Complete { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a body into memory up to a limit. Resolves to [`Buffered`].
+///
+/// A body that is already a [`ReplayBody::Buffered`] (because an outer layer read it) costs
+/// little more: its one chunk of bytes is taken over without copying.
+///
+/// The body must be `Unpin`, as hyper's `Incoming`, `Full`, `Empty`, `BoxBody` and reqwest's
+/// body are; box a body that is not (`BodyExt::boxed`).
+pub struct Buffer<B> {
+    body: Option<B>,
+    chunks: VecDeque<Bytes>,
+    len: usize,
+    limit: usize,
+}
+
+impl<B> fmt::Debug for Buffer<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Buffer")
+            .field("read", &self.len)
+            .field("limit", &self.limit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B> Buffer<B> {
+    /// Starts reading `body`, holding at most `limit` bytes.
+    pub fn new(body: B, limit: usize) -> Self {
+        Buffer {
+            body: Some(body),
+            chunks: VecDeque::new(),
+            len: 0,
+            limit,
+        }
+    }
+
+    fn complete(&mut self, trailers: Option<HeaderMap>) -> Buffered<B> {
+        self.body = None;
+        let data = match self.chunks.len() {
+            0 => Bytes::new(),
+            1 => self.chunks.pop_front().unwrap_or_default(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(self.len);
+                for chunk in self.chunks.drain(..) {
+                    joined.extend_from_slice(&chunk);
+                }
+                joined.freeze()
+            }
+        };
+        Buffered::Complete { data, trailers }
+    }
+}
+
+impl<B> Future for Buffer<B>
+where
+    B: Body + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Buffered<B>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        loop {
+            let Some(body) = this.body.as_mut() else {
+                return Poll::Ready(Err("request body polled after it was read".into()));
+            };
+            if body.is_end_stream() {
+                return Poll::Ready(Ok(this.complete(None)));
+            }
+            match ready!(Pin::new(&mut *body).poll_frame(cx)) {
+                None => return Poll::Ready(Ok(this.complete(None))),
+                Some(Err(err)) => {
+                    this.body = None;
+                    return Poll::Ready(Err(err.into()));
+                }
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(mut data) => {
+                        let chunk = data.copy_to_bytes(data.remaining());
+                        this.len += chunk.len();
+                        if !chunk.is_empty() {
+                            this.chunks.push_back(chunk);
+                        }
+                        if this.len > this.limit {
+                            // Over the limit: hand everything over, to be sent once.
+                            let prefix = std::mem::take(&mut this.chunks);
+                            return Poll::Ready(match this.body.take() {
+                                Some(rest) => {
+                                    Ok(Buffered::TooLarge(ReplayBody::Streaming { prefix, rest }))
+                                }
+                                None => Err("request body polled after it was read".into()),
+                            });
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            return Poll::Ready(Ok(this.complete(Some(trailers))));
+                        }
+                    }
+                },
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+
+    /// A streaming body that yields its chunks one poll at a time.
+    struct Chunks(VecDeque<Bytes>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|c| Ok(Frame::data(c))))
+        }
+    }
+
+    fn stream(chunks: &[&'static [u8]]) -> Chunks {
+        Chunks(chunks.iter().map(|c| Bytes::from_static(c)).collect())
+    }
+
+    #[tokio::test]
+    async fn a_full_body_is_taken_over_without_copying() {
+        let original = Bytes::from_static(b"payload");
+        let buffered = Buffer::new(Full::new(original.clone()), 16).await.unwrap();
+        match buffered {
+            Buffered::Complete { data, trailers } => {
+                assert_eq!(data, original);
+                assert_eq!(data.as_ptr(), original.as_ptr());
+                assert!(trailers.is_none());
+            }
+            other => panic!("fits the limit: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_within_the_limit_is_joined_and_replayable() {
+        let mut buffered = Buffer::new(stream(&[b"ab", b"cd", b"ef"]), 6)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let body = buffered.take_attempt().unwrap();
+            assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stream_over_the_limit_is_sent_once_and_whole() {
+        let mut buffered = Buffer::new(stream(&[b"abcd", b"efgh", b"ij"]), 5)
+            .await
+            .unwrap();
+        assert!(matches!(buffered, Buffered::TooLarge(_)));
+        let body = buffered.take_attempt().unwrap();
+        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdefghij");
+        assert!(!buffered.is_replayable());
+        assert!(
+            buffered.take_attempt().is_none(),
+            "a spent stream is never replaced by an empty body"
+        );
+    }
+}

@@ -1,0 +1,394 @@
+//! The one error type of every layer in this crate.
+//!
+//! Every service in `tower-outbound` returns [`Error`]. It is flat on purpose: a layer that
+//! receives an [`Error`] from the service it wraps does not nest it, it adds what it knows (the
+//! retry layer adds the attempt count and the time waited), so one `match` on [`Error::kind`]
+//! answers "what happened" however many layers the call went through.
+//!
+//! | [`Kind`]                  | produced by                          | what to do                                        |
+//! |---------------------------|--------------------------------------|---------------------------------------------------|
+//! | [`Kind::Transport`]       | the inner service (connect, I/O, protocol) | look at [`source`](std::error::Error::source) |
+//! | [`Kind::Timeout`]         | a timeout around an attempt or the call | the upstream is slow; retry later               |
+//! | [`Kind::Body`]            | reading the request body failed      | the caller's body stream is broken                |
+//! | [`Kind::RateLimited`]     | the upstream asked for a wait longer than the layers will sleep | reschedule at [`Error::retry_at`] |
+//! | [`Kind::Throttled`]       | the local throttle would wait too long | slow down, or raise the throttle's `max_wait`   |
+//! | [`Kind::CircuitOpen`]     | the circuit breaker                   | the upstream is failing; wait for the next probe |
+//!
+//! Errors from services this crate does not know (say a [`tower::timeout::Timeout`]) are
+//! converted with [`Error::from_box`], which recognises [`tower::timeout::error::Elapsed`] as
+//! [`Kind::Timeout`] and treats anything else as [`Kind::Transport`].
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tower_outbound::{Error, error::Kind};
+//!
+//! let err = Error::new(Kind::Throttled { wait: Duration::from_secs(2) });
+//! assert!(err.is_throttled());
+//! assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+//! assert_eq!(err.to_string(), "throttled: a request would wait 2s for a token, more than the throttle's max_wait");
+//! ```
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::uri::Authority;
+
+/// A type-erased error, as tower uses them.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What went wrong, with the figures needed to act on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Kind {
+    /// The inner service failed: connection refused or reset, an I/O or protocol error.
+    Transport,
+    /// An attempt, or the whole logical call, ran out of time.
+    Timeout,
+    /// Reading the request body failed before it could be sent.
+    Body,
+    /// The upstream asked for a wait that is longer than the layers are configured to sleep.
+    RateLimited {
+        /// How long the upstream asked to wait, counted from when the error was made.
+        wait: Duration,
+        /// The wall-clock time from which a new request is allowed.
+        retry_at: SystemTime,
+    },
+    /// The local throttle would have had to hold the request longer than its `max_wait`.
+    Throttled {
+        /// How long the request would have waited for a token.
+        wait: Duration,
+    },
+    /// The circuit breaker is open: the upstream has been failing and is not called.
+    CircuitOpen {
+        /// Time until the breaker lets the next probe through.
+        retry_in: Duration,
+    },
+}
+
+/// The error returned by every service in this crate.
+///
+/// See the [module docs](self) for the table of kinds. The inner service's own error, when
+/// there is one, is reachable through [`source`](std::error::Error::source).
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: Kind,
+    attempts: u32,
+    waited: Duration,
+    upstream: Option<Authority>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A new error of the given kind, with no cause, counted as one attempt.
+    pub fn new(kind: Kind) -> Self {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                attempts: 1,
+                waited: Duration::ZERO,
+                upstream: None,
+                source: None,
+            }),
+        }
+    }
+
+    /// A new error of the given kind caused by `source`.
+    pub fn with_source(kind: Kind, source: impl Into<BoxError>) -> Self {
+        let mut err = Error::new(kind);
+        err.inner.source = Some(source.into());
+        err
+    }
+
+    /// Converts any error a service may return into an [`Error`].
+    ///
+    /// An [`Error`] comes back as it is; [`tower::timeout::error::Elapsed`] becomes
+    /// [`Kind::Timeout`]; anything else becomes [`Kind::Transport`] with the original as its
+    /// source.
+    pub fn from_box(error: BoxError) -> Self {
+        let error = match error.downcast::<Error>() {
+            Ok(err) => return *err,
+            Err(other) => other,
+        };
+        if error.is::<tower::timeout::error::Elapsed>() {
+            return Error::with_source(Kind::Timeout, error);
+        }
+        Error::with_source(Kind::Transport, error)
+    }
+
+    /// What went wrong.
+    pub fn kind(&self) -> Kind {
+        self.inner.kind
+    }
+
+    /// How many attempts were made before this error was returned (at least 1).
+    pub fn attempts(&self) -> u32 {
+        self.inner.attempts
+    }
+
+    /// The total time spent waiting between attempts (backoff and Retry-After sleeps).
+    pub fn waited(&self) -> Duration {
+        self.inner.waited
+    }
+
+    /// The upstream (host and port) the failed call was for, when a layer knew it.
+    pub fn upstream(&self) -> Option<&Authority> {
+        self.inner.upstream.as_ref()
+    }
+
+    /// How long to wait before trying again, when the error says so: the upstream's wait for
+    /// [`Kind::RateLimited`], the throttle's wait for [`Kind::Throttled`], the time to the next
+    /// probe for [`Kind::CircuitOpen`].
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.inner.kind {
+            Kind::RateLimited { wait, .. } | Kind::Throttled { wait } => Some(wait),
+            Kind::CircuitOpen { retry_in } => Some(retry_in),
+            Kind::Transport | Kind::Timeout | Kind::Body => None,
+        }
+    }
+
+    /// The wall-clock time from which the upstream allows a new request, for
+    /// [`Kind::RateLimited`].
+    pub fn retry_at(&self) -> Option<SystemTime> {
+        match self.inner.kind {
+            Kind::RateLimited { retry_at, .. } => Some(retry_at),
+            _ => None,
+        }
+    }
+
+    /// The inner service failed (connection, I/O, protocol).
+    pub fn is_transport(&self) -> bool {
+        matches!(self.inner.kind, Kind::Transport)
+    }
+
+    /// An attempt or the whole call timed out.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.inner.kind, Kind::Timeout)
+    }
+
+    /// The upstream asked for a longer wait than the layers will sleep.
+    pub fn is_rate_limited(&self) -> bool {
+        matches!(self.inner.kind, Kind::RateLimited { .. })
+    }
+
+    /// The local throttle refused to wait that long.
+    pub fn is_throttled(&self) -> bool {
+        matches!(self.inner.kind, Kind::Throttled { .. })
+    }
+
+    /// The circuit breaker is open.
+    pub fn is_circuit_open(&self) -> bool {
+        matches!(self.inner.kind, Kind::CircuitOpen { .. })
+    }
+
+    /// Records how many attempts were made and how long was waited between them.
+    pub fn set_attempts(&mut self, attempts: u32, waited: Duration) {
+        self.inner.attempts = attempts.max(1);
+        self.inner.waited = waited;
+    }
+
+    /// Records which upstream the call was for, unless a layer closer to it already did.
+    pub fn set_upstream(&mut self, upstream: Option<&Authority>) {
+        if self.inner.upstream.is_none() {
+            self.inner.upstream = upstream.cloned();
+        }
+    }
+
+    /// Builder form of [`set_upstream`](Self::set_upstream).
+    pub fn for_upstream(mut self, upstream: Option<&Authority>) -> Self {
+        self.set_upstream(upstream);
+        self
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.inner.kind)
+            .field("attempts", &self.inner.attempts)
+            .field("waited", &self.inner.waited);
+        if let Some(upstream) = &self.inner.upstream {
+            d.field("upstream", upstream);
+        }
+        if let Some(source) = &self.inner.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+/// Writes a duration the way people read one: `250ms`, `2s`, `1.5s`, `12m5s`.
+pub(crate) struct Human(pub(crate) Duration);
+
+impl fmt::Display for Human {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = self.0;
+        let secs = d.as_secs();
+        let millis = d.subsec_millis();
+        if secs == 0 {
+            // Round up so a wait is never shown shorter than it is.
+            let ms = d.as_nanos().div_ceil(1_000_000);
+            return write!(f, "{ms}ms");
+        }
+        if secs >= 60 {
+            let (h, m, s) = (secs / 3600, (secs / 60) % 60, secs % 60);
+            if h > 0 {
+                write!(f, "{h}h")?;
+            }
+            if m > 0 {
+                write!(f, "{m}m")?;
+            }
+            if s > 0 || millis > 0 {
+                write!(f, "{s}s")?;
+            }
+            return Ok(());
+        }
+        if millis == 0 {
+            write!(f, "{secs}s")
+        } else {
+            let tenths = millis.div_ceil(100);
+            if tenths == 10 {
+                write!(f, "{}s", secs + 1)
+            } else {
+                write!(f, "{secs}.{tenths}s")
+            }
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        let upstream = |f: &mut fmt::Formatter<'_>| match &inner.upstream {
+            Some(a) => write!(f, " for upstream {a}"),
+            None => Ok(()),
+        };
+        match inner.kind {
+            Kind::Transport => {
+                f.write_str("request failed")?;
+                upstream(f)?;
+            }
+            Kind::Timeout => {
+                f.write_str("request timed out")?;
+                upstream(f)?;
+            }
+            Kind::Body => f.write_str("reading the request body failed")?,
+            Kind::RateLimited { wait, .. } => {
+                f.write_str("rate limited")?;
+                upstream(f)?;
+                write!(
+                    f,
+                    "; the server asked to wait {}, longer than allowed to sleep; reschedule after that",
+                    Human(wait)
+                )?;
+            }
+            Kind::Throttled { wait } => {
+                write!(
+                    f,
+                    "throttled: a request would wait {} for a token, more than the throttle's max_wait",
+                    Human(wait)
+                )?;
+            }
+            Kind::CircuitOpen { retry_in } => {
+                f.write_str("circuit open")?;
+                upstream(f)?;
+                write!(f, "; next probe in {}", Human(retry_in))?;
+            }
+        }
+        if inner.attempts > 1 {
+            write!(
+                f,
+                " (after {} attempts, {} waited)",
+                inner.attempts,
+                Human(inner.waited)
+            )?;
+        }
+        if let Some(source) = &inner.source {
+            if !matches!(inner.kind, Kind::Timeout) {
+                write!(f, ": {source}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_box_keeps_an_error_as_it_is() {
+        let mut original = Error::new(Kind::CircuitOpen {
+            retry_in: Duration::from_secs(12),
+        });
+        original.set_attempts(3, Duration::from_secs(1));
+        let back = Error::from_box(Box::new(original));
+        assert_eq!(
+            back.kind(),
+            Kind::CircuitOpen {
+                retry_in: Duration::from_secs(12)
+            }
+        );
+        assert_eq!(back.attempts(), 3);
+    }
+
+    #[test]
+    fn from_box_recognises_tower_timeouts() {
+        let err = Error::from_box(Box::new(tower::timeout::error::Elapsed::new()));
+        assert!(err.is_timeout());
+        assert!(std::error::Error::source(&err).is_some());
+    }
+
+    #[test]
+    fn from_box_treats_anything_else_as_transport() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::from_box(Box::new(io));
+        assert!(err.is_transport());
+        assert_eq!(err.to_string(), "request failed: refused");
+    }
+
+    #[test]
+    fn display_names_the_upstream_and_the_wait() {
+        let authority: Authority = "api.example.com".parse().unwrap();
+        let err = Error::new(Kind::CircuitOpen {
+            retry_in: Duration::from_secs(12),
+        })
+        .for_upstream(Some(&authority));
+        assert_eq!(
+            err.to_string(),
+            "circuit open for upstream api.example.com; next probe in 12s"
+        );
+    }
+
+    #[test]
+    fn display_reports_attempts() {
+        let mut err = Error::with_source(Kind::Transport, "connection reset");
+        err.set_attempts(4, Duration::from_millis(1500));
+        assert_eq!(
+            err.to_string(),
+            "request failed (after 4 attempts, 1.5s waited): connection reset"
+        );
+    }
+
+    #[test]
+    fn human_durations_round_up() {
+        assert_eq!(Human(Duration::from_micros(1)).to_string(), "1ms");
+        assert_eq!(Human(Duration::from_millis(250)).to_string(), "250ms");
+        assert_eq!(Human(Duration::from_millis(1999)).to_string(), "2s");
+        assert_eq!(Human(Duration::from_secs(725)).to_string(), "12m5s");
+        assert_eq!(Human(Duration::from_secs(3600)).to_string(), "1h");
+    }
+}
