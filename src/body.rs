@@ -9,18 +9,20 @@
 //! - a body over the limit is sent once, whole: the part already read goes first, then the rest
 //!   of the stream. It is never truncated, and the layer knows it cannot replay it.
 //!
-//! The service a layer wraps therefore takes `http::Request<ReplayBody<B>>`; for a hyper-util
-//! client that means building it with `ReplayBody<B>` as its body type.
+//! The service a layer wraps therefore takes `http::Request<ReplayBody>`, whatever body type the
+//! caller used; for a hyper-util client that means building it with [`ReplayBody`] as its body
+//! type. Layers stack without nesting: reading a `ReplayBody` that is already in memory takes its
+//! bytes over as they are.
 //!
 //! # Example
 //!
 //! ```
 //! use bytes::Bytes;
-//! use http_body_util::{BodyExt, Full};
+//! use http_body_util::BodyExt;
 //! use tower_outbound::body::ReplayBody;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let body: ReplayBody<Full<Bytes>> = ReplayBody::from_bytes(Bytes::from_static(b"hello"));
+//! let body = ReplayBody::from_bytes(Bytes::from_static(b"hello"));
 //! let bytes = body.collect().await.unwrap().to_bytes();
 //! assert_eq!(bytes, "hello");
 //! # }
@@ -35,6 +37,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 
 use crate::error::BoxError;
 
@@ -43,7 +46,7 @@ pub const DEFAULT_MAX_BUFFERED: usize = 1024 * 1024;
 
 /// A request body as sent by the layers: either bytes held in memory, which can be sent any
 /// number of times, or a stream that is sent once. See the [module docs](self).
-pub enum ReplayBody<B> {
+pub enum ReplayBody {
     /// Bytes held in memory (and the trailers, if the original body had any).
     Buffered {
         /// The data, sent as one frame (`None` once sent, or for an empty body).
@@ -56,11 +59,11 @@ pub enum ReplayBody<B> {
         /// Chunks already read from the original body, sent first.
         prefix: VecDeque<Bytes>,
         /// The rest of the original body.
-        rest: B,
+        rest: UnsyncBoxBody<Bytes, BoxError>,
     },
 }
 
-impl<B> ReplayBody<B> {
+impl ReplayBody {
     /// A body of these bytes.
     pub fn from_bytes(data: Bytes) -> Self {
         ReplayBody::Buffered {
@@ -70,11 +73,26 @@ impl<B> ReplayBody<B> {
     }
 
     /// The original body, sent once without being read first.
-    pub fn once(body: B) -> Self {
-        ReplayBody::Streaming {
-            prefix: VecDeque::new(),
-            rest: body,
-        }
+    pub fn once<B>(body: B) -> Self
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        Self::streaming(VecDeque::new(), body)
+    }
+
+    fn streaming<B>(prefix: VecDeque<Bytes>, rest: B) -> Self
+    where
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let rest = rest
+            .map_frame(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+            .map_err(Into::into)
+            .boxed_unsync();
+        ReplayBody::Streaming { prefix, rest }
     }
 
     /// The bytes of a buffered body; `None` for a body that is sent once.
@@ -86,7 +104,7 @@ impl<B> ReplayBody<B> {
     }
 }
 
-impl<B> fmt::Debug for ReplayBody<B> {
+impl fmt::Debug for ReplayBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ReplayBody::Buffered { data, .. } => f
@@ -101,11 +119,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
     }
 }
 
-impl<B> Body for ReplayBody<B>
-where
-    B: Body + Unpin,
-    B::Error: Into<BoxError>,
-{
+impl Body for ReplayBody {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -124,12 +138,7 @@ where
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
-                let frame = ready!(Pin::new(rest).poll_frame(cx));
-                Poll::Ready(frame.map(|frame| {
-                    frame
-                        .map(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-                        .map_err(Into::into)
-                }))
+                Pin::new(rest).poll_frame(cx)
             }
         }
     }
@@ -162,7 +171,7 @@ where
 
 /// A body read into memory, or found to be too large for that.
 #[derive(Debug)]
-pub enum Buffered<B> {
+pub enum Buffered {
     /// The whole body, within the limit: replayable.
     Complete {
         /// All data frames, joined.
@@ -171,16 +180,16 @@ pub enum Buffered<B> {
         trailers: Option<HeaderMap>,
     },
     /// The body went over the limit; it can be sent once as [`ReplayBody::Streaming`].
-    TooLarge(ReplayBody<B>),
+    TooLarge(ReplayBody),
     /// A too-large body that was already handed over: nothing is left to send.
     Sent,
 }
 
-impl<B> Buffered<B> {
+impl Buffered {
     /// The body to send for one attempt. For a complete body this is a cheap copy, available
     /// any number of times. A body that was too large is handed over on the first call;
     /// every later call returns `None`, since nothing is left to send.
-    pub fn take_attempt(&mut self) -> Option<ReplayBody<B>> {
+    pub fn take_attempt(&mut self) -> Option<ReplayBody> {
         match self {
             Buffered::Complete { data, trailers } => Some(ReplayBody::Buffered {
                 data: (!data.is_empty()).then(|| data.clone()),
@@ -213,8 +222,8 @@ impl<B> Buffered<B> {
 /// A body that is already a [`ReplayBody::Buffered`] (because an outer layer read it) costs
 /// little more: its one chunk of bytes is taken over without copying.
 ///
-/// The body must be `Unpin`, as hyper's `Incoming`, `Full`, `Empty`, `BoxBody` and reqwest's
-/// body are; box a body that is not (`BodyExt::boxed`).
+/// The body must be `Unpin`, as hyper's `Incoming`, `Full`, `Empty`, `BoxBody` and
+/// [`ReplayBody`] are; box a body that is not (`BodyExt::boxed_unsync`).
 pub struct Buffer<B> {
     body: Option<B>,
     chunks: VecDeque<Bytes>,
@@ -242,7 +251,7 @@ impl<B> Buffer<B> {
         }
     }
 
-    fn complete(&mut self, trailers: Option<HeaderMap>) -> Buffered<B> {
+    fn complete(&mut self, trailers: Option<HeaderMap>) -> Buffered {
         self.body = None;
         let data = match self.chunks.len() {
             0 => Bytes::new(),
@@ -261,10 +270,11 @@ impl<B> Buffer<B> {
 
 impl<B> Future for Buffer<B>
 where
-    B: Body + Unpin,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
     B::Error: Into<BoxError>,
 {
-    type Output = Result<Buffered<B>, BoxError>;
+    type Output = Result<Buffered, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
@@ -293,7 +303,7 @@ where
                             let prefix = std::mem::take(&mut this.chunks);
                             return Poll::Ready(match this.body.take() {
                                 Some(rest) => {
-                                    Ok(Buffered::TooLarge(ReplayBody::Streaming { prefix, rest }))
+                                    Ok(Buffered::TooLarge(ReplayBody::streaming(prefix, rest)))
                                 }
                                 None => Err("request body polled after it was read".into()),
                             });
@@ -313,7 +323,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http_body_util::{BodyExt, Full};
+    use http_body_util::Full;
 
     /// A streaming body that yields its chunks one poll at a time.
     struct Chunks(VecDeque<Bytes>);
