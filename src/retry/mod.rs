@@ -1,9 +1,110 @@
-//! Retry with capped exponential backoff and jitter. (in progress)
+//! Retry with capped exponential backoff and jitter, a hard attempt cap and a total wait
+//! budget, honoring the server's `Retry-After`.
+//!
+//! [`RetryLayer::new()`] works as it is; every rule below is a setter on it.
+//!
+//! # What is retried
+//!
+//! An attempt is retried when the [`Classify`](crate::classify::Classify) implementation says
+//! so ([`DefaultClassifier`](crate::classify::DefaultClassifier) by default: 408, 429, 500,
+//! 502, 503, 504, transport errors and timeouts; never other 4xx) **and** the request may be
+//! repeated:
+//!
+//! | method                                   | retried                                                   |
+//! |------------------------------------------|-----------------------------------------------------------|
+//! | GET, HEAD, OPTIONS, PUT, DELETE, TRACE   | yes: RFC 9110 defines them as idempotent                  |
+//! | POST, PATCH                              | only with an `Idempotency-Key` header, or after [`RetryLayer::retry_non_idempotent`] |
+//! | anything else (CONNECT, extensions)      | only after [`RetryLayer::retry_non_idempotent`]           |
+//!
+//! A POST that timed out may have been processed: sending it again without a key the server
+//! de-duplicates on can charge a card twice. Put
+//! [`IdempotencyKeyLayer`](crate::IdempotencyKeyLayer) outside this layer and every attempt of
+//! one call carries the same key.
+//!
+//! # How long to wait
+//!
+//! - When the response names a wait (`Retry-After`, or the reset of a used-up quota: see
+//!   [`RateLimitInfo::wait`](crate::RateLimitInfo::wait)), the layer waits exactly that long,
+//!   plus up to [`retry_after_jitter`](RetryLayer::retry_after_jitter) (250 ms), not its own
+//!   backoff: the server's word wins.
+//! - A named wait longer than [`max_retry_after`](RetryLayer::max_retry_after) (60 s) is not
+//!   slept on: the response is returned at once with an [`Attempts`] extension holding the wait
+//!   and the wall-clock time a retry is allowed, so the caller can reschedule.
+//! - Otherwise the delay is capped exponential backoff with [`Jitter`] (full jitter by default):
+//!   up to 200 ms, 400 ms, 800 ms …, never over 30 s.
+//! - At most 4 attempts, and at most 60 s of waiting in all per call; a wait that would overrun
+//!   the budget is not started.
+//!
+//! # Bodies
+//!
+//! The body is read into memory first (up to [`max_buffered_body`](RetryLayer::max_buffered_body),
+//! 1 MiB) and sent as a [`ReplayBody`](crate::body::ReplayBody) on each attempt; a `Full<Bytes>`
+//! costs no copy. A larger body is sent once, whole, and not retried, with a warning.
+//!
+//! # What the caller gets
+//!
+//! - A response, when the last attempt got one, even a 503 after the last retry. A response
+//!   that took more than one attempt, or on which the layer gave up because of a too-long wait,
+//!   carries an [`Attempts`] extension.
+//! - An [`Error`](crate::Error) otherwise, with [`attempts`](crate::Error::attempts),
+//!   [`waited`](crate::Error::waited) and the last cause as its source.
+//!
+//! Each retry emits a `tracing` event at INFO (attempt, delay, reason, host), and
+//! [`RetryStats`] counts calls, retries, successes after retry and calls that gave up.
+//!
+//! # Example
+//!
+//! ```
+//! use std::sync::atomic::{AtomicU32, Ordering};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_outbound::body::ReplayBody;
+//! use tower_outbound::retry::{Attempts, RetryLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! // An upstream that fails twice, then answers.
+//! let calls = Arc::new(AtomicU32::new(0));
+//! let upstream = tower::service_fn({
+//!     let calls = calls.clone();
+//!     move |_req: Request<ReplayBody>| {
+//!         let n = calls.fetch_add(1, Ordering::SeqCst);
+//!         async move {
+//!             let status = if n < 2 { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+//!             Ok::<_, std::convert::Infallible>(Response::builder().status(status).body(()).unwrap())
+//!         }
+//!     }
+//! });
+//! let retry = RetryLayer::new().base_delay(Duration::from_millis(100)).rng_seed(1);
+//! let stats = retry.stats();
+//! let client = ServiceBuilder::new().layer(retry).service(upstream);
+//!
+//! let request = Request::get("http://api.example.com/items").body(String::new()).unwrap();
+//! let response = client.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::OK);
+//! assert_eq!(response.extensions().get::<Attempts>().unwrap().count, 3);
+//! assert_eq!(stats.retries(), 2);
+//! # }
+//! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+mod backoff;
+mod future;
+mod layer;
+mod service;
+
+pub use backoff::{ExponentialBackoff, Jitter};
+pub use future::ResponseFuture;
+pub use layer::RetryLayer;
+pub use service::Retry;
+
 /// Put into the extensions of a response that took more than one attempt, or on which the retry
-/// layer gave up: how many attempts were made and how long was waited between them.
+/// layer gave up because of a too-long server-requested wait: how many attempts were made and
+/// how long was waited between them.
 ///
 /// A response without this extension came from the first attempt, with no wait.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,4 +118,60 @@ pub struct Attempts {
     /// sleep (or than the retry budget has left): that wait, and the wall-clock time from which
     /// a new request is allowed, so the caller can reschedule.
     pub retry_after: Option<(Duration, SystemTime)>,
+}
+
+/// Counters of a [`RetryLayer`] and every service it made. Cheap to clone: clones read the same
+/// counters.
+#[derive(Clone, Debug, Default)]
+pub struct RetryStats {
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    calls: AtomicU64,
+    retries: AtomicU64,
+    successes_after_retry: AtomicU64,
+    gave_up: AtomicU64,
+}
+
+impl RetryStats {
+    /// Logical calls made (each may have had several attempts).
+    pub fn calls(&self) -> u64 {
+        self.counters.calls.load(Ordering::Relaxed)
+    }
+
+    /// Retries made (attempts after the first).
+    pub fn retries(&self) -> u64 {
+        self.counters.retries.load(Ordering::Relaxed)
+    }
+
+    /// Calls that succeeded after at least one retry.
+    pub fn successes_after_retry(&self) -> u64 {
+        self.counters.successes_after_retry.load(Ordering::Relaxed)
+    }
+
+    /// Calls whose last attempt was still worth retrying but were not retried again: attempts,
+    /// budget or the body ran out, or the server asked for too long a wait.
+    pub fn gave_up(&self) -> u64 {
+        self.counters.gave_up.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_call(&self) {
+        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_retry(&self) {
+        self.counters.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_success_after_retry(&self) {
+        self.counters
+            .successes_after_retry
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn record_give_up(&self) {
+        self.counters.gave_up.fetch_add(1, Ordering::Relaxed);
+    }
 }

@@ -1,0 +1,346 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{request::Parts, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::layer::Config;
+use super::Attempts;
+use crate::body::{Buffer, Buffered, ReplayBody};
+use crate::classify::{Attempt, Classify, Outcome};
+use crate::error::{BoxError, Error, Kind};
+use crate::rate_limit::RateLimitInfo;
+
+pin_project! {
+    /// The response future of [`Retry`](super::Retry): reads the body once, then runs attempts
+    /// and the waits between them until one is final.
+    pub struct ResponseFuture<S, C, B>
+    where
+        S: Service<Request<ReplayBody>>,
+    {
+        #[pin]
+        state: State<S::Future, B>,
+        inner: S,
+        config: Arc<Config>,
+        classify: C,
+        // The request head, kept for the next attempt while one may come.
+        parts: Option<Parts>,
+        body: Option<Buffered>,
+        may_retry: bool,
+        attempts: u32,
+        waited: Duration,
+        previous_delay: Duration,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B> {
+        Buffering { #[pin] buffer: Buffer<B> },
+        Ready,
+        Calling { #[pin] future: F },
+        Waiting { #[pin] sleep: Sleep },
+    }
+}
+
+impl<S, C, B> ResponseFuture<S, C, B>
+where
+    S: Service<Request<ReplayBody>>,
+{
+    pub(crate) fn new(
+        inner: S,
+        config: Arc<Config>,
+        classify: C,
+        parts: Parts,
+        buffer: Buffer<B>,
+        may_retry: bool,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Buffering { buffer },
+            inner,
+            config,
+            classify,
+            parts: Some(parts),
+            body: None,
+            may_retry,
+            attempts: 0,
+            waited: Duration::ZERO,
+            previous_delay: Duration::ZERO,
+        }
+    }
+}
+
+impl<S, C, B> fmt::Debug for ResponseFuture<S, C, B>
+where
+    S: Service<Request<ReplayBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempts", &self.attempts)
+            .field("waited", &self.waited)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why no further attempt is made after a retryable outcome.
+#[derive(Clone, Copy, Debug)]
+enum GiveUp {
+    /// The method is not safe to repeat, or the body could not be kept.
+    NotRepeatable,
+    /// The attempt cap was reached.
+    Exhausted,
+    /// The next wait would overrun the total wait budget.
+    Budget,
+    /// The server asked for a longer wait than the layer sleeps.
+    TooLong(Duration),
+}
+
+impl<S, C, B, ResB> Future for ResponseFuture<S, C, B>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Buffering { buffer } => {
+                    let buffered = match ready!(buffer.poll(cx)) {
+                        Ok(buffered) => buffered,
+                        Err(err) => return Poll::Ready(Err(Error::with_source(Kind::Body, err))),
+                    };
+                    if *this.may_retry && !buffered.is_replayable() {
+                        tracing::warn!(
+                            limit = this.config.max_buffered_body,
+                            "request body is larger than max_buffered_body: it is sent once and not retried"
+                        );
+                    }
+                    *this.body = Some(buffered);
+                    this.state.set(State::Ready);
+                }
+                StateProj::Ready => {
+                    if let Err(err) = ready!(this.inner.poll_ready(cx)) {
+                        let mut err = Error::from_box(err.into());
+                        err.set_attempts(*this.attempts, *this.waited);
+                        return Poll::Ready(Err(err));
+                    }
+                    let (Some(body), Some(parts)) = (
+                        this.body.as_mut().and_then(Buffered::take_attempt),
+                        this.parts.take(),
+                    ) else {
+                        return Poll::Ready(Err(Error::with_source(
+                            Kind::Body,
+                            "request body is no longer available for another attempt",
+                        )));
+                    };
+                    *this.attempts += 1;
+                    let repeatable = *this.may_retry
+                        && *this.attempts < this.config.max_attempts
+                        && this.body.as_ref().is_some_and(Buffered::is_replayable);
+                    // The head is cloned only while another attempt may need it.
+                    if repeatable {
+                        *this.parts = Some(parts.clone());
+                    }
+                    let future = this.inner.call(Request::from_parts(parts, body));
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => match ready!(future.poll(cx)) {
+                    Ok(mut response) => {
+                        let outcome = this.classify.classify(Attempt::Response {
+                            status: response.status(),
+                            headers: response.headers(),
+                        });
+                        if !outcome.is_retryable() {
+                            return Poll::Ready(Ok(finish(
+                                response,
+                                outcome,
+                                *this.attempts,
+                                *this.waited,
+                                None,
+                                &this.config.stats,
+                            )));
+                        }
+                        let hint = server_wait(&mut response, outcome);
+                        match plan(
+                            this.config,
+                            this.parts.is_some(),
+                            *this.attempts,
+                            *this.waited,
+                            *this.previous_delay,
+                            hint,
+                        ) {
+                            Ok(delay) => {
+                                log_retry(
+                                    *this.attempts,
+                                    delay,
+                                    &response.status(),
+                                    this.parts.as_ref(),
+                                );
+                                drop(response);
+                                schedule(this.state.as_mut(), this.config, delay);
+                                *this.previous_delay = delay;
+                                *this.waited += delay;
+                            }
+                            Err(give_up) => {
+                                this.config.stats.record_give_up();
+                                let retry_after = match give_up {
+                                    GiveUp::TooLong(wait) => Some(wait),
+                                    GiveUp::Budget => hint,
+                                    GiveUp::NotRepeatable | GiveUp::Exhausted => None,
+                                };
+                                return Poll::Ready(Ok(finish(
+                                    response,
+                                    outcome,
+                                    *this.attempts,
+                                    *this.waited,
+                                    retry_after,
+                                    &this.config.stats,
+                                )));
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        let mut err = Error::from_box(err.into());
+                        let outcome = this.classify.classify(Attempt::Error(&err));
+                        let upstream = this.parts.as_ref().and_then(|p| p.uri.authority());
+                        err.set_upstream(upstream);
+                        if !outcome.is_retryable() {
+                            err.set_attempts(*this.attempts, *this.waited);
+                            return Poll::Ready(Err(err));
+                        }
+                        let hint = err.retry_after();
+                        match plan(
+                            this.config,
+                            this.parts.is_some(),
+                            *this.attempts,
+                            *this.waited,
+                            *this.previous_delay,
+                            hint,
+                        ) {
+                            Ok(delay) => {
+                                log_retry(*this.attempts, delay, &err, this.parts.as_ref());
+                                schedule(this.state.as_mut(), this.config, delay);
+                                *this.previous_delay = delay;
+                                *this.waited += delay;
+                            }
+                            Err(_) => {
+                                this.config.stats.record_give_up();
+                                err.set_attempts(*this.attempts, *this.waited);
+                                return Poll::Ready(Err(err));
+                            }
+                        }
+                    }
+                },
+                StateProj::Waiting { sleep } => {
+                    ready!(sleep.poll(cx));
+                    this.state.set(State::Ready);
+                }
+            }
+        }
+    }
+}
+
+/// The wait the server asked for on a retryable response: `Retry-After`, the reset of a
+/// used-up quota, or for a 429 without either, the reset of its quota.
+fn server_wait<ResB>(response: &mut Response<ResB>, outcome: Outcome) -> Option<Duration> {
+    let info = RateLimitInfo::of_response(response)?;
+    info.wait().or(match outcome {
+        Outcome::RateLimited => info.reset,
+        _ => None,
+    })
+}
+
+/// The delay before the next attempt, or why there is none.
+fn plan(
+    config: &Config,
+    repeatable: bool,
+    attempts: u32,
+    waited: Duration,
+    previous_delay: Duration,
+    hint: Option<Duration>,
+) -> Result<Duration, GiveUp> {
+    if let Some(wait) = hint {
+        if wait > config.max_retry_after {
+            return Err(GiveUp::TooLong(wait));
+        }
+    }
+    if !repeatable {
+        return Err(GiveUp::NotRepeatable);
+    }
+    if attempts >= config.max_attempts {
+        return Err(GiveUp::Exhausted);
+    }
+    let delay = match hint {
+        Some(wait) => {
+            wait + config
+                .rng
+                .uniform(Duration::ZERO, config.retry_after_jitter)
+        }
+        None => config
+            .rng
+            .backoff(&config.backoff, attempts - 1, previous_delay),
+    };
+    // The server's own wait must fit; our jitter on top of it may be trimmed.
+    let left = config.max_total_delay.saturating_sub(waited);
+    match hint {
+        Some(wait) if wait <= left => Ok(delay.min(left)),
+        None if delay <= left => Ok(delay),
+        _ => Err(GiveUp::Budget),
+    }
+}
+
+fn schedule<F, B>(mut state: Pin<&mut State<F, B>>, config: &Config, delay: Duration) {
+    config.stats.record_retry();
+    let sleep = tokio::time::sleep(delay);
+    state.set(State::Waiting { sleep });
+}
+
+fn log_retry(attempt: u32, delay: Duration, reason: &dyn fmt::Display, parts: Option<&Parts>) {
+    let host = parts
+        .and_then(|p| p.uri.authority())
+        .map(|a| a.as_str())
+        .unwrap_or("");
+    tracing::info!(
+        attempt,
+        delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+        reason = %reason,
+        host,
+        "retrying request"
+    );
+}
+
+/// Marks the final response with [`Attempts`] when there was more than one attempt or a
+/// server-requested wait was not slept on, and counts the outcome.
+fn finish<ResB>(
+    mut response: Response<ResB>,
+    outcome: Outcome,
+    attempts: u32,
+    waited: Duration,
+    retry_after: Option<Duration>,
+    stats: &super::RetryStats,
+) -> Response<ResB> {
+    if attempts > 1 && outcome.is_success() {
+        stats.record_success_after_retry();
+    }
+    if attempts > 1 || retry_after.is_some() {
+        response.extensions_mut().insert(Attempts {
+            count: attempts,
+            waited,
+            retry_after: retry_after.map(|wait| (wait, SystemTime::now() + wait)),
+        });
+    }
+    response
+}

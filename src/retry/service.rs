@@ -1,0 +1,83 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::layer::Config;
+use super::RetryStats;
+use crate::body::{Buffer, ReplayBody};
+use crate::classify::Classify;
+use crate::error::{BoxError, Error};
+
+/// Retries failed attempts of the inner service. Made by [`RetryLayer`](super::RetryLayer).
+///
+/// Takes any `http::Request<B>` with an `Unpin` body, and sends the inner service
+/// `http::Request<ReplayBody>`.
+#[derive(Clone, Debug)]
+pub struct Retry<S, C> {
+    inner: S,
+    config: Arc<Config>,
+    classify: C,
+}
+
+impl<S, C> Retry<S, C> {
+    pub(crate) fn new(inner: S, config: Arc<Config>, classify: C) -> Self {
+        Retry {
+            inner,
+            config,
+            classify,
+        }
+    }
+
+    /// The counters shared by every clone of this service and of its layer.
+    pub fn stats(&self) -> RetryStats {
+        self.config.stats.clone()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, C, B, ResB> Service<Request<B>> for Retry<S, C>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, C, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_box(e.into()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The ready service goes with the call; this one keeps an unreserved clone.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        self.config.stats.record_call();
+        let (parts, body) = request.into_parts();
+        let may_retry =
+            self.config.max_attempts > 1 && self.config.may_retry(&parts.method, &parts.headers);
+        let buffer = Buffer::new(body, self.config.max_buffered_body);
+        ResponseFuture::new(
+            inner,
+            self.config.clone(),
+            self.classify.clone(),
+            parts,
+            buffer,
+            may_retry,
+        )
+    }
+}

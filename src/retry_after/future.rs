@@ -1,0 +1,134 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::{Gate, Pass};
+use crate::error::{BoxError, Error};
+
+pin_project! {
+    /// The response future of [`RetryAfter`](super::RetryAfter).
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed, as futures may.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B, S::Future>,
+        gate: Arc<Gate>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F> {
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+            inner: S,
+            request: Option<Request<B>>,
+        },
+        Calling { #[pin] future: F },
+        Refused { error: Option<Error> },
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn calling(future: S::Future, gate: Arc<Gate>) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            gate,
+        }
+    }
+
+    pub(crate) fn waiting(until: Instant, inner: S, request: Request<B>, gate: Arc<Gate>) -> Self {
+        gate.stats.delayed_one();
+        ResponseFuture {
+            state: State::Waiting {
+                sleep: tokio::time::sleep_until(until),
+                inner,
+                request: Some(request),
+            },
+            gate,
+        }
+    }
+
+    pub(crate) fn refused(error: Error, gate: Arc<Gate>) -> Self {
+        gate.stats.refused_one();
+        ResponseFuture {
+            state: State::Refused { error: Some(error) },
+            gate,
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Waiting {
+                    mut sleep,
+                    inner,
+                    request,
+                } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    // Another response may have closed the gate again while this one slept.
+                    match this.gate.pass() {
+                        Pass::Open => {}
+                        Pass::Wait(until) => {
+                            sleep.reset(until);
+                            continue;
+                        }
+                        Pass::Refuse(mut error) => {
+                            error.set_upstream(request.as_ref().and_then(|r| r.uri().authority()));
+                            this.gate.stats.refused_one();
+                            return Poll::Ready(Err(error));
+                        }
+                    }
+                    ready!(inner.poll_ready(cx)).map_err(|e| Error::from_box(e.into()))?;
+                    let request = request.take().expect("the request is sent only once");
+                    let future = inner.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let mut response =
+                        ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()))?;
+                    this.gate.observe(&mut response);
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Refused { error } => {
+                    let error = error.take().expect("future polled after completion");
+                    return Poll::Ready(Err(error));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,67 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::future::ResponseFuture;
+use super::{Gate, Pass};
+use crate::error::{BoxError, Error};
+
+/// The gate service made by [`RetryAfterLayer`](super::RetryAfterLayer).
+#[derive(Clone, Debug)]
+pub struct RetryAfter<S> {
+    inner: S,
+    gate: Arc<Gate>,
+}
+
+impl<S> RetryAfter<S> {
+    pub(crate) fn new(inner: S, gate: Arc<Gate>) -> Self {
+        RetryAfter { inner, gate }
+    }
+
+    /// How long the gate stays closed from now, or `None` when it is open.
+    pub fn closed_for(&self) -> Option<std::time::Duration> {
+        self.gate.closed_for()
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, B, ResB> Service<Request<B>> for RetryAfter<S>
+where
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_box(e.into()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        match self.gate.pass() {
+            Pass::Open => {
+                let future = self.inner.call(request);
+                ResponseFuture::calling(future, self.gate.clone())
+            }
+            Pass::Wait(until) => {
+                // The ready service goes with the request; this one keeps an unreserved clone.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::waiting(until, inner, request, self.gate.clone())
+            }
+            Pass::Refuse(mut error) => {
+                error.set_upstream(request.uri().authority());
+                ResponseFuture::refused(error, self.gate.clone())
+            }
+        }
+    }
+}
