@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime};
 
+use http::uri::Authority;
 use http::{request::Parts, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
@@ -34,6 +35,7 @@ pin_project! {
         parts: Option<Parts>,
         body: Option<Buffered>,
         may_retry: bool,
+        upstream: Option<Authority>,
         attempts: u32,
         waited: Duration,
         previous_delay: Duration,
@@ -62,8 +64,10 @@ where
         buffer: Buffer<B>,
         may_retry: bool,
     ) -> Self {
+        let upstream = parts.uri.authority().cloned();
         ResponseFuture {
             state: State::Buffering { buffer },
+            upstream,
             inner,
             config,
             classify,
@@ -187,7 +191,7 @@ where
                                     *this.attempts,
                                     delay,
                                     &response.status(),
-                                    this.parts.as_ref(),
+                                    this.upstream.as_ref(),
                                 );
                                 drop(response);
                                 schedule(this.state.as_mut(), this.config, delay);
@@ -215,8 +219,7 @@ where
                     Err(err) => {
                         let mut err = Error::from_box(err.into());
                         let outcome = this.classify.classify(Attempt::Error(&err));
-                        let upstream = this.parts.as_ref().and_then(|p| p.uri.authority());
-                        err.set_upstream(upstream);
+                        err.set_upstream(this.upstream.as_ref());
                         if !outcome.is_retryable() {
                             err.set_attempts(*this.attempts, *this.waited);
                             return Poll::Ready(Err(err));
@@ -231,7 +234,7 @@ where
                             hint,
                         ) {
                             Ok(delay) => {
-                                log_retry(*this.attempts, delay, &err, this.parts.as_ref());
+                                log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
                                 schedule(this.state.as_mut(), this.config, delay);
                                 *this.previous_delay = delay;
                                 *this.waited += delay;
@@ -308,11 +311,13 @@ fn schedule<F, B>(mut state: Pin<&mut State<F, B>>, config: &Config, delay: Dura
     state.set(State::Waiting { sleep });
 }
 
-fn log_retry(attempt: u32, delay: Duration, reason: &dyn fmt::Display, parts: Option<&Parts>) {
-    let host = parts
-        .and_then(|p| p.uri.authority())
-        .map(|a| a.as_str())
-        .unwrap_or("");
+fn log_retry(
+    attempt: u32,
+    delay: Duration,
+    reason: &dyn fmt::Display,
+    upstream: Option<&Authority>,
+) {
+    let host = upstream.map(Authority::as_str).unwrap_or("");
     tracing::info!(
         attempt,
         delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
