@@ -194,7 +194,7 @@ where
                                     this.upstream.as_ref(),
                                 );
                                 drop(response);
-                                schedule(this.state.as_mut(), this.config, delay);
+                                schedule(this.state.as_mut(), this.config, delay, hint.is_some());
                                 *this.previous_delay = delay;
                                 *this.waited += delay;
                             }
@@ -235,7 +235,7 @@ where
                         ) {
                             Ok(delay) => {
                                 log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
-                                schedule(this.state.as_mut(), this.config, delay);
+                                schedule(this.state.as_mut(), this.config, delay, hint.is_some());
                                 *this.previous_delay = delay;
                                 *this.waited += delay;
                             }
@@ -305,8 +305,13 @@ fn plan(
     }
 }
 
-fn schedule<F, B>(mut state: Pin<&mut State<F, B>>, config: &Config, delay: Duration) {
-    config.stats.record_retry();
+fn schedule<F, B>(
+    mut state: Pin<&mut State<F, B>>,
+    config: &Config,
+    delay: Duration,
+    server_named: bool,
+) {
+    config.stats.record_retry(delay, server_named);
     let sleep = tokio::time::sleep(delay);
     state.set(State::Waiting { sleep });
 }

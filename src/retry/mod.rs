@@ -133,6 +133,8 @@ struct Counters {
     retries: AtomicU64,
     successes_after_retry: AtomicU64,
     gave_up: AtomicU64,
+    server_waits: AtomicU64,
+    waited_nanos: AtomicU64,
 }
 
 impl RetryStats {
@@ -161,8 +163,26 @@ impl RetryStats {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn record_retry(&self) {
+    /// Retries whose wait was the one the server named (`Retry-After` or a rate-limit reset)
+    /// rather than computed backoff.
+    pub fn server_waits(&self) -> u64 {
+        self.counters.server_waits.load(Ordering::Relaxed)
+    }
+
+    /// Total time slept between attempts, over all calls.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.counters.waited_nanos.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn record_retry(&self, delay: Duration, server_named: bool) {
         self.counters.retries.fetch_add(1, Ordering::Relaxed);
+        if server_named {
+            self.counters.server_waits.fetch_add(1, Ordering::Relaxed);
+        }
+        let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
+        self.counters
+            .waited_nanos
+            .fetch_add(nanos, Ordering::Relaxed);
     }
 
     pub(crate) fn record_success_after_retry(&self) {

@@ -10,10 +10,10 @@
 //!   the reset, before a single 429 is seen;
 //! - a request that meets a closed gate waits until it opens, then goes; if the gate stays
 //!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
-//!   fails at once with [`Kind::RateLimited`](crate::error::Kind::RateLimited), carrying the
+//!   fails at once with [`Kind::RateLimited`], carrying the
 //!   remaining wait and the wall-clock time the upstream accepts requests again.
 //!
-//! The gate reads the response's [`RateLimitInfo`](crate::RateLimitInfo) (parsing the headers
+//! The gate reads the response's [`RateLimitInfo`] (parsing the headers
 //! and inserting the extension if no layer did yet), so the retry layer outside it reads the same
 //! value without parsing again. When the gate is open, passing it costs one atomic load: no clock
 //! read, no lock.
