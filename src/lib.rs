@@ -1,6 +1,45 @@
 //! Composable [tower] layers for resilient outbound HTTP calls.
 //!
-//! (crate docs: completed with the stack example once the layers land)
+//! Outbound calls fail: 429s, 5xx, connection resets, timeouts. Retrying naively makes it worse
+//! (thundering herds, duplicate charges, workers stuck on a dead upstream). The layers here wrap
+//! any `Service<http::Request<B>>` — a hyper-util client, a reqwest client behind an adapter, a
+//! call made from an axum handler — and each does one job:
+//!
+//! | layer                    | job                                                                  |
+//! |--------------------------|----------------------------------------------------------------------|
+//! | [`IdempotencyKeyLayer`]  | one `Idempotency-Key` per logical write, the same on every retry     |
+//! | [`RetryLayer`]           | capped exponential backoff with jitter, attempt cap, wait budget; the server's `Retry-After` wins |
+//! | [`RetryAfterLayer`]      | a gate shared by all clones: once the server asks for a pause, nobody calls it until then |
+//!
+//! Every layer returns the one [`Error`] type; the server's rate-limit headers are parsed once into
+//! a [`RateLimitInfo`] response extension that every layer and the caller read. See
+//! `docs/design.md` for where each layer belongs in a stack and why.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_outbound::body::ReplayBody;
+//! use tower_outbound::{IdempotencyKeyLayer, RetryAfterLayer, RetryLayer};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_outbound::Error> {
+//! // Stands in for a hyper-util `Client<_, ReplayBody>`.
+//! let upstream = tower::service_fn(|req: Request<ReplayBody>| async move {
+//!     Ok::<_, std::convert::Infallible>(Response::new(req.headers().contains_key("idempotency-key")))
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(IdempotencyKeyLayer::new())                      // once per logical call
+//!     .layer(RetryLayer::new().max_attempts(4))               // sees every attempt
+//!     .layer(RetryAfterLayer::new().max_wait(Duration::from_secs(30))) // shared gate
+//!     .service(upstream);
+//!
+//! let request = Request::post("https://api.example.com/v1/charges").body(String::from("{}")).unwrap();
+//! let response = client.oneshot(request).await?;
+//! assert!(*response.body(), "the write carried an idempotency key");
+//! # Ok(()) }
+//! ```
 
 pub mod body;
 pub mod classify;
