@@ -21,7 +21,9 @@ fn get() -> Request<Full<Bytes>> {
 fn post() -> Request<Full<Bytes>> {
     Request::post("http://api.example.com/v1/events")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"event":"view","item_id":"42"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"event":"view","item_id":"42"}"#,
+        )))
         .unwrap_or_default()
 }
 

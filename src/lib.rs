@@ -43,6 +43,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod deadline;
 pub mod error;
 pub mod idempotency;
 pub mod partition;

@@ -173,3 +173,73 @@ async fn retry_after_as_an_http_date_is_read_relative_to_the_server_date() {
     let received = server.received();
     assert_eq!(received[1].at - received[0].at, Duration::from_secs(5));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_hung_upstream_trips_the_attempt_timeout_and_then_the_call_deadline() {
+    let server = ScriptedServer::start(vec![
+        Reply::hang(),
+        Reply::hang(),
+        Reply::hang(),
+        Reply::hang(),
+    ])
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(tower_outbound::deadline::DeadlineLayer::new(
+            Duration::from_secs(30),
+        ))
+        .layer(RetryLayer::new().rng_seed(4))
+        .layer(RetryAfterLayer::new())
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(10)))
+        .service(client);
+    let start = Instant::now();
+
+    let err = svc
+        .oneshot(
+            Request::get(server.url("/slow"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(30),
+        "the deadline ended the call"
+    );
+    // Two attempts timed out after 10 s each and were retried; the third was cut by the deadline.
+    let received = server.received();
+    assert_eq!(received.len(), 3);
+    assert!(received[1].at - received[0].at >= Duration::from_secs(10));
+    assert!(received[2].at - received[1].at >= Duration::from_secs(10));
+}
+
+#[tokio::test(start_paused = true)]
+async fn no_wait_is_started_that_would_overrun_the_deadline() {
+    let server = ScriptedServer::start(vec![Reply::status(503).header("retry-after", "20")]).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(tower_outbound::deadline::DeadlineLayer::new(
+            Duration::from_secs(10),
+        ))
+        .layer(RetryLayer::new())
+        .service(client);
+    let start = Instant::now();
+
+    let response = svc
+        .oneshot(
+            Request::get(server.url("/busy"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(Instant::now(), start, "returned at once");
+    let attempts = response.extensions().get::<Attempts>().unwrap();
+    assert_eq!(attempts.retry_after.unwrap().0, Duration::from_secs(20));
+    assert_eq!(server.received().len(), 1);
+}

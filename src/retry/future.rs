@@ -9,13 +9,14 @@ use http::uri::Authority;
 use http::{request::Parts, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::Sleep;
+use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
 use super::layer::Config;
 use super::Attempts;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
+use crate::deadline::Deadline;
 use crate::error::{BoxError, Error, Kind};
 use crate::rate_limit::RateLimitInfo;
 
@@ -36,6 +37,7 @@ pin_project! {
         body: Option<Buffered>,
         may_retry: bool,
         upstream: Option<Authority>,
+        deadline: Option<Instant>,
         attempts: u32,
         waited: Duration,
         previous_delay: Duration,
@@ -65,9 +67,11 @@ where
         may_retry: bool,
     ) -> Self {
         let upstream = parts.uri.authority().cloned();
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
         ResponseFuture {
             state: State::Buffering { buffer },
             upstream,
+            deadline,
             inner,
             config,
             classify,
@@ -100,7 +104,7 @@ enum GiveUp {
     NotRepeatable,
     /// The attempt cap was reached.
     Exhausted,
-    /// The next wait would overrun the total wait budget.
+    /// The next wait would overrun the total wait budget or the call's deadline.
     Budget,
     /// The server asked for a longer wait than the layer sleeps.
     TooLong(Duration),
@@ -181,6 +185,7 @@ where
                         match plan(
                             this.config,
                             this.parts.is_some(),
+                            *this.deadline,
                             *this.attempts,
                             *this.waited,
                             *this.previous_delay,
@@ -228,6 +233,7 @@ where
                         match plan(
                             this.config,
                             this.parts.is_some(),
+                            *this.deadline,
                             *this.attempts,
                             *this.waited,
                             *this.previous_delay,
@@ -270,6 +276,7 @@ fn server_wait<ResB>(response: &mut Response<ResB>, outcome: Outcome) -> Option<
 fn plan(
     config: &Config,
     repeatable: bool,
+    deadline: Option<Instant>,
     attempts: u32,
     waited: Duration,
     previous_delay: Duration,
@@ -297,7 +304,10 @@ fn plan(
             .backoff(&config.backoff, attempts - 1, previous_delay),
     };
     // The server's own wait must fit; our jitter on top of it may be trimmed.
-    let left = config.max_total_delay.saturating_sub(waited);
+    let mut left = config.max_total_delay.saturating_sub(waited);
+    if let Some(deadline) = deadline {
+        left = left.min(deadline.saturating_duration_since(Instant::now()));
+    }
     match hint {
         Some(wait) if wait <= left => Ok(delay.min(left)),
         None if delay <= left => Ok(delay),

@@ -1,0 +1,170 @@
+//! An overall deadline per logical call, which the retry layer inside it respects.
+//!
+//! A per-attempt timeout (tower's [`TimeoutLayer`](tower::timeout::TimeoutLayer), inside the
+//! retry layer) turns a hung attempt into a retryable failure. It does not bound the call: four
+//! attempts of 10 s plus backoff is most of a minute. [`DeadlineLayer`] bounds the whole call,
+//! attempts and waits together, and tells the layers inside it when the call must end by putting
+//! a [`Deadline`] into the request's extensions:
+//!
+//! - the retry layer starts no backoff or `Retry-After` sleep that would end after the deadline:
+//!   it returns the last outcome at once, with the server's wait exposed when there was one;
+//! - if the deadline passes anyway (an attempt still running), the call fails with
+//!   [`Kind::Timeout`](crate::error::Kind::Timeout).
+//!
+//! When a request already carries an earlier [`Deadline`] (set by the caller or an outer
+//! layer), the earlier one is kept.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_outbound::deadline::DeadlineLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let hung = tower::service_fn(|_req: Request<()>| async {
+//!     std::future::pending::<Result<Response<()>, std::convert::Infallible>>().await
+//! });
+//! let client = ServiceBuilder::new()
+//!     .layer(DeadlineLayer::new(Duration::from_secs(30)))
+//!     .service(hung);
+//! let err = client.oneshot(Request::new(())).await.unwrap_err();
+//! assert!(err.is_timeout());
+//! # }
+//! ```
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::Request;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::error::{BoxError, Error, Kind};
+
+/// The instant by which a logical call must be over; in the request's extensions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Deadline(pub Instant);
+
+impl Deadline {
+    /// The deadline `timeout` from now.
+    pub fn after(timeout: Duration) -> Self {
+        Deadline(Instant::now() + timeout)
+    }
+
+    /// Time left until the deadline (zero once it passed).
+    pub fn remaining(&self) -> Duration {
+        self.0.saturating_duration_since(Instant::now())
+    }
+}
+
+/// Bounds each logical call by a deadline. See the [module docs](self).
+#[derive(Clone, Copy, Debug)]
+pub struct DeadlineLayer {
+    timeout: Duration,
+}
+
+impl DeadlineLayer {
+    /// Every call must be over within `timeout` of its start.
+    pub fn new(timeout: Duration) -> Self {
+        DeadlineLayer { timeout }
+    }
+}
+
+impl<S> Layer<S> for DeadlineLayer {
+    type Service = DeadlineService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        DeadlineService {
+            inner,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// The service made by [`DeadlineLayer`].
+#[derive(Clone, Debug)]
+pub struct DeadlineService<S> {
+    inner: S,
+    timeout: Duration,
+}
+
+impl<S, B> Service<Request<B>> for DeadlineService<S>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    type Response = S::Response;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_box(e.into()))
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let ours = Deadline::after(self.timeout);
+        let deadline = match request.extensions().get::<Deadline>() {
+            Some(theirs) if *theirs <= ours => *theirs,
+            _ => {
+                request.extensions_mut().insert(ours);
+                ours
+            }
+        };
+        let upstream = request.uri().authority().cloned();
+        ResponseFuture {
+            inner: self.inner.call(request),
+            sleep: tokio::time::sleep_until(deadline.0),
+            upstream,
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`DeadlineService`].
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: F,
+        #[pin]
+        sleep: Sleep,
+        upstream: Option<Authority>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("deadline", &self.sleep.deadline())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    type Output = Result<T, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(result) = this.inner.poll(cx) {
+            return Poll::Ready(result.map_err(|e| Error::from_box(e.into())));
+        }
+        ready!(this.sleep.poll(cx));
+        Poll::Ready(Err(Error::with_source(
+            Kind::Timeout,
+            tower::timeout::error::Elapsed::new(),
+        )
+        .for_upstream(this.upstream.as_ref())))
+    }
+}
