@@ -46,6 +46,8 @@ pub mod classify;
 pub mod deadline;
 pub mod error;
 pub mod idempotency;
+#[cfg(feature = "lehnz")]
+pub mod lehnz;
 pub mod partition;
 pub mod rate_limit;
 pub mod retry;
