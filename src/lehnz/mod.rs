@@ -3,6 +3,8 @@
 #[cfg(feature = "lehnz")]
 mod batch;
 #[cfg(feature = "lehnz")]
+mod client;
+#[cfg(feature = "lehnz")]
 mod error;
 #[cfg(feature = "lehnz")]
 mod key;
@@ -10,12 +12,23 @@ mod key;
 mod model;
 #[cfg(feature = "lehnz")]
 mod response;
+#[cfg(feature = "lehnz")]
+mod stack;
+
+/// Lehnz's API host.
+pub const DEFAULT_BASE_URL: &str = "https://api.lehnz.com";
+/// Lehnz's events ingestion host.
+pub const DEFAULT_INGESTION_URL: &str = "https://ingestion.lehnz.com";
 
 #[cfg(feature = "lehnz")]
 pub use batch::Rejected;
+#[cfg(feature = "lehnz")]
+pub use client::{Client, ClientBuilder, LehnzService, Summary, MAX_BODY_BYTES};
 #[cfg(feature = "lehnz")]
 pub use error::{FieldError, LehnzError};
 #[cfg(feature = "lehnz")]
 pub use key::{ApiKey, KeyError, KeyKind};
 #[cfg(feature = "lehnz")]
 pub use model::{Event, Item, ItemStatus, User, CLIENT_EVENT_ID};
+#[cfg(feature = "lehnz")]
+pub use stack::{StackConfig, StackStats};
