@@ -204,7 +204,9 @@ where
                                 *this.waited += delay;
                             }
                             Err(give_up) => {
-                                this.config.stats.record_give_up();
+                                if *this.may_retry {
+                                    this.config.stats.record_give_up();
+                                }
                                 let retry_after = match give_up {
                                     GiveUp::TooLong(wait) => Some(wait),
                                     GiveUp::Budget => hint,
@@ -246,7 +248,9 @@ where
                                 *this.waited += delay;
                             }
                             Err(_) => {
-                                this.config.stats.record_give_up();
+                                if *this.may_retry {
+                                    this.config.stats.record_give_up();
+                                }
                                 err.set_attempts(*this.attempts, *this.waited);
                                 return Poll::Ready(Err(err));
                             }
@@ -287,11 +291,11 @@ fn plan(
             return Err(GiveUp::TooLong(wait));
         }
     }
-    if !repeatable {
-        return Err(GiveUp::NotRepeatable);
-    }
     if attempts >= config.max_attempts {
         return Err(GiveUp::Exhausted);
+    }
+    if !repeatable {
+        return Err(GiveUp::NotRepeatable);
     }
     let delay = match hint {
         Some(wait) => {

@@ -153,8 +153,9 @@ impl RetryStats {
         self.counters.successes_after_retry.load(Ordering::Relaxed)
     }
 
-    /// Calls whose last attempt was still worth retrying but were not retried again: attempts,
-    /// budget or the body ran out, or the server asked for too long a wait.
+    /// Calls of a retryable method whose last attempt was still worth retrying but were not
+    /// retried again: the attempts, the wait budget, the deadline or the body ran out, or the
+    /// server asked for too long a wait.
     pub fn gave_up(&self) -> u64 {
         self.counters.gave_up.load(Ordering::Relaxed)
     }
