@@ -1,15 +1,129 @@
 //! Rate-limit hints sent by servers, parsed once into a typed [`RateLimitInfo`].
 //!
-//! (module docs: to be completed with the parser table and a runnable example)
+//! Servers say "slow down" in many dialects. [`RateLimitInfo::from_headers`] reads all of the
+//! ones below from a response's headers; [`RateLimitInfo::of_response`] does it once per
+//! response and keeps the result in the response's extensions, so every layer after the first
+//! reads the typed value instead of parsing again.
+//!
+//! | headers | example values | fields |
+//! |---------|----------------|--------|
+//! | `Retry-After` | `120`, `Sun, 06 Nov 1994 08:49:37 GMT` (also RFC 850 and asctime dates) | `retry_after` |
+//! | `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` | `100`, `0`, `30` | `limit`, `remaining`, `reset` (delta-seconds; an epoch is recognised as below) |
+//! | `RateLimit` dictionary with `RateLimit-Policy` | `limit=100, remaining=0, reset=30` with `100;w=60` | `limit`, `remaining`, `reset`; `window` from `w` of the policy with that quota |
+//! | `RateLimit` structured fields with `RateLimit-Policy` | `"default";r=0;t=30` with `"default";q=100;w=60` | `remaining` = `r`, `reset` = `t`; `limit` = `q`, `window` = `w` of the policy with the same name |
+//! | `X-RateLimit-Limit`, `X-RateLimit-Remaining`, `X-RateLimit-Reset` | `100`, `0`, `30` / `1700000000` / `1700000000000` | `limit`, `remaining`, `reset` (delta-seconds, Unix seconds or Unix milliseconds) |
+//! | `x-ratelimit-{limit,remaining,reset}-requests` and `-tokens` (OpenAI) | `60`, `0`, `6m0s` | `limit`, `remaining`, `reset` (a duration such as `1s`, `1h2m3.5s`, `250ms`) |
+//!
+//! # Several quotas, several sources
+//!
+//! Each structured-field item, each OpenAI `requests`/`tokens` pair and each header family is
+//! one quota. The result describes the tightest one: `remaining` is the smallest reported, and
+//! `limit`, `reset` and `window` come from the quota with that remaining count. When several
+//! quotas are equally tight (say two are exhausted) the one with the **longest reset wins**.
+//! A source that reports the same remaining count (or none) fills in fields the tightest quota
+//! lacks, so `RateLimit-Remaining: 0` with `X-RateLimit-Reset: 30` says "exhausted, resets in
+//! 30s". Where a header has several lines (or comma-separated values), `remaining` takes the
+//! smallest and `reset` the longest.
+//!
+//! Several `Retry-After` lines: the **longest valid one wins**, invalid ones are skipped. The
+//! crate never waits less than the server asked.
+//!
+//! # Dates, epochs and clocks
+//!
+//! - An HTTP-date in `Retry-After` or a Unix timestamp in `X-RateLimit-Reset` /
+//!   `RateLimit-Reset` is turned into a wait counted from the response's own `Date` header when
+//!   it has a valid one, else from "now" (the wall clock, or the `now` given to
+//!   [`RateLimitInfo::from_headers_at`]). Counting from the server's clock means a client clock
+//!   that runs ahead or behind does not retry early, nor wait too long.
+//! - A reset integer of at least `1_000_000_000` (2001-09-09 as Unix seconds) is a timestamp in
+//!   seconds, one of at least `1_000_000_000_000` a timestamp in milliseconds; smaller values
+//!   are delta-seconds.
+//! - Waits are rounded **up** to the precision of the header: whole seconds for dates and
+//!   second timestamps, whole milliseconds for millisecond timestamps. A date or timestamp in
+//!   the past is a zero wait.
+//!
+//! # Bad values
+//!
+//! Parsing never panics. A value that is not visible ASCII, has the wrong syntax (`+5`, `5.0`,
+//! `10abc`, an empty value), is negative, overflows, or asks for a wait longer than
+//! [`MAX_WAIT`] (365 days; a date in the year 9999) is ignored: that one header (or parameter)
+//! contributes nothing and the others are still read. [`from_headers`](RateLimitInfo::from_headers)
+//! returns `None` only when nothing usable is left. The single-value parsers
+//! ([`parse_retry_after`], [`parse_delta_seconds`], [`parse_duration`], [`parse_http_date`])
+//! say what was wrong with a [`HeaderError`]. Surrounding spaces and tabs are accepted
+//! everywhere; unknown structured-field parameters and dictionary keys are ignored.
+//!
+//! # Cost
+//!
+//! Parsing borrows the header bytes: no allocation, no regex; each header name is a static
+//! [`http::HeaderName`], so a lookup hashes it once.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::{Duration, SystemTime};
+//! use http::{HeaderMap, HeaderValue};
+//! use tower_outbound::RateLimitInfo;
+//!
+//! let mut headers = HeaderMap::new();
+//! let items = r#""burst";r=0;t=2, "daily";r=4000;t=3600"#;
+//! let policies = r#""burst";q=10;w=1, "daily";q=5000;w=86400"#;
+//! headers.insert("ratelimit", HeaderValue::from_static(items));
+//! headers.insert("ratelimit-policy", HeaderValue::from_static(policies));
+//! headers.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+//! headers.insert("x-ratelimit-reset", HeaderValue::from_static("5"));
+//!
+//! let info = RateLimitInfo::from_headers_at(&headers, SystemTime::now()).unwrap();
+//! assert_eq!(info.remaining, Some(0));
+//! // Two exhausted quotas: the longer reset wins.
+//! assert_eq!(info.reset, Some(Duration::from_secs(5)));
+//! assert_eq!(info.wait(), Some(Duration::from_secs(5)));
+//! ```
+//!
+//! In a service stack, read it from the response; the first call parses, later ones (in this
+//! or another layer) read the extension:
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{service_fn, ServiceExt};
+//! use tower_outbound::RateLimitInfo;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let upstream = service_fn(|_req: Request<()>| async {
+//!     let response = Response::builder()
+//!         .status(StatusCode::TOO_MANY_REQUESTS)
+//!         .header("retry-after", "7")
+//!         .header("x-ratelimit-limit-requests", "60")
+//!         .header("x-ratelimit-remaining-requests", "0")
+//!         .header("x-ratelimit-reset-requests", "1.5s")
+//!         .body(())
+//!         .unwrap();
+//!     Ok::<_, Infallible>(response)
+//! });
+//!
+//! let mut response = upstream.oneshot(Request::new(())).await.unwrap();
+//! let info = RateLimitInfo::of_response(&mut response).unwrap();
+//! assert_eq!(info.retry_after, Some(Duration::from_secs(7)));
+//! assert_eq!(info.limit, Some(60));
+//! assert_eq!(info.reset, Some(Duration::from_millis(1500)));
+//! assert_eq!(info.wait(), Some(Duration::from_secs(7)));
+//! assert!(response.extensions().get::<RateLimitInfo>().is_some());
+//! # }
+//! ```
 
 use std::time::{Duration, SystemTime};
 
 use http::HeaderMap;
 
 mod parse;
+#[cfg(test)]
+mod tests;
 
 pub use parse::{
-    parse_delta_seconds, parse_duration, parse_http_date, parse_retry_after, HeaderError,
+    parse_delta_seconds, parse_duration, parse_http_date, parse_retry_after, HeaderError, MAX_WAIT,
 };
 
 /// What a response said about rate limits, from whichever headers it carried.
