@@ -235,7 +235,7 @@ fn seconds(secs: u64) -> Result<Duration, HeaderError> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Byte-level helpers.
+// Byte-level building blocks.
 
 fn is_ows(b: u8) -> bool {
     b == b' ' || b == b'\t'
