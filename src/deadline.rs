@@ -9,7 +9,7 @@
 //! - the retry layer starts no backoff or `Retry-After` sleep that would end after the deadline:
 //!   it returns the last outcome at once, with the server's wait exposed when there was one;
 //! - if the deadline passes anyway (an attempt still running), the call fails with
-//!   [`Kind::Timeout`](crate::error::Kind::Timeout).
+//!   [`Kind::Timeout`].
 //!
 //! When a request already carries an earlier [`Deadline`] (set by the caller or an outer
 //! layer), the earlier one is kept.
