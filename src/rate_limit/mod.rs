@@ -152,13 +152,13 @@ impl RateLimitInfo {
     /// Parses every rate-limit header the crate knows from `headers`, with the wall clock as
     /// "now". Returns `None` when no such header was present or none could be parsed.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        Self::from_headers_at(headers, SystemTime::now())
+        parse::from_headers_at(headers, &SystemTime::now)
     }
 
     /// As [`from_headers`](Self::from_headers), with an explicit "now" (for HTTP-dates and epoch
     /// resets when the response has no `Date` header).
     pub fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Option<Self> {
-        parse::from_headers_at(headers, now)
+        parse::from_headers_at(headers, &move || now)
     }
 
     /// Returns the response's `RateLimitInfo` extension, parsing the headers and inserting the

@@ -535,7 +535,9 @@ impl Tightest {
 /// clock. Looked up only when a header needs it.
 struct Reference<'a> {
     headers: &'a HeaderMap,
-    now: SystemTime,
+    /// Read only when a date or an epoch needs it, so a response without one costs no clock
+    /// read.
+    now: &'a dyn Fn() -> SystemTime,
     cached: Option<SystemTime>,
 }
 
@@ -549,13 +551,16 @@ impl Reference<'_> {
             .get_all(DATE)
             .iter()
             .find_map(|v| parse_http_date(v.as_bytes()).ok())
-            .unwrap_or(self.now);
+            .unwrap_or_else(self.now);
         self.cached = Some(at);
         at
     }
 }
 
-pub(super) fn from_headers_at(headers: &HeaderMap, now: SystemTime) -> Option<RateLimitInfo> {
+pub(super) fn from_headers_at(
+    headers: &HeaderMap,
+    now: &dyn Fn() -> SystemTime,
+) -> Option<RateLimitInfo> {
     if headers.is_empty() {
         return None;
     }
