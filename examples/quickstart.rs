@@ -2,7 +2,7 @@
 //! it through the layer stack, and prints what happened.
 //!
 //! ```text
-//! cargo run --release --example quickstart [-- --calls 300 --concurrency 30 --seed 7]
+//! cargo run --release --example quickstart [-- --calls 200 --concurrency 30 --seed 7]
 //! ```
 
 use std::collections::BTreeMap;
@@ -35,7 +35,7 @@ struct Args {
 
 fn args() -> Result<Args, String> {
     let mut args = Args {
-        calls: 300,
+        calls: 200,
         concurrency: 30,
         seed: 7,
     };
@@ -64,8 +64,8 @@ struct ServerLog {
     answered_503: AtomicU64,
 }
 
-/// A server that answers 429 (with `Retry-After: 1`) about one time in six, 503 one time in
-/// six, and otherwise 200 after a few milliseconds.
+/// A server that answers 429 (with `Retry-After: 1`) about one time in eight, 503 one time in
+/// eight, and otherwise 200 after a few milliseconds.
 async fn flaky_server(seed: u64, log: Arc<ServerLog>) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -76,7 +76,7 @@ async fn flaky_server(seed: u64, log: Arc<ServerLog>) -> std::io::Result<SocketA
             let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
                 let (roll, latency) = {
                     let mut rng = rng.lock().unwrap_or_else(|e| e.into_inner());
-                    (rng.random_range(0..6u8), rng.random_range(1..15u64))
+                    (rng.random_range(0..8u8), rng.random_range(1..15u64))
                 };
                 let log = log.clone();
                 async move {
