@@ -48,6 +48,7 @@ pub mod error;
 pub mod idempotency;
 #[cfg(feature = "lehnz")]
 pub mod lehnz;
+pub mod outbound;
 pub mod partition;
 pub mod rate_limit;
 pub mod retry;
@@ -55,6 +56,7 @@ pub mod retry_after;
 
 pub use error::{BoxError, Error};
 pub use idempotency::IdempotencyKeyLayer;
+pub use outbound::Outbound;
 pub use rate_limit::RateLimitInfo;
 pub use retry::{Jitter, RetryLayer};
 pub use retry_after::RetryAfterLayer;
