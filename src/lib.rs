@@ -5,6 +5,8 @@
 pub mod body;
 pub mod classify;
 pub mod error;
+#[cfg(any(feature = "lehnz", feature = "sim"))]
+pub mod lehnz;
 pub mod partition;
 pub mod rate_limit;
 pub mod retry;
