@@ -46,7 +46,7 @@ pub mod classify;
 pub mod deadline;
 pub mod error;
 pub mod idempotency;
-#[cfg(feature = "lehnz")]
+#[cfg(any(feature = "lehnz", feature = "sim"))]
 pub mod lehnz;
 pub mod outbound;
 pub mod partition;

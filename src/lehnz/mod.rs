@@ -1,4 +1,9 @@
-//! A typed client for the Lehnz recommendation API, built from the crate's layers.
+//! The Lehnz recommendation API: a typed client for it (feature `lehnz`, on by default), built
+//! from the crate's layers, and, behind the `sim` feature, a [simulator](sim) of it.
+//!
+//! The simulator is a real HTTP server on 127.0.0.1 that enforces what Lehnz documents (keys,
+//! limits, validation) and can misbehave on purpose, so an integration can be tested on one
+//! machine.
 
 #[cfg(feature = "lehnz")]
 mod batch;
@@ -12,6 +17,8 @@ mod key;
 mod model;
 #[cfg(feature = "lehnz")]
 mod response;
+#[cfg(feature = "sim")]
+pub mod sim;
 #[cfg(feature = "lehnz")]
 mod stack;
 
