@@ -51,6 +51,8 @@ pub mod lehnz;
 pub mod outbound;
 pub mod partition;
 pub mod rate_limit;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod retry;
 pub mod retry_after;
 

@@ -166,3 +166,4 @@ async fn answer(req: Request<Incoming>, shared: Arc<Mutex<Shared>>) -> Response<
     }
     response
 }
+pub mod redis;
