@@ -55,6 +55,7 @@ pub mod rate_limit;
 pub mod redis;
 pub mod retry;
 pub mod retry_after;
+pub mod throttle;
 
 pub use error::{BoxError, Error};
 pub use idempotency::IdempotencyKeyLayer;
@@ -62,3 +63,4 @@ pub use outbound::Outbound;
 pub use rate_limit::RateLimitInfo;
 pub use retry::{Jitter, RetryLayer};
 pub use retry_after::RetryAfterLayer;
+pub use throttle::ThrottleLayer;

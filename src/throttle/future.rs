@@ -1,0 +1,249 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use pin_project_lite::pin_project;
+use tokio::time::Sleep;
+use tower_service::Service;
+
+use super::gcra::nanos;
+use super::store::{Decision, Reservation};
+use super::Shared;
+use crate::error::{BoxError, Error, Kind};
+use crate::partition::PartitionKey;
+use crate::rate_limit::RateLimitInfo;
+
+type Deciding = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+
+pin_project! {
+    /// The response future of [`Throttle`](super::Throttle): waits for the slot, then calls.
+    ///
+    /// Dropping it while it waits gives the slot back when that is still possible.
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed, as futures may.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B, S::Future>,
+        shared: Arc<Shared>,
+        key: Option<PartitionKey>,
+        // A reserved slot not yet used: given back if the future is dropped.
+        reservation: Option<Reservation>,
+    }
+
+    impl<S, B> PinnedDrop for ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(reservation) = this.reservation.take() {
+                this.shared
+                    .store
+                    .release(this.key.as_ref(), &this.shared.quota, reservation);
+            }
+        }
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B, F> {
+        Deciding {
+            decision: Deciding,
+            inner: Option<S>,
+            request: Option<Request<B>>,
+        },
+        Waiting {
+            #[pin]
+            sleep: Sleep,
+            inner: Option<S>,
+            request: Option<Request<B>>,
+        },
+        Calling { #[pin] future: F },
+        Failed { error: Option<Error> },
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    pub(crate) fn calling(
+        future: S::Future,
+        shared: Arc<Shared>,
+        key: Option<PartitionKey>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            shared,
+            key,
+            reservation: None,
+        }
+    }
+
+    pub(crate) fn failed(error: Error, shared: Arc<Shared>) -> Self {
+        ResponseFuture {
+            state: State::Failed { error: Some(error) },
+            shared,
+            key: None,
+            reservation: None,
+        }
+    }
+
+    pub(crate) fn waiting(
+        wait: Duration,
+        reservation: Reservation,
+        inner: S,
+        request: Request<B>,
+        shared: Arc<Shared>,
+        key: Option<PartitionKey>,
+    ) -> Self {
+        shared.stats.count(1, 1);
+        shared.stats.count(3, nanos(wait));
+        ResponseFuture {
+            state: State::Waiting {
+                sleep: tokio::time::sleep(wait),
+                inner: Some(inner),
+                request: Some(request),
+            },
+            shared,
+            key,
+            reservation: Some(reservation),
+        }
+    }
+
+    pub(crate) fn deciding(
+        decision: Deciding,
+        inner: S,
+        request: Request<B>,
+        shared: Arc<Shared>,
+        key: Option<PartitionKey>,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Deciding {
+                decision,
+                inner: Some(inner),
+                request: Some(request),
+            },
+            shared,
+            key,
+            reservation: None,
+        }
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProj::Deciding {
+                    decision,
+                    inner,
+                    request,
+                } => {
+                    let decision = ready!(decision.as_mut().poll(cx));
+                    let upstream = request.as_ref().and_then(|r| r.uri().authority().cloned());
+                    match decision {
+                        Ok(Decision::Go) => {
+                            this.shared.stats.count(0, 1);
+                            let (inner, request) = (inner.take(), request.take());
+                            this.state.set(State::Waiting {
+                                sleep: tokio::time::sleep(Duration::ZERO),
+                                inner,
+                                request,
+                            });
+                        }
+                        Ok(Decision::Wait { wait, reservation }) => {
+                            this.shared.stats.count(1, 1);
+                            this.shared.stats.count(3, nanos(wait));
+                            *this.reservation = Some(reservation);
+                            let (inner, request) = (inner.take(), request.take());
+                            this.state.set(State::Waiting {
+                                sleep: tokio::time::sleep(wait),
+                                inner,
+                                request,
+                            });
+                        }
+                        Ok(Decision::Reject { wait }) => {
+                            this.shared.stats.count(2, 1);
+                            let error = Error::new(Kind::Throttled { wait })
+                                .for_upstream(upstream.as_ref());
+                            return Poll::Ready(Err(error));
+                        }
+                        Err(error) => {
+                            return Poll::Ready(Err(error.for_upstream(upstream.as_ref())))
+                        }
+                    }
+                }
+                StateProj::Waiting {
+                    sleep,
+                    inner,
+                    request,
+                } => {
+                    ready!(sleep.poll(cx));
+                    let service = inner.as_mut().expect("the service is used once");
+                    ready!(service.poll_ready(cx)).map_err(|e| Error::from_box(e.into()))?;
+                    // The slot is used from here on.
+                    *this.reservation = None;
+                    let request = request.take().expect("the request is sent once");
+                    let future = service.call(request);
+                    this.state.set(State::Calling { future });
+                }
+                StateProj::Calling { future } => {
+                    let mut response =
+                        ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()))?;
+                    if this.shared.adaptive {
+                        adopt(this.shared, this.key.as_ref(), &mut response);
+                    }
+                    return Poll::Ready(Ok(response));
+                }
+                StateProj::Failed { error } => {
+                    return Poll::Ready(Err(error.take().expect("future polled after completion")));
+                }
+            }
+        }
+    }
+}
+
+/// Adopts the server's view from the response, when it gave one.
+fn adopt<ResB>(shared: &Shared, key: Option<&PartitionKey>, response: &mut Response<ResB>) {
+    let Some(info) = RateLimitInfo::of_response(response) else {
+        return;
+    };
+    let view = match (info.remaining, info.reset) {
+        (Some(remaining), Some(reset)) => Some((remaining, reset)),
+        _ if response.status() == StatusCode::TOO_MANY_REQUESTS => info.wait().map(|w| (0, w)),
+        _ => None,
+    };
+    if let Some((remaining, reset)) = view {
+        shared.store.adopt(key, &shared.quota, remaining, reset);
+        shared.stats.count(4, 1);
+    }
+}

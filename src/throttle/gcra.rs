@@ -1,0 +1,280 @@
+//! The bucket math: GCRA (the generic cell rate algorithm) on one atomic integer.
+//!
+//! A bucket is its theoretical arrival time (TAT): the instant at which it would be full
+//! again. A request at `now` takes the slot at `max(TAT, now) + interval`, and may go once
+//! `slot - burst · interval <= now`; the wait until then is its reservation. Since every
+//! acquire moves the TAT forward by one interval, later arrivals always get later slots: the
+//! bucket is FIFO by construction, and no waiter starves.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+/// Rate and burst, in nanoseconds of the bucket's own clock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cell {
+    /// Time between two slots.
+    pub(crate) interval: u64,
+    /// `burst · interval`: how far ahead of now the TAT may be while a request still goes at
+    /// once.
+    pub(crate) tolerance: u64,
+}
+
+/// What one acquire decided, in the bucket's nanoseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Go after `wait` nanoseconds (zero: at once); the TAT is now `tat`.
+    Reserved { wait: u64, tat: u64 },
+    /// The wait would have been longer than allowed; nothing was taken.
+    Rejected { wait: u64 },
+}
+
+/// The pure step: the decision for a bucket whose TAT is `tat`, at `now`, for a request
+/// that may not go before `not_before`.
+pub(crate) fn step(tat: u64, now: u64, not_before: u64, cell: Cell, max_wait: u64) -> Verdict {
+    let slot = tat.max(now).saturating_add(cell.interval);
+    let go_at = slot.saturating_sub(cell.tolerance).max(not_before);
+    let wait = go_at.saturating_sub(now);
+    if wait > max_wait {
+        Verdict::Rejected { wait }
+    } else {
+        Verdict::Reserved { wait, tat: slot }
+    }
+}
+
+/// The server's view of the quota: `left` more requests until `until`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct View {
+    until: u64,
+    left: u64,
+}
+
+/// One bucket: its TAT in an atomic, so acquiring is a compare-and-swap loop; and, while the
+/// server's view of the quota is tighter than the local one, that view.
+#[derive(Debug, Default)]
+pub(crate) struct Bucket {
+    tat: AtomicU64,
+    viewing: AtomicBool,
+    view: Mutex<Option<View>>,
+}
+
+impl Bucket {
+    pub(crate) fn acquire(&self, now: u64, cell: Cell, max_wait: u64) -> Verdict {
+        if !self.viewing.load(Ordering::Acquire) {
+            return self.reserve(now, now, cell, max_wait);
+        }
+        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        match *view {
+            Some(View { until, left }) if now < until => {
+                if left == 0 {
+                    // Nothing more until the reset: queue behind it.
+                    return self.reserve(now, until, cell, max_wait);
+                }
+                let verdict = self.reserve(now, now, cell, max_wait);
+                if let Verdict::Reserved { .. } = verdict {
+                    *view = Some(View {
+                        until,
+                        left: left - 1,
+                    });
+                }
+                verdict
+            }
+            _ => {
+                *view = None;
+                self.viewing.store(false, Ordering::Release);
+                self.reserve(now, now, cell, max_wait)
+            }
+        }
+    }
+
+    fn reserve(&self, now: u64, not_before: u64, cell: Cell, max_wait: u64) -> Verdict {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let verdict = step(tat, now, not_before, cell, max_wait);
+            let Verdict::Reserved { tat: new_tat, .. } = verdict else {
+                return verdict;
+            };
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return verdict,
+                Err(actual) => tat = actual,
+            }
+        }
+    }
+
+    /// Gives back the slot that set the TAT to `tat`, if no later acquire moved it since.
+    pub(crate) fn release(&self, tat: u64, cell: Cell) -> bool {
+        self.tat
+            .compare_exchange(
+                tat,
+                tat.saturating_sub(cell.interval),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
+    /// Adopts the server's view: `remaining` more requests until `now + reset`. Within one
+    /// window the view only tightens (the smaller `remaining` wins); a view that ends more than
+    /// `slack` later than the current one is a new window and replaces it.
+    pub(crate) fn adopt(&self, now: u64, remaining: u64, reset: u64, slack: u64) {
+        let until = now.saturating_add(reset);
+        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        *view = Some(match *view {
+            Some(old) if now < old.until && until <= old.until.saturating_add(slack) => View {
+                until: old.until.max(until),
+                left: old.left.min(remaining),
+            },
+            _ => View {
+                until,
+                left: remaining,
+            },
+        });
+        self.viewing.store(true, Ordering::Release);
+    }
+
+    /// Whether the bucket is full again at `now` with no view to remember.
+    pub(crate) fn is_idle(&self, now: u64) -> bool {
+        self.tat.load(Ordering::Acquire) <= now && !self.viewing.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn cell(per_ms: u64, burst: u64) -> Cell {
+        Cell {
+            interval: per_ms * MS,
+            tolerance: burst * per_ms * MS,
+        }
+    }
+
+    #[test]
+    fn burst_then_one_per_interval() {
+        let b = Bucket::default();
+        let c = cell(100, 3);
+        let now = 1_000 * MS;
+        let waits: Vec<u64> = (0..5)
+            .map(|_| match b.acquire(now, c, u64::MAX) {
+                Verdict::Reserved { wait, .. } => wait / MS,
+                Verdict::Rejected { .. } => unreachable!(),
+            })
+            .collect();
+        assert_eq!(waits, vec![0, 0, 0, 100, 200]);
+    }
+
+    #[test]
+    fn a_rejection_takes_nothing() {
+        let b = Bucket::default();
+        let c = cell(100, 1);
+        let now = 1_000 * MS;
+        assert!(matches!(
+            b.acquire(now, c, 0),
+            Verdict::Reserved { wait: 0, .. }
+        ));
+        assert_eq!(
+            b.acquire(now, c, 50 * MS),
+            Verdict::Rejected { wait: 100 * MS }
+        );
+        assert_eq!(
+            b.acquire(now, c, 50 * MS),
+            Verdict::Rejected { wait: 100 * MS }
+        );
+        assert!(matches!(
+            b.acquire(now + 100 * MS, c, 0),
+            Verdict::Reserved { wait: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn release_gives_back_only_the_last_slot() {
+        let b = Bucket::default();
+        let c = cell(100, 1);
+        let now = 1_000 * MS;
+        b.acquire(now, c, u64::MAX);
+        let Verdict::Reserved { tat: second, .. } = b.acquire(now, c, u64::MAX) else {
+            unreachable!()
+        };
+        assert!(b.release(second, c), "the last reservation is given back");
+        let Verdict::Reserved { wait, tat: again } = b.acquire(now, c, u64::MAX) else {
+            unreachable!()
+        };
+        assert_eq!((wait, again), (100 * MS, second), "the slot is reused");
+        let Verdict::Reserved { .. } = b.acquire(now, c, u64::MAX) else {
+            unreachable!()
+        };
+        assert!(!b.release(again, c), "not after a later reservation");
+    }
+
+    #[test]
+    fn the_servers_view_lets_what_is_left_go_at_once_then_holds_until_the_reset() {
+        // 10 per second locally, burst 10; the server says 3 left, reset in 5 s.
+        let c = cell(100, 10);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        b.adopt(now, 3, 5_000 * MS, 1_000 * MS);
+        let waits: Vec<u64> = (0..5)
+            .map(|_| match b.acquire(now, c, u64::MAX) {
+                Verdict::Reserved { wait, .. } => wait / MS,
+                Verdict::Rejected { .. } => unreachable!(),
+            })
+            .collect();
+        // Three at once, then the rest queue behind the reset.
+        assert_eq!(waits, vec![0, 0, 0, 5_000, 5_000]);
+        // A later, looser view of the same window does not loosen it.
+        b.adopt(now + 10 * MS, 50, 4_990 * MS, 1_000 * MS);
+        assert_eq!(
+            b.acquire(now + 10 * MS, c, 0),
+            Verdict::Rejected { wait: 4_990 * MS }
+        );
+        // After the reset the view is gone.
+        assert!(matches!(
+            b.acquire(now + 6_000 * MS, c, 0),
+            Verdict::Reserved { wait: 0, .. }
+        ));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// In any interval of length t, no more than t / interval + burst requests are let
+        /// through, whatever the arrival pattern.
+        #[test]
+        fn never_more_than_rate_times_t_plus_burst(
+            interval_ms in 1u64..500,
+            burst in 1u64..20,
+            max_wait_ms in 0u64..2_000,
+            gaps in proptest::collection::vec(0u64..300, 1..300),
+        ) {
+            let c = cell(interval_ms, burst);
+            let b = Bucket::default();
+            let mut now = 10_000 * MS;
+            let mut sent = Vec::new();
+            for gap in gaps {
+                now += gap * MS;
+                if let Verdict::Reserved { wait, .. } = b.acquire(now, c, max_wait_ms * MS) {
+                    sent.push(now + wait);
+                }
+            }
+            sent.sort_unstable();
+            for i in 0..sent.len() {
+                for j in i..sent.len() {
+                    let span = sent[j] - sent[i];
+                    let allowed = span / c.interval + burst;
+                    prop_assert!((j - i + 1) as u64 <= allowed,
+                        "{} requests in {} ns, allowed {}", j - i + 1, span, allowed);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! Proactive token-bucket throttling, adaptive to the server's own view of the limit.
+//!
+//! [`ThrottleLayer`] paces requests below a rate limit instead of reacting to 429s: each request
+//! takes a slot from a bucket before it is sent, and waits for it when the bucket is empty.
+//!
+//! - **Rate and burst.** `ThrottleLayer::new(1000, Duration::from_secs(900))` lets 1,000
+//!   requests through per 15 minutes, at most [`burst`](ThrottleLayer::burst) (default: the
+//!   rate) at once. Over any interval `t`, no more than `rate · t / per + burst` requests pass.
+//! - **Waiting.** A request waits for its slot (tokio's timer, so tests run on the paused clock),
+//!   in arrival order: slots are reserved as requests arrive, so a later request never gets an
+//!   earlier slot, and nobody starves. A request that would wait longer than
+//!   [`max_wait`](ThrottleLayer::max_wait) (default 30 s) fails at once with
+//!   [`Kind::Throttled`](crate::error::Kind::Throttled), carrying the wait, and takes nothing.
+//!   A request dropped while it waits gives its slot back when no later request reserved one
+//!   after it (otherwise that one slot stays used: the bucket is never looser than configured).
+//! - **Adaptive.** When a response carries a [`RateLimitInfo`](crate::RateLimitInfo) with
+//!   `remaining` and `reset`, the bucket adopts the server's view: if the server says 12 left
+//!   until a reset in 40 s, no more than 12 more go before then. A 429 that names a wait stops
+//!   the bucket until then. The server's view only ever makes the bucket slower, never faster
+//!   than configured. This is what keeps several clients that share one server-side quota
+//!   from overrunning it together. Requests already in flight when a view is adopted are not
+//!   counted against it.
+//! - **Partitions.** One bucket for the whole service by default; one per upstream with
+//!   [`partition(ByAuthority)`](crate::partition::ByAuthority), or any
+//!   [`Partition`](crate::partition::Partition). Idle buckets are evicted, so memory stays
+//!   bounded however many keys pass.
+//! - **Shared state.** Clones of the layer and of its services share one bucket store. The
+//!   store is a [`BucketStore`]: [`LocalStore`] in this process by default, or one shared by many
+//!   processes (Redis, with the `redis` feature).
+//!
+//! The happy path of the default store is one clock read and one compare-and-swap: no lock,
+//! no allocation, no background task, no timer per bucket.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_outbound::ThrottleLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let upstream = tower::service_fn(|_req: Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(()))
+//! });
+//! // 2 requests per second, 2 at once; wait at most 1 s for a slot.
+//! let throttle = ThrottleLayer::new(2, Duration::from_secs(1)).max_wait(Duration::from_secs(1));
+//! let stats = throttle.stats();
+//! let client = ServiceBuilder::new().layer(throttle).service(upstream);
+//!
+//! let start = tokio::time::Instant::now();
+//! for _ in 0..4 {
+//!     client.clone().oneshot(Request::new(())).await.unwrap();
+//! }
+//! // Two at once, then one every 500 ms.
+//! assert_eq!(start.elapsed(), Duration::from_secs(1));
+//! assert_eq!(stats.delayed(), 2);
+//!
+//! // Three more at once: slots are taken in `call`, and the third would wait 1.5 s, more
+//! // than max_wait.
+//! let mut svc = client.clone();
+//! let a = ServiceExt::<Request<()>>::ready(&mut svc).await.unwrap().call(Request::new(()));
+//! let b = ServiceExt::<Request<()>>::ready(&mut svc).await.unwrap().call(Request::new(()));
+//! let c = ServiceExt::<Request<()>>::ready(&mut svc).await.unwrap().call(Request::new(()));
+//! let err = c.await.unwrap_err();
+//! assert!(err.is_throttled());
+//! assert_eq!(err.retry_after(), Some(Duration::from_millis(1500)));
+//! # let _ = (a.await, b.await);
+//! # }
+//! ```
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+mod future;
+mod gcra;
+mod layer;
+mod service;
+mod store;
+
+pub use future::ResponseFuture;
+pub use layer::ThrottleLayer;
+pub use service::Throttle;
+pub use store::{Acquire, BucketStore, Decision, LocalStore, Reservation};
+
+/// A rate: `rate` requests per `per`, at most `burst` at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quota {
+    rate: u32,
+    per: Duration,
+    burst: u32,
+}
+
+/// Why a [`Quota`] cannot be made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum QuotaError {
+    /// The rate is zero: no request could ever pass.
+    ZeroRate,
+    /// The period is zero.
+    ZeroPeriod,
+    /// The burst is zero: no request could ever pass.
+    ZeroBurst,
+}
+
+impl fmt::Display for QuotaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            QuotaError::ZeroRate => "throttle rate is zero: no request could ever pass",
+            QuotaError::ZeroPeriod => "throttle period is zero",
+            QuotaError::ZeroBurst => "throttle burst is zero: no request could ever pass",
+        })
+    }
+}
+
+impl std::error::Error for QuotaError {}
+
+impl Quota {
+    /// `rate` requests per `per`, with a burst of `rate`.
+    pub fn new(rate: u32, per: Duration) -> Result<Self, QuotaError> {
+        if rate == 0 {
+            return Err(QuotaError::ZeroRate);
+        }
+        if per.is_zero() {
+            return Err(QuotaError::ZeroPeriod);
+        }
+        Ok(Quota {
+            rate,
+            per,
+            burst: rate,
+        })
+    }
+
+    /// The same rate with another burst.
+    pub fn with_burst(self, burst: u32) -> Result<Self, QuotaError> {
+        if burst == 0 {
+            return Err(QuotaError::ZeroBurst);
+        }
+        Ok(Quota { burst, ..self })
+    }
+
+    /// Requests per period.
+    pub fn rate(&self) -> u32 {
+        self.rate
+    }
+
+    /// The period.
+    pub fn per(&self) -> Duration {
+        self.per
+    }
+
+    /// The most requests let through at once.
+    pub fn burst(&self) -> u32 {
+        self.burst
+    }
+
+    /// Time between two slots: `per / rate`.
+    pub fn interval(&self) -> Duration {
+        self.per / self.rate
+    }
+}
+
+/// Counters of a [`ThrottleLayer`] and every service it made. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct ThrottleStats {
+    counters: Arc<[AtomicU64; 5]>,
+}
+
+impl ThrottleStats {
+    /// Requests let through at once.
+    pub fn immediate(&self) -> u64 {
+        self.counters[0].load(Ordering::Relaxed)
+    }
+
+    /// Requests that waited for their slot.
+    pub fn delayed(&self) -> u64 {
+        self.counters[1].load(Ordering::Relaxed)
+    }
+
+    /// Requests refused because the wait was over `max_wait`.
+    pub fn rejected(&self) -> u64 {
+        self.counters[2].load(Ordering::Relaxed)
+    }
+
+    /// Total time requests waited for slots.
+    pub fn waited(&self) -> Duration {
+        Duration::from_nanos(self.counters[3].load(Ordering::Relaxed))
+    }
+
+    /// Times the server's view (remaining and reset) was adopted.
+    pub fn adjustments(&self) -> u64 {
+        self.counters[4].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count(&self, index: usize, by: u64) {
+        self.counters[index].fetch_add(by, Ordering::Relaxed);
+    }
+}
+
+/// What every service of one layer shares.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub(crate) quota: Quota,
+    pub(crate) max_wait: Duration,
+    pub(crate) adaptive: bool,
+    pub(crate) store: Arc<dyn BucketStore>,
+    pub(crate) stats: ThrottleStats,
+}
+
+impl fmt::Debug for Shared {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("quota", &self.quota)
+            .field("max_wait", &self.max_wait)
+            .field("adaptive", &self.adaptive)
+            .finish_non_exhaustive()
+    }
+}

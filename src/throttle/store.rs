@@ -1,0 +1,207 @@
+//! Where buckets live: in this process ([`LocalStore`], the default), or in a shared store
+//! such as Redis (feature `redis`), behind the [`BucketStore`] trait.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::gcra::{nanos, Bucket, Cell, Verdict};
+use super::Quota;
+use crate::error::Error;
+use crate::partition::PartitionKey;
+
+/// What a store decided for one request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send now.
+    Go,
+    /// A slot was reserved: send after `wait`. If the request is dropped before that, give the
+    /// slot back with [`BucketStore::release`].
+    Wait {
+        /// How long to wait.
+        wait: Duration,
+        /// The reservation, for [`BucketStore::release`].
+        reservation: Reservation,
+    },
+    /// No slot within the allowed wait. Nothing was taken.
+    Reject {
+        /// How long the request would have waited.
+        wait: Duration,
+    },
+}
+
+/// A reserved slot, opaque to everyone but the store that made it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reservation(pub u64);
+
+/// A decision, now or later.
+pub enum Acquire {
+    /// Decided at once (the in-process store always is).
+    Ready(Result<Decision, Error>),
+    /// Decided after a round trip to a shared store.
+    Pending(Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>),
+}
+
+impl fmt::Debug for Acquire {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Acquire::Ready(decision) => f.debug_tuple("Ready").field(decision).finish(),
+            Acquire::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+/// Where buckets live.
+///
+/// A store must make each `acquire` atomic for its bucket (no two requests may take the same
+/// slot), reserve slots in arrival order, and take nothing when it rejects. A shared store
+/// should keep time with one clock for all its clients (the Redis store uses the Redis server's
+/// `TIME`), so clock skew between machines cannot loosen the limit. `adopt` and `release` are
+/// hints: a store may apply them later (a remote store sends them in the background), and must
+/// never let `adopt` make a bucket looser.
+pub trait BucketStore: Send + Sync + 'static {
+    /// Reserves the next slot of the bucket `key` (`None`: the default bucket) under `quota`,
+    /// if it comes within `max_wait`.
+    fn acquire(&self, key: Option<&PartitionKey>, quota: &Quota, max_wait: Duration) -> Acquire;
+
+    /// The upstream said `remaining` requests are left until `reset`: let no more than that
+    /// through before then.
+    fn adopt(&self, key: Option<&PartitionKey>, quota: &Quota, remaining: u64, reset: Duration);
+
+    /// Gives back a slot a dropped request did not use, if no later reservation was made.
+    fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation);
+}
+
+/// Buckets in this process: GCRA on an atomic, no background task, no timer, no allocation per
+/// request for the default bucket. Keyed buckets live in a map that evicts idle (full)
+/// buckets; see [`max_partitions`](LocalStore::max_partitions).
+pub struct LocalStore {
+    base: Instant,
+    default: Bucket,
+    keyed: Mutex<HashMap<PartitionKey, Arc<Bucket>>>,
+    max_partitions: usize,
+}
+
+impl fmt::Debug for LocalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalStore")
+            .field("max_partitions", &self.max_partitions)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for LocalStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LocalStore {
+    /// An empty store, holding at most 4,096 keyed buckets.
+    pub fn new() -> Self {
+        LocalStore {
+            base: Instant::now(),
+            default: Bucket::default(),
+            keyed: Mutex::new(HashMap::new()),
+            max_partitions: 4096,
+        }
+    }
+
+    /// The most keyed buckets kept (default 4,096). When a new key arrives at the cap, idle
+    /// buckets (full again: nothing to remember) are dropped first; if none is idle, the new
+    /// key shares the default bucket, which only makes it slower, never faster.
+    pub fn max_partitions(mut self, max: usize) -> Self {
+        self.max_partitions = max;
+        self
+    }
+
+    /// Keyed buckets currently held.
+    pub fn partitions(&self) -> usize {
+        self.keyed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    fn now(&self) -> u64 {
+        // Offset by one second so that "now" is never zero and a fresh TAT of zero is in the
+        // past.
+        nanos(Instant::now().saturating_duration_since(self.base)) + 1_000_000_000
+    }
+
+    fn with_bucket<T>(
+        &self,
+        key: Option<&PartitionKey>,
+        now: u64,
+        f: impl FnOnce(&Bucket) -> T,
+    ) -> T {
+        let Some(key) = key else {
+            return f(&self.default);
+        };
+        let bucket = {
+            let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+            match map.get(key) {
+                Some(bucket) => Some(bucket.clone()),
+                None => {
+                    if map.len() >= self.max_partitions {
+                        map.retain(|_, bucket| !bucket.is_idle(now));
+                    }
+                    if map.len() < self.max_partitions {
+                        let bucket = Arc::new(Bucket::default());
+                        map.insert(key.clone(), bucket.clone());
+                        Some(bucket)
+                    } else {
+                        None
+                    }
+                }
+            }
+        };
+        match bucket {
+            Some(bucket) => f(&bucket),
+            None => f(&self.default),
+        }
+    }
+}
+
+pub(crate) fn cell(quota: &Quota) -> Cell {
+    let interval = nanos(quota.interval()).max(1);
+    Cell {
+        interval,
+        tolerance: interval.saturating_mul(u64::from(quota.burst())),
+    }
+}
+
+impl BucketStore for LocalStore {
+    fn acquire(&self, key: Option<&PartitionKey>, quota: &Quota, max_wait: Duration) -> Acquire {
+        let now = self.now();
+        let verdict = self.with_bucket(key, now, |b| b.acquire(now, cell(quota), nanos(max_wait)));
+        Acquire::Ready(Ok(match verdict {
+            Verdict::Reserved { wait: 0, .. } => Decision::Go,
+            Verdict::Reserved { wait, tat } => Decision::Wait {
+                wait: Duration::from_nanos(wait),
+                reservation: Reservation(tat),
+            },
+            Verdict::Rejected { wait } => Decision::Reject {
+                wait: Duration::from_nanos(wait),
+            },
+        }))
+    }
+
+    fn adopt(&self, key: Option<&PartitionKey>, _quota: &Quota, remaining: u64, reset: Duration) {
+        let now = self.now();
+        // Views that end within a second of each other describe the same window.
+        self.with_bucket(key, now, |b| {
+            b.adopt(now, remaining, nanos(reset), 1_000_000_000)
+        });
+    }
+
+    fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
+        let now = self.now();
+        self.with_bucket(key, now, |b| b.release(reservation.0, cell(quota)));
+    }
+}
