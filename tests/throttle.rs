@@ -141,7 +141,7 @@ async fn waiters_are_served_in_arrival_order() {
         .collect();
     let expected: Vec<String> = (0..8).map(|i| format!("/{i}")).collect();
     assert_eq!(order, expected);
-    let expected_times: Vec<Duration> = (0..8).map(|i| Duration::from_secs(i)).collect();
+    let expected_times: Vec<Duration> = (0..8).map(Duration::from_secs).collect();
     assert_eq!(times(&arrivals), expected_times);
 }
 
