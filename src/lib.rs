@@ -43,6 +43,7 @@
 
 pub mod body;
 pub mod classify;
+pub mod dead_letter;
 pub mod deadline;
 pub mod error;
 pub mod idempotency;
@@ -57,6 +58,7 @@ pub mod retry;
 pub mod retry_after;
 pub mod throttle;
 
+pub use dead_letter::{DeadLetter, DeadLetterLayer, JsonLinesSink, MemorySink, Sink};
 pub use error::{BoxError, Error};
 pub use idempotency::IdempotencyKeyLayer;
 pub use outbound::Outbound;

@@ -1,0 +1,180 @@
+//! A dead-letter queue: every call that finally fails is recorded, to be replayed later.
+//! Nothing is silently lost.
+//!
+//! [`DeadLetterLayer`] is the outermost layer of a stack (only the idempotency-key layer goes
+//! outside it, so the record carries the key). It reads the request body into memory (up to
+//! 1 MiB by default; the retry layer inside takes the bytes over without copying), and when
+//! the call finally fails it writes a [`DeadLetter`] to a [`Sink`] **before** returning:
+//!
+//! - what counts as a final failure: any error (retries exhausted on a transport error or a
+//!   timeout, circuit open, throttled past its wait, rate limited past the retry budget), and
+//!   a response the [`Classify`](crate::classify::Classify) implementation calls rate limited,
+//!   transient or a server error (429, 5xx). Other 4xx are not recorded: sending a bad request
+//!   again cannot succeed.
+//! - what a record holds: method, URI, headers with secrets redacted (`Authorization`,
+//!   `Proxy-Authorization`, `X-API-KEY`, `Cookie`, `Set-Cookie` and any value marked
+//!   sensitive; configurable), the body bytes (text, or base64 when not UTF-8), the
+//!   idempotency key, the final status or error, attempts, time waited, and the times of the
+//!   first and last attempt.
+//! - a body larger than the limit is still sent whole; its record says the body was not kept.
+//! - if the sink fails, the caller still gets the call's own outcome; the failure is logged at
+//!   ERROR and counted ([`DeadLetterStats::write_failures`]).
+//!
+//! Sinks: [`MemorySink`], [`JsonLinesSink`] (an append-only file, fsynced per record, robust
+//! to a torn last line), and with the `redis` feature a Redis Stream. [`replay`] sends the
+//! letters again, with their original idempotency keys, and removes exactly those that now
+//! succeed. Redacted headers are not sent as `[redacted]`: they are left out, and the replaying
+//! service adds credentials itself.
+//!
+//! # Example
+//!
+//! ```
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_outbound::body::ReplayBody;
+//! use tower_outbound::dead_letter::{replay, MemorySink, Sink};
+//! use tower_outbound::DeadLetterLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let down = tower::service_fn(|_req: Request<ReplayBody>| async {
+//!     Ok::<_, std::convert::Infallible>(
+//!         Response::builder().status(StatusCode::SERVICE_UNAVAILABLE).body(()).unwrap(),
+//!     )
+//! });
+//! let sink = MemorySink::new();
+//! let client = ServiceBuilder::new().layer(DeadLetterLayer::new(sink.clone())).service(down);
+//!
+//! let request = Request::post("https://api.example.com/v1/orders")
+//!     .header("authorization", "Bearer secret")
+//!     .body(String::from(r#"{"sku":"A-1"}"#))
+//!     .unwrap();
+//! let response = client.oneshot(request).await.unwrap();
+//! assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! let letters = sink.letters();
+//! assert_eq!(letters.len(), 1);
+//! assert!(letters[0].headers.iter().any(|h| h.name == "authorization" && h.is_redacted()));
+//!
+//! // Later, once the upstream is back:
+//! let up = tower::service_fn(|_req: Request<ReplayBody>| async {
+//!     Ok::<_, std::convert::Infallible>(Response::new(()))
+//! });
+//! let report = replay(&sink, up).await.unwrap();
+//! assert_eq!(report.succeeded, 1);
+//! assert_eq!(sink.count().await.unwrap(), 0);
+//! # }
+//! ```
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::{HeaderName, Request, Response};
+use tower::ServiceExt;
+use tower_service::Service;
+
+use crate::body::ReplayBody;
+use crate::classify::{classify_status, Outcome};
+use crate::error::BoxError;
+
+mod file;
+mod future;
+mod layer;
+mod record;
+mod service;
+mod sink;
+
+pub use file::JsonLinesSink;
+pub use future::ResponseFuture;
+pub use layer::DeadLetterLayer;
+pub use record::{DeadLetter, FinalOutcome, StoredBody, StoredHeader, REDACTED};
+pub use service::DeadLetterService;
+pub use sink::{BoxFuture, MemorySink, Sink, SinkError};
+
+/// What every service of one layer shares.
+#[derive(Clone)]
+pub(crate) struct Config {
+    pub(crate) sink: Arc<dyn Sink>,
+    pub(crate) max_body: usize,
+    pub(crate) redact: Vec<HeaderName>,
+    pub(crate) idempotency_header: HeaderName,
+    pub(crate) stats: DeadLetterStats,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("max_body", &self.max_body)
+            .field("redact", &self.redact)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counters of a [`DeadLetterLayer`] and every service it made. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct DeadLetterStats {
+    counters: Arc<[AtomicU64; 2]>,
+}
+
+impl DeadLetterStats {
+    /// Dead letters written.
+    pub fn written(&self) -> u64 {
+        self.counters[0].load(Ordering::Relaxed)
+    }
+
+    /// Dead letters the sink failed to write (each logged at ERROR).
+    pub fn write_failures(&self) -> u64 {
+        self.counters[1].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count(&self, index: usize) {
+        self.counters[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Marks a request as a replay of a dead letter: a [`DeadLetterLayer`] it passes through does
+/// not record it again if it fails (the letter is still in the sink).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Replaying;
+
+/// What [`replay`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReplayReport {
+    /// Letters sent again.
+    pub replayed: usize,
+    /// Letters that succeeded and were removed from the sink.
+    pub succeeded: usize,
+    /// Letters that failed again and were kept.
+    pub still_failing: usize,
+    /// Letters that could not be sent (body not kept, or a damaged record); kept.
+    pub skipped: usize,
+}
+
+/// Sends every letter in `sink` again through `service`, one at a time, and removes exactly
+/// those that now succeed (a 1xx–3xx response); the rest stay for the next replay. Calling it
+/// twice never sends a removed letter again, and the idempotency key of each letter goes with
+/// it. Requests carry the [`Replaying`] extension, so the same stack can be used.
+pub async fn replay<S, ResB>(sink: &dyn Sink, service: S) -> Result<ReplayReport, sink::SinkError>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+{
+    let letters = sink.read_all().await?;
+    let mut report = ReplayReport::default();
+    let mut done = Vec::new();
+    for letter in letters {
+        let Some(mut request) = letter.to_request() else {
+            report.skipped += 1;
+            continue;
+        };
+        request.extensions_mut().insert(Replaying);
+        report.replayed += 1;
+        match service.clone().oneshot(request).await {
+            Ok(response) if classify_status(response.status()) == Outcome::Success => {
+                done.push(letter.id);
+            }
+            Ok(_) | Err(_) => report.still_failing += 1,
+        }
+    }
+    report.succeeded = sink.remove(&done).await?;
+    Ok(report)
+}
