@@ -42,6 +42,7 @@
 //! ```
 
 pub mod body;
+pub mod circuit;
 pub mod classify;
 pub mod dead_letter;
 pub mod deadline;
@@ -58,6 +59,7 @@ pub mod retry;
 pub mod retry_after;
 pub mod throttle;
 
+pub use circuit::{CircuitBreakerLayer, CircuitState};
 pub use dead_letter::{DeadLetter, DeadLetterLayer, JsonLinesSink, MemorySink, Sink};
 pub use error::{BoxError, Error};
 pub use idempotency::IdempotencyKeyLayer;

@@ -1,0 +1,159 @@
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+
+use http::Response;
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+
+use super::breaker::{Admission, Breaker};
+use super::Registry;
+use crate::classify::{Attempt, Classify, Outcome};
+use crate::error::{BoxError, Error};
+
+/// An admitted call's right to report its outcome. A probe dropped before its outcome is known
+/// gives its permit back.
+pub(crate) struct Permit {
+    breaker: Arc<Breaker>,
+    registry: Arc<Registry>,
+    admission: Admission,
+    done: bool,
+}
+
+impl Permit {
+    pub(crate) fn new(
+        breaker: Arc<Breaker>,
+        registry: Arc<Registry>,
+        admission: Admission,
+    ) -> Self {
+        Permit {
+            breaker,
+            registry,
+            admission,
+            done: false,
+        }
+    }
+
+    fn finish(&mut self, outcome: Outcome, started: Option<Instant>) {
+        self.done = true;
+        let settings = &self.registry.settings;
+        let now = started.map(|_| Instant::now());
+        let slow = match (settings.slow_call, started, now) {
+            (Some((limit, _)), Some(started), Some(now)) => now - started > limit,
+            _ => false,
+        };
+        let failure = match outcome {
+            Outcome::Rejected => None,
+            outcome => Some(outcome.is_failure()),
+        };
+        match failure {
+            Some(true) => self.registry.stats.count(2),
+            Some(false) => self.registry.stats.count(3),
+            None => {}
+        }
+        let mut changes = Vec::new();
+        self.breaker
+            .record(self.admission, failure, slow, now, settings, &mut changes);
+        self.registry.announce(&changes);
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if !self.done && self.admission == Admission::Probe {
+            self.breaker.release_probe();
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("admission", &self.admission)
+            .finish_non_exhaustive()
+    }
+}
+
+pin_project! {
+    /// The response future of [`CircuitBreaker`](super::CircuitBreaker).
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed, as futures may.
+    pub struct ResponseFuture<F, C> {
+        #[pin]
+        future: Option<F>,
+        permit: Option<Permit>,
+        classify: Option<C>,
+        started: Option<Instant>,
+        error: Option<Error>,
+    }
+}
+
+impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("permit", &self.permit)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, C> ResponseFuture<F, C> {
+    pub(crate) fn calling(
+        future: F,
+        permit: Permit,
+        classify: C,
+        started: Option<Instant>,
+    ) -> Self {
+        ResponseFuture {
+            future: Some(future),
+            permit: Some(permit),
+            classify: Some(classify),
+            started,
+            error: None,
+        }
+    }
+
+    pub(crate) fn rejected(error: Error) -> Self {
+        ResponseFuture {
+            future: None,
+            permit: None,
+            classify: None,
+            started: None,
+            error: Some(error),
+        }
+    }
+}
+
+impl<F, C, ResB, E> Future for ResponseFuture<F, C>
+where
+    F: Future<Output = Result<Response<ResB>, E>>,
+    E: Into<BoxError>,
+    C: Classify,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Some(future) = this.future.as_pin_mut() else {
+            return Poll::Ready(Err(this
+                .error
+                .take()
+                .expect("future polled after completion")));
+        };
+        let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
+        if let (Some(mut permit), Some(classify)) = (this.permit.take(), this.classify.as_ref()) {
+            let outcome = match &result {
+                Ok(response) => classify.classify(Attempt::Response {
+                    status: response.status(),
+                    headers: response.headers(),
+                }),
+                Err(error) => classify.classify(Attempt::Error(error)),
+            };
+            permit.finish(outcome, *this.started);
+        }
+        Poll::Ready(result)
+    }
+}

@@ -1,0 +1,168 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use tower_layer::Layer;
+
+use super::{CircuitBreaker, CircuitState, CircuitStats, Registry, Settings, StateChange, Window};
+use crate::classify::{Classify, DefaultClassifier};
+use crate::partition::{Global, Partition, PartitionKey};
+
+/// Fails fast while the upstream is failing. See the [module docs](super) for the rules and
+/// defaults.
+///
+/// The breakers are created with the layer; every clone of it, and every service it makes,
+/// shares them. Setters called after a clone was taken give that layer breakers of its own.
+#[derive(Clone, Debug)]
+pub struct CircuitBreakerLayer<C = DefaultClassifier, P = Global> {
+    registry: Arc<Registry>,
+    classify: C,
+    partition: P,
+}
+
+impl Default for CircuitBreakerLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CircuitBreakerLayer {
+    /// A breaker with the defaults in the [module docs](super).
+    pub fn new() -> Self {
+        CircuitBreakerLayer {
+            registry: Arc::new(Registry::new(Settings::default())),
+            classify: DefaultClassifier,
+            partition: Global,
+        }
+    }
+}
+
+impl<C, P> CircuitBreakerLayer<C, P> {
+    fn update(mut self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.registry.settings.clone();
+        f(&mut settings);
+        self.registry = Arc::new(Registry::new(settings));
+        self
+    }
+
+    /// The failure rate over the window at which the circuit opens, from 0.0 to 1.0 (default
+    /// 0.5). Values outside are clamped; NaN keeps the current value.
+    pub fn failure_rate_threshold(self, rate: f32) -> Self {
+        self.update(|s| {
+            if !rate.is_nan() {
+                s.failure_rate_threshold = rate.clamp(0.0, 1.0);
+            }
+        })
+    }
+
+    /// The window the rates are computed over (default the last 20 calls). A zero count or
+    /// bucket number is raised to 1.
+    pub fn window(self, window: Window) -> Self {
+        self.update(|s| s.window = window)
+    }
+
+    /// Calls the window must hold before the circuit may open (default 10).
+    pub fn minimum_calls(self, calls: u32) -> Self {
+        self.update(|s| s.minimum_calls = calls.max(1))
+    }
+
+    /// How long the circuit stays open before probing (default 30 s).
+    pub fn open_duration(self, duration: Duration) -> Self {
+        self.update(|s| s.open_duration = duration)
+    }
+
+    /// Lengthens the open time by `factor` each time a probe fails, up to `max`; it returns to
+    /// `open_duration` once the circuit closes (default off). A factor below 1 is raised to 1.
+    pub fn open_backoff(self, factor: f32, max: Duration) -> Self {
+        self.update(|s| {
+            let factor = if factor.is_nan() {
+                1.0
+            } else {
+                factor.max(1.0)
+            };
+            s.open_backoff = Some((factor, max));
+        })
+    }
+
+    /// Probe calls let through while half-open; all must succeed to close (default 3; at
+    /// least 1).
+    pub fn half_open_probes(self, probes: u32) -> Self {
+        self.update(|s| s.half_open_probes = probes.max(1))
+    }
+
+    /// Also opens the circuit when at least `rate` (0.0 to 1.0) of the calls in the window took
+    /// longer than `duration` (default off).
+    pub fn slow_call(self, duration: Duration, rate: f32) -> Self {
+        self.update(|s| {
+            let rate = if rate.is_nan() {
+                1.0
+            } else {
+                rate.clamp(0.0, 1.0)
+            };
+            s.slow_call = Some((duration, rate));
+        })
+    }
+
+    /// The most per-partition breakers kept (default 1,024). At the cap, idle closed breakers
+    /// are dropped first; if none is idle, a new key shares the default breaker.
+    pub fn max_partitions(self, max: usize) -> Self {
+        self.update(|s| s.max_partitions = max)
+    }
+
+    /// Calls `listener` on every state change, after the change, outside any lock.
+    pub fn on_state_change(self, listener: impl Fn(&StateChange) + Send + Sync + 'static) -> Self {
+        let listener = Arc::new(listener);
+        self.update(|s| s.listener = Some(listener))
+    }
+
+    /// What counts as a failure (default [`DefaultClassifier`]: 5xx, transport errors and
+    /// timeouts; not 4xx, not 429).
+    pub fn classify<C2: Classify>(self, classify: C2) -> CircuitBreakerLayer<C2, P> {
+        CircuitBreakerLayer {
+            registry: self.registry,
+            classify,
+            partition: self.partition,
+        }
+    }
+
+    /// One breaker per partition (default [`Global`]: one for the whole service).
+    pub fn partition<P2: Partition>(self, partition: P2) -> CircuitBreakerLayer<C, P2> {
+        CircuitBreakerLayer {
+            registry: self.registry,
+            classify: self.classify,
+            partition,
+        }
+    }
+
+    /// The state of the default breaker.
+    pub fn state(&self) -> CircuitState {
+        self.registry.state_of(None)
+    }
+
+    /// The state of the breaker of `key` (closed when there is none).
+    pub fn state_of(&self, key: &PartitionKey) -> CircuitState {
+        self.registry.state_of(Some(key))
+    }
+
+    /// Per-partition breakers currently kept.
+    pub fn partitions(&self) -> usize {
+        self.registry.partitions()
+    }
+
+    /// The counters of every service made by this layer and its clones.
+    pub fn stats(&self) -> CircuitStats {
+        self.registry.stats.clone()
+    }
+}
+
+impl<S, C: Clone, P: Clone> Layer<S> for CircuitBreakerLayer<C, P> {
+    type Service = CircuitBreaker<S, C, P>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        CircuitBreaker::new(
+            inner,
+            self.registry.clone(),
+            self.classify.clone(),
+            self.partition.clone(),
+        )
+    }
+}

@@ -1,0 +1,302 @@
+//! Circuit breaking: fail fast while the upstream is down, probe it, recover.
+//!
+//! A dead upstream fills every worker with calls that wait for a timeout. [`CircuitBreakerLayer`]
+//! watches the outcomes of calls and, when too many fail, stops calling for a while:
+//!
+//! ```text
+//!   Closed ──(failure rate ≥ threshold over the window, with ≥ minimum_calls)──▶ Open
+//!     ▲                                                                         │
+//!     │ every probe succeeded                                   open_duration   │
+//!     │                                                          has passed     ▼
+//!     └──────────────────────────────── HalfOpen ◀──────────────────────────────┘
+//!                                          │ a probe failed
+//!                                          └──────────────▶ Open (again, maybe longer)
+//! ```
+//!
+//! - **Closed:** calls go through; their outcomes fill a sliding window, by count (the last
+//!   N calls) or by time (the last T, in slices).
+//! - **Open:** calls fail at once with [`Kind::CircuitOpen`](crate::error::Kind::CircuitOpen),
+//!   carrying the time until the next probe, without touching the inner service.
+//! - **Half-open:** at most `half_open_probes` calls go through; all must succeed to close, one
+//!   failure re-opens. Other calls meanwhile fail fast with a `retry_in` of zero. A probe whose
+//!   caller gives up (drops the future) gives its permit back.
+//!
+//! What counts as a failure comes from [`Classify`](crate::classify::Classify)
+//! ([`Outcome::is_failure`](crate::classify::Outcome::is_failure)): by default 5xx, transport
+//! errors and timeouts are failures; 4xx and 429 are not (the upstream is healthy, just
+//! limiting); calls refused by another layer (throttled, another breaker) are not counted.
+//!
+//! | setting | default |
+//! |---|---|
+//! | [`failure_rate_threshold`](CircuitBreakerLayer::failure_rate_threshold) | 0.5 (50 %) |
+//! | [`window`](CircuitBreakerLayer::window) | the last 20 calls |
+//! | [`minimum_calls`](CircuitBreakerLayer::minimum_calls) | 10 |
+//! | [`open_duration`](CircuitBreakerLayer::open_duration) | 30 s |
+//! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | off (each trip opens for `open_duration`) |
+//! | [`half_open_probes`](CircuitBreakerLayer::half_open_probes) | 3 |
+//! | [`slow_call`](CircuitBreakerLayer::slow_call) | off |
+//! | [`partition`](CircuitBreakerLayer::partition) | one breaker for the whole service |
+//!
+//! Every state change is logged (`warn` on open, `info` otherwise) and reaches the listener set
+//! with [`on_state_change`](CircuitBreakerLayer::on_state_change). Clones of the layer and its
+//! services share the breakers. A closed breaker admits a call with one atomic load and records
+//! its outcome in one short critical section; nothing is allocated per call.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response, StatusCode};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_outbound::{CircuitBreakerLayer, CircuitState};
+//!
+//! # #[tokio::main(flavor = "current_thread", start_paused = true)] async fn main() {
+//! let down = tower::service_fn(|_req: Request<()>| async {
+//!     Ok::<_, std::convert::Infallible>(
+//!         Response::builder().status(StatusCode::BAD_GATEWAY).body(()).unwrap(),
+//!     )
+//! });
+//! let breaker = CircuitBreakerLayer::new().minimum_calls(4).open_duration(Duration::from_secs(10));
+//! let client = ServiceBuilder::new().layer(breaker.clone()).service(down);
+//!
+//! for _ in 0..4 {
+//!     client.clone().oneshot(Request::new(())).await.unwrap();
+//! }
+//! assert_eq!(breaker.state(), CircuitState::Open);
+//! let err = client.clone().oneshot(Request::new(())).await.unwrap_err();
+//! assert!(err.is_circuit_open());
+//! assert_eq!(err.retry_after(), Some(Duration::from_secs(10)));
+//! # }
+//! ```
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use crate::partition::PartitionKey;
+
+mod breaker;
+mod future;
+mod layer;
+mod service;
+mod window;
+
+pub use future::ResponseFuture;
+pub use layer::CircuitBreakerLayer;
+pub use service::CircuitBreaker;
+pub use window::Window;
+
+use breaker::Breaker;
+
+/// Where a breaker is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CircuitState {
+    /// Calls go through.
+    Closed,
+    /// Calls fail fast.
+    Open,
+    /// A few probe calls go through to test the upstream.
+    HalfOpen,
+}
+
+/// A state change, as the listener and the logs see it.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub struct StateChange {
+    /// The partition of the breaker (`None`: the default breaker).
+    pub key: Option<PartitionKey>,
+    /// The state before.
+    pub from: CircuitState,
+    /// The state after.
+    pub to: CircuitState,
+    /// The failure rate over the window when it changed.
+    pub failure_rate: f32,
+    /// The slow-call rate over the window when it changed.
+    pub slow_call_rate: f32,
+    /// Calls in the window when it changed.
+    pub calls: u32,
+    /// For a change to open: how long it stays open.
+    pub open_for: Option<Duration>,
+}
+
+type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+/// The settings of every breaker of one layer.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) failure_rate_threshold: f32,
+    pub(crate) window: Window,
+    pub(crate) minimum_calls: u32,
+    pub(crate) open_duration: Duration,
+    pub(crate) open_backoff: Option<(f32, Duration)>,
+    pub(crate) half_open_probes: u32,
+    pub(crate) slow_call: Option<(Duration, f32)>,
+    pub(crate) max_partitions: usize,
+    pub(crate) listener: Option<Listener>,
+}
+
+impl fmt::Debug for Settings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Settings")
+            .field("failure_rate_threshold", &self.failure_rate_threshold)
+            .field("window", &self.window)
+            .field("minimum_calls", &self.minimum_calls)
+            .field("open_duration", &self.open_duration)
+            .field("open_backoff", &self.open_backoff)
+            .field("half_open_probes", &self.half_open_probes)
+            .field("slow_call", &self.slow_call)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            failure_rate_threshold: 0.5,
+            window: Window::Count(20),
+            minimum_calls: 10,
+            open_duration: Duration::from_secs(30),
+            open_backoff: None,
+            half_open_probes: 3,
+            slow_call: None,
+            max_partitions: 1024,
+            listener: None,
+        }
+    }
+}
+
+/// Counters of a [`CircuitBreakerLayer`] and every service it made. Cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct CircuitStats {
+    counters: Arc<[AtomicU64; 5]>,
+}
+
+impl CircuitStats {
+    /// Calls let through (probes included).
+    pub fn permitted(&self) -> u64 {
+        self.counters[0].load(Ordering::Relaxed)
+    }
+
+    /// Calls refused because a breaker was open (or half-open with every probe out).
+    pub fn rejected(&self) -> u64 {
+        self.counters[1].load(Ordering::Relaxed)
+    }
+
+    /// Calls that counted as failures.
+    pub fn failures(&self) -> u64 {
+        self.counters[2].load(Ordering::Relaxed)
+    }
+
+    /// Calls that counted as successes.
+    pub fn successes(&self) -> u64 {
+        self.counters[3].load(Ordering::Relaxed)
+    }
+
+    /// Times a breaker opened.
+    pub fn times_opened(&self) -> u64 {
+        self.counters[4].load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count(&self, index: usize) {
+        self.counters[index].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The breakers of one layer: the default one, and one per partition key.
+pub(crate) struct Registry {
+    pub(crate) settings: Settings,
+    default: Arc<Breaker>,
+    keyed: Mutex<HashMap<PartitionKey, Arc<Breaker>>>,
+    pub(crate) stats: CircuitStats,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    pub(crate) fn new(settings: Settings) -> Self {
+        Registry {
+            default: Arc::new(Breaker::new(&settings, None)),
+            settings,
+            keyed: Mutex::new(HashMap::new()),
+            stats: CircuitStats::default(),
+        }
+    }
+
+    /// The breaker of `key`. At `max_partitions`, idle closed breakers are dropped first; if
+    /// none is idle, the key shares the default breaker.
+    pub(crate) fn breaker(&self, key: Option<&PartitionKey>) -> Arc<Breaker> {
+        let Some(key) = key else {
+            return self.default.clone();
+        };
+        let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(breaker) = map.get(key) {
+            return breaker.clone();
+        }
+        if map.len() >= self.settings.max_partitions {
+            map.retain(|_, b| !b.is_idle());
+        }
+        if map.len() >= self.settings.max_partitions {
+            return self.default.clone();
+        }
+        let breaker = Arc::new(Breaker::new(&self.settings, Some(key.clone())));
+        map.insert(key.clone(), breaker.clone());
+        breaker
+    }
+
+    pub(crate) fn state_of(&self, key: Option<&PartitionKey>) -> CircuitState {
+        match key {
+            None => self.default.state(),
+            Some(key) => self
+                .keyed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(key)
+                .map_or(CircuitState::Closed, |b| b.state()),
+        }
+    }
+
+    pub(crate) fn partitions(&self) -> usize {
+        self.keyed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// Logs and announces state changes (outside any breaker's lock).
+    pub(crate) fn announce(&self, changes: &[StateChange]) {
+        for change in changes {
+            let key = change
+                .key
+                .as_ref()
+                .map(|k| k.to_string())
+                .unwrap_or_default();
+            match change.to {
+                CircuitState::Open => {
+                    self.stats.count(4);
+                    tracing::warn!(
+                        partition = %key,
+                        failure_rate = change.failure_rate,
+                        calls = change.calls,
+                        open_ms = change.open_for.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                        "circuit opened"
+                    );
+                }
+                CircuitState::HalfOpen => {
+                    tracing::info!(partition = %key, "circuit half-open: probing")
+                }
+                CircuitState::Closed => tracing::info!(partition = %key, "circuit closed"),
+            }
+            if let Some(listener) = &self.settings.listener {
+                listener(change);
+            }
+        }
+    }
+}

@@ -1,0 +1,95 @@
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tokio::time::Instant;
+use tower_service::Service;
+
+use super::breaker::Admission;
+use super::future::{Permit, ResponseFuture};
+use super::{CircuitState, Registry};
+use crate::classify::Classify;
+use crate::error::{BoxError, Error, Kind};
+use crate::partition::{Partition, RequestHead};
+
+/// The service made by [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
+///
+/// `poll_ready` asks only the inner service: whether a call may go is decided per call in
+/// `call` (with per-upstream breakers it depends on the request), so a refused call leaves the
+/// inner service's readiness unused, which tower services allow.
+#[derive(Clone, Debug)]
+pub struct CircuitBreaker<S, C, P> {
+    inner: S,
+    registry: Arc<Registry>,
+    classify: C,
+    partition: P,
+}
+
+impl<S, C, P> CircuitBreaker<S, C, P> {
+    pub(crate) fn new(inner: S, registry: Arc<Registry>, classify: C, partition: P) -> Self {
+        CircuitBreaker {
+            inner,
+            registry,
+            classify,
+            partition,
+        }
+    }
+
+    /// The state of the default breaker.
+    pub fn state(&self) -> CircuitState {
+        self.registry.state_of(None)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S, C, P, B, ResB> Service<Request<B>> for CircuitBreaker<S, C, P>
+where
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    P: Partition,
+{
+    type Response = Response<ResB>;
+    type Error = Error;
+    type Future = ResponseFuture<S::Future, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| Error::from_box(e.into()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let key = if self.partition.is_global() {
+            None
+        } else {
+            self.partition.key(&RequestHead::of(&request))
+        };
+        let breaker = self.registry.breaker(key.as_ref());
+        let mut changes = Vec::new();
+        let admission = breaker.admit(&self.registry.settings, &mut changes);
+        self.registry.announce(&changes);
+        match admission {
+            Admission::Reject { retry_in } => {
+                self.registry.stats.count(1);
+                let error = Error::new(Kind::CircuitOpen { retry_in })
+                    .for_upstream(request.uri().authority());
+                ResponseFuture::rejected(error)
+            }
+            Admission::Call | Admission::Probe => {
+                self.registry.stats.count(0);
+                let settings = &self.registry.settings;
+                let needs_clock = settings.slow_call.is_some()
+                    || matches!(settings.window, super::Window::Time { .. });
+                let started = needs_clock.then(Instant::now);
+                let future = self.inner.call(request);
+                let permit = Permit::new(breaker, self.registry.clone(), admission);
+                ResponseFuture::calling(future, permit, self.classify.clone(), started)
+            }
+        }
+    }
+}
