@@ -3,6 +3,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,7 +17,10 @@ use tokio::time::Instant;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_outbound::body::ReplayBody;
 use tower_outbound::retry::Attempts;
-use tower_outbound::{Error, IdempotencyKeyLayer, RetryAfterLayer, RetryLayer};
+use tower_outbound::{
+    CircuitBreakerLayer, CircuitState, DeadLetterLayer, Error, IdempotencyKeyLayer, MemorySink,
+    Outbound, RetryAfterLayer, RetryLayer,
+};
 
 type Response = http::Response<hyper::body::Incoming>;
 
@@ -242,4 +247,89 @@ async fn no_wait_is_started_that_would_overrun_the_deadline() {
     let attempts = response.extensions().get::<Attempts>().unwrap();
     assert_eq!(attempts.retry_after.unwrap().0, Duration::from_secs(20));
     assert_eq!(server.received().len(), 1);
+}
+
+/// An upstream that is down (503) while `down` is set, and counts what reaches it.
+async fn switchable_upstream() -> (String, Arc<AtomicBool>, Arc<AtomicU32>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let down = Arc::new(AtomicBool::new(true));
+    let hits = Arc::new(AtomicU32::new(0));
+    let (flag, count) = (down.clone(), hits.clone());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (flag, count) = (flag.clone(), count.clone());
+            let service =
+                hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let status = if flag.load(Ordering::SeqCst) {
+                        503
+                    } else {
+                        200
+                    };
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            http::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::new()))
+                                .unwrap(),
+                        )
+                    }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (url, down, hits)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_dead_upstream_trips_the_breaker_and_nothing_the_caller_sent_is_lost() {
+    let (url, down, hits) = switchable_upstream().await;
+    let sink = MemorySink::new();
+    let breaker = CircuitBreakerLayer::new()
+        .minimum_calls(5)
+        .open_duration(Duration::from_secs(5));
+    let stack = Outbound::background()
+        .retry(RetryLayer::new().max_attempts(3).rng_seed(9))
+        .circuit_breaker(Some(breaker.clone()))
+        .dead_letters(Some(DeadLetterLayer::new(sink.clone())));
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = stack.service(client);
+
+    // One call a second for two minutes; the upstream is down for the first minute.
+    let mut delivered = 0;
+    let mut failed = 0;
+    let mut hits_while_down = 0;
+    for second in 0..120u32 {
+        if second == 60 {
+            hits_while_down = hits.load(Ordering::SeqCst);
+            down.store(false, Ordering::SeqCst);
+        }
+        let body = format!("{{\"n\":{second}}}");
+        let request = Request::put(format!("{url}/items/{second}"))
+            .body(Full::new(Bytes::from(body)))
+            .unwrap();
+        match svc.clone().oneshot(request).await {
+            Ok(response) if response.status() == StatusCode::OK => delivered += 1,
+            Ok(_) | Err(_) => failed += 1,
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    // Without the breaker, 60 calls × 3 attempts would have hit the dead upstream.
+    assert!(
+        hits_while_down < 60,
+        "the upstream saw {hits_while_down} requests while down"
+    );
+    assert!(breaker.stats().rejected() > 0);
+    // Traffic resumed after the recovery.
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    assert!(delivered >= 55, "delivered {delivered}");
+    // Nothing lost: every call was delivered or is a dead letter.
+    assert_eq!(delivered + failed, 120);
+    assert_eq!(sink.letters().len(), failed);
 }

@@ -3,22 +3,30 @@
 //! [`Outbound`] puts the crate's layers together around a client:
 //!
 //! ```text
-//! IdempotencyKeyLayer   one key per logical write                       (logical call)
-//! DeadlineLayer         the whole call ends by the deadline (30 s)      (logical call)
-//! RetryLayer            attempts and the waits between them             ─ each attempt below ─
-//! RetryAfterLayer       shared gate while the server asked for a pause
-//! TimeoutLayer          one attempt ends after 10 s: a retryable failure
-//! client
+//!                        ┌──────────────────────────────────────────── one logical call ──┐
+//! IdempotencyKeyLayer    │ one key per logical write, the same on every attempt            │
+//! DeadLetterLayer        │ reads the body once; records the call if it finally fails       │
+//! DeadlineLayer          │ the whole call ends by the deadline (30 s)                      │
+//! RetryLayer             │ attempts, and the waits between them                            │
+//!                        ├──────────────────────────────────────────── each attempt ───────┤
+//! CircuitBreakerLayer    │ fails fast while the upstream is down; counts every attempt     │
+//! RetryAfterLayer        │ shared gate while the server asked for a pause                  │
+//! ThrottleLayer          │ waits for a token right before sending                          │
+//! TimeoutLayer           │ one attempt ends after 10 s: a retryable, breaker-counted failure│
+//! client                 └─────────────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! See `docs/design.md` for why this order. Every part can be replaced or left out; two presets
 //! give the common shapes:
 //!
-//! | preset                          | attempts | delays            | wait budget | deadline | attempt timeout | gate     |
-//! |---------------------------------|----------|-------------------|-------------|----------|-----------------|----------|
-//! | [`Outbound::new`]               | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s   |
-//! | [`Outbound::user_facing`]       | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast |
-//! | [`Outbound::background`]        | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s   |
+//! | preset                    | attempts | delays             | wait budget | deadline | attempt timeout | gate      | breaker | dead letters |
+//! |---------------------------|----------|--------------------|-------------|----------|-----------------|-----------|---------|--------------|
+//! | [`Outbound::new`]         | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s    | on      | off          |
+//! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on      | off          |
+//! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on      | on (memory)  |
+//!
+//! No preset throttles: the rate belongs to the upstream; add
+//! [`throttle`](Outbound::throttle) with its limit.
 //!
 //! # Example
 //!
@@ -48,12 +56,20 @@ use tower::timeout::{Timeout, TimeoutLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::circuit::CircuitBreaker;
+use crate::classify::DefaultClassifier;
+use crate::dead_letter::{DeadLetterService, MemorySink};
 use crate::deadline::{DeadlineLayer, DeadlineService};
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
+use crate::partition::Global;
 use crate::retry::{Jitter, Retry};
 use crate::retry_after::RetryAfter;
-use crate::{classify::DefaultClassifier, IdempotencyKeyLayer, RetryAfterLayer, RetryLayer};
+use crate::throttle::Throttle;
+use crate::{
+    CircuitBreakerLayer, DeadLetterLayer, IdempotencyKeyLayer, RetryAfterLayer, RetryLayer,
+    ThrottleLayer,
+};
 
 mod maybe;
 
@@ -66,9 +82,12 @@ pub use maybe::{Maybe, MaybeFuture};
 #[derive(Clone, Debug)]
 pub struct Outbound {
     idempotency: Option<IdempotencyKeyLayer>,
+    dead_letters: Option<DeadLetterLayer>,
     deadline: Option<Duration>,
     retry: RetryLayer,
+    circuit_breaker: Option<CircuitBreakerLayer>,
     gate: RetryAfterLayer,
+    throttle: Option<ThrottleLayer>,
     attempt_timeout: Option<Duration>,
 }
 
@@ -83,9 +102,12 @@ impl Outbound {
     pub fn new() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
+            dead_letters: None,
             deadline: Some(Duration::from_secs(30)),
             retry: RetryLayer::new(),
+            circuit_breaker: Some(CircuitBreakerLayer::new()),
             gate: RetryAfterLayer::new(),
+            throttle: None,
             attempt_timeout: Some(Duration::from_secs(10)),
         }
     }
@@ -100,6 +122,7 @@ impl Outbound {
     pub fn user_facing() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
+            dead_letters: None,
             deadline: Some(Duration::from_secs(5)),
             retry: RetryLayer::new()
                 .max_attempts(2)
@@ -107,22 +130,29 @@ impl Outbound {
                 .max_delay(Duration::from_secs(1))
                 .max_total_delay(Duration::from_secs(2))
                 .max_retry_after(Duration::from_secs(2)),
+            circuit_breaker: Some(CircuitBreakerLayer::new()),
             gate: RetryAfterLayer::new().max_wait(Duration::ZERO),
+            throttle: None,
             attempt_timeout: Some(Duration::from_secs(2)),
         }
     }
 
     /// For work no person waits on (sync jobs, webhooks, queues): more attempts, a longer
-    /// budget and deadline.
+    /// budget and deadline, and dead letters for what still fails. They go to a
+    /// [`MemorySink`] (see [`dead_letters`](Self::dead_letters) for a durable file or a shared
+    /// stream).
     pub fn background() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
+            dead_letters: Some(DeadLetterLayer::new(MemorySink::new())),
             deadline: Some(Duration::from_secs(120)),
             retry: RetryLayer::new()
                 .max_attempts(5)
                 .base_delay(Duration::from_millis(500))
                 .jitter(Jitter::Full),
+            circuit_breaker: Some(CircuitBreakerLayer::new()),
             gate: RetryAfterLayer::new(),
+            throttle: None,
             attempt_timeout: Some(Duration::from_secs(20)),
         }
     }
@@ -144,6 +174,40 @@ impl Outbound {
     pub fn idempotency(mut self, layer: Option<IdempotencyKeyLayer>) -> Self {
         self.idempotency = layer;
         self
+    }
+
+    /// The dead-letter layer, or `None` to leave it out (default: none; on in
+    /// [`background`](Self::background)).
+    pub fn dead_letters(mut self, layer: Option<DeadLetterLayer>) -> Self {
+        self.dead_letters = layer;
+        self
+    }
+
+    /// The circuit breaker, or `None` to leave it out (default [`CircuitBreakerLayer::new`]).
+    pub fn circuit_breaker(mut self, layer: Option<CircuitBreakerLayer>) -> Self {
+        self.circuit_breaker = layer;
+        self
+    }
+
+    /// The throttle, or `None` to leave it out (default: none).
+    pub fn throttle(mut self, layer: Option<ThrottleLayer>) -> Self {
+        self.throttle = layer;
+        self
+    }
+
+    /// The dead-letter layer, when there is one (to read its sink and counters).
+    pub fn dead_letter_layer(&self) -> Option<&DeadLetterLayer> {
+        self.dead_letters.as_ref()
+    }
+
+    /// The circuit breaker, when there is one (to read its state and counters).
+    pub fn circuit_breaker_layer(&self) -> Option<&CircuitBreakerLayer> {
+        self.circuit_breaker.as_ref()
+    }
+
+    /// The throttle, when there is one (to read its counters).
+    pub fn throttle_layer(&self) -> Option<&ThrottleLayer> {
+        self.throttle.as_ref()
     }
 
     /// The deadline of one logical call, attempts and waits together, or `None` for none
@@ -176,21 +240,22 @@ impl Outbound {
     }
 }
 
-/// The attempt-side part of the stack: below the retry layer.
-type AttemptStack<S> = RetryAfter<Maybe<Timeout<S>, S>>;
-
+/// Each attempt: the breaker, the gate, the throttle and the attempt timeout.
+type Attempt<S> = Maybe<
+    CircuitBreaker<RetryAfter<Throttled<S>>, DefaultClassifier, Global>,
+    RetryAfter<Throttled<S>>,
+>;
+type Throttled<S> = Maybe<Throttle<Timed<S>, Global>, Timed<S>>;
+type Timed<S> = Maybe<Timeout<S>, S>;
+/// The logical call: the deadline around the retries.
+type Call<S> = Maybe<
+    DeadlineService<Retry<Attempt<S>, DefaultClassifier>>,
+    Retry<Attempt<S>, DefaultClassifier>,
+>;
 /// The whole stack's type.
 type Stack<S> = Maybe<
-    IdempotencyKey<
-        Maybe<
-            DeadlineService<Retry<AttemptStack<S>, DefaultClassifier>>,
-            Retry<AttemptStack<S>, DefaultClassifier>,
-        >,
-    >,
-    Maybe<
-        DeadlineService<Retry<AttemptStack<S>, DefaultClassifier>>,
-        Retry<AttemptStack<S>, DefaultClassifier>,
-    >,
+    IdempotencyKey<Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>>,
+    Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>,
 >;
 
 impl<S> Layer<S> for Outbound {
@@ -198,9 +263,12 @@ impl<S> Layer<S> for Outbound {
 
     fn layer(&self, client: S) -> Self::Service {
         let attempt = MaybeLayer(self.attempt_timeout.map(TimeoutLayer::new)).layer(client);
+        let attempt = MaybeLayer(self.throttle.clone()).layer(attempt);
         let attempt = self.gate.layer(attempt);
+        let attempt = MaybeLayer(self.circuit_breaker.clone()).layer(attempt);
         let call = self.retry.layer(attempt);
         let call = MaybeLayer(self.deadline.map(DeadlineLayer::new)).layer(call);
+        let call = MaybeLayer(self.dead_letters.clone()).layer(call);
         let call = MaybeLayer(self.idempotency.clone()).layer(call);
         OutboundService { inner: call }
     }
