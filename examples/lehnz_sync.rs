@@ -8,21 +8,30 @@
 //!
 //! ```text
 //! cargo run --release --example lehnz_sync [-- --events 100000 --seed 7 --dead-letters PATH]
+//!
+//! Batches that still fail after the retries go to a JSON Lines dead-letter file (in the
+//! system's temporary directory unless `--dead-letters` names one), and are replayed once at
+//! the end; the report counts an event as lost only if it is neither stored nor in that file.
 //! LEHNZ_API_KEY=... cargo run --release --example lehnz_sync -- --base-url https://api.lehnz.com
 //! ```
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use std::path::PathBuf;
+
 use indicatif::{ProgressBar, ProgressStyle};
+use tower_outbound::dead_letter::StoredBody;
 use tower_outbound::lehnz::sim::{Chaos, Simulator};
 use tower_outbound::lehnz::{Client, Event, LehnzError};
+use tower_outbound::{JsonLinesSink, Sink};
 
 struct Args {
     events: usize,
     seed: u64,
     base_url: Option<String>,
     chunk: usize,
+    dead_letters: Option<String>,
 }
 
 fn args() -> Result<Args, String> {
@@ -30,7 +39,8 @@ fn args() -> Result<Args, String> {
         events: 100_000,
         seed: 7,
         base_url: None,
-        chunk: 5_000,
+        chunk: 20_000,
+        dead_letters: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -47,6 +57,7 @@ fn args() -> Result<Args, String> {
                     .map_err(|e| format!("--seed: {e}"))?
             }
             "--base-url" => args.base_url = Some(value("--base-url")?),
+            "--dead-letters" => args.dead_letters = Some(value("--dead-letters")?),
             "--chunk" => {
                 args.chunk = value("--chunk")?
                     .parse::<usize>()
@@ -97,10 +108,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Some(sim), key, url)
         }
     };
+    let dead_letter_path = args
+        .dead_letters
+        .clone()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("lehnz-sync-{}.jsonl", std::process::id()))
+        });
     let client = Client::builder(&key)
         .base_url(&base_url)
         .concurrency(8)
-        .stack(|s| s.retry_seed(args.seed))
+        .stack(|s| {
+            let s = s.retry_seed(args.seed).dead_letter_file(&dead_letter_path);
+            if sim.is_some() {
+                // The simulator's scaled-down window.
+                s.throttle(Some((100, Duration::from_secs(5))))
+            } else {
+                s
+            }
+        })
         .build()?;
 
     let mut events = generate(args.events);
@@ -135,12 +161,26 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     bar.finish();
     let elapsed = started.elapsed();
 
+    // What still failed is in the dead-letter file: send it once more.
+    let sink = JsonLinesSink::new(&dead_letter_path);
+    let replay = client.replay_dead_letters(&sink).await?;
+    let still_dead = sink.read_all().await?;
+
     println!();
     println!("report");
     println!("  events                 {}", events.len());
     println!("  accepted               {accepted}");
     println!("  not accepted           {failed_records}");
-    println!("  dead-lettered          {dead_lettered}");
+    println!(
+        "  dead-lettered          {dead_lettered} (file {})",
+        dead_letter_path.display()
+    );
+    println!(
+        "  replayed at the end    {} batches, {} delivered, {} still dead",
+        replay.replayed,
+        replay.succeeded,
+        still_dead.len()
+    );
     println!("  batches (requests)     {requests}");
     if let Some(stats) = client.stats() {
         let retry = stats.retry();
@@ -152,6 +192,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             stats.gate().times_closed(),
             stats.gate().delayed()
         );
+        if let Some(throttle) = stats.throttle() {
+            println!(
+                "  throttle               {} at once, {} paced ({:.1?} waited), {} views adopted",
+                throttle.immediate(),
+                throttle.delayed(),
+                throttle.waited(),
+                throttle.adjustments()
+            );
+        }
+        if let Some(breaker) = stats.circuit_breaker() {
+            println!(
+                "  circuit breaker        opened {} times, {} calls refused",
+                breaker.times_opened(),
+                breaker.rejected()
+            );
+        }
     }
     println!("  wall time              {elapsed:.1?}");
     let mut kinds: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -163,6 +219,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some(sim) = sim {
         let stats = sim.stats();
         let ids: HashSet<&str> = events.iter().filter_map(Event::client_event_id).collect();
+        let stored: HashSet<String> = sim
+            .events()
+            .iter()
+            .filter_map(|e| e["context"]["client_event_id"].as_str().map(str::to_owned))
+            .collect();
+        let dead: HashSet<String> = still_dead
+            .iter()
+            .filter_map(|letter| match &letter.body {
+                Some(StoredBody::Text(body)) => serde_json::from_str::<Vec<Event>>(body).ok(),
+                _ => None,
+            })
+            .flatten()
+            .filter_map(|e| e.client_event_id().map(str::to_owned))
+            .collect();
+        let lost = ids
+            .iter()
+            .filter(|id| !stored.contains(**id) && !dead.contains(**id))
+            .count();
         println!("simulator");
         println!("  events stored          {}", stats.events);
         println!("  distinct event ids     {}", stats.distinct_event_ids);
@@ -170,17 +244,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("  429s sent              {}", stats.rate_limited);
         println!("  connections dropped    {}", stats.connections_dropped);
         println!("  responses by status    {:?}", stats.responses_by_status);
-        let missing = ids.len().saturating_sub(stats.distinct_event_ids);
         println!(
-            "  lost                   {} (events neither stored nor dead-lettered: {})",
-            missing.saturating_sub(dead_lettered),
-            if missing <= dead_lettered {
-                "none"
-            } else {
-                "SOME"
-            }
+            "  lost                   {lost} (events neither stored nor in the dead-letter file)"
         );
         sim.shutdown().await;
+        if lost > 0 {
+            return Err(format!("{lost} events were lost").into());
+        }
     }
     Ok(())
 }

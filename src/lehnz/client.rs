@@ -349,11 +349,9 @@ impl Client {
         let semaphore = Arc::new(Semaphore::new(self.inner.concurrency));
         let mut tasks = JoinSet::new();
         for batch in batches {
-            let permit = semaphore
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| LehnzError::InvalidUrl("the client was shut down".to_owned()))?;
+            let permit = semaphore.clone().acquire_owned().await.map_err(|_| {
+                LehnzError::InvalidConfig("the batch limiter was closed".to_owned())
+            })?;
             let (client, uri) = (self.clone(), uri.clone());
             tasks.spawn(async move {
                 let _permit = permit;
@@ -429,6 +427,23 @@ impl Client {
                 problem,
             })?;
         interpret(parts.status, &parts.headers, &body, sent)
+    }
+
+    /// Sends the dead letters in `sink` again through the client's stack, with the client's
+    /// key (the stored copies have it redacted), and removes those Lehnz now accepts. See
+    /// [`replay`](crate::dead_letter::replay).
+    pub async fn replay_dead_letters(
+        &self,
+        sink: &dyn crate::Sink,
+    ) -> Result<crate::dead_letter::ReplayReport, crate::dead_letter::SinkError> {
+        let key = self.inner.key.header_value().clone();
+        let service = tower::ServiceBuilder::new()
+            .map_request(move |mut request: Request<ReplayBody>| {
+                request.headers_mut().insert(API_KEY, key.clone());
+                request
+            })
+            .service(self.inner.service.clone());
+        crate::dead_letter::replay(sink, service).await
     }
 
     fn dead_letters_enabled(&self) -> bool {

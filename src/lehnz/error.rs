@@ -35,6 +35,7 @@ pub struct FieldError {
 /// | [`Transport`](LehnzError::Transport) | none | network: connection refused or reset, timeout, TLS |
 /// | [`UnexpectedResponse`](LehnzError::UnexpectedResponse) | any | the reply was not what Lehnz documents (an HTML error page, truncated JSON) |
 /// | [`InvalidUrl`](LehnzError::InvalidUrl) | none | fix the base URL; plain `http://` is allowed for loopback only |
+/// | [`InvalidConfig`](LehnzError::InvalidConfig) | none | fix the setting (a zero throttle rate, say) |
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum LehnzError {
@@ -42,6 +43,8 @@ pub enum LehnzError {
     InvalidKey(KeyError),
     /// A base URL is not usable.
     InvalidUrl(String),
+    /// A setting of the client is not usable.
+    InvalidConfig(String),
     /// 401: the key is unknown or revoked.
     Unauthorized {
         /// Lehnz's message.
@@ -134,6 +137,7 @@ impl LehnzError {
         match self {
             LehnzError::InvalidKey(_) => "fix the API key as the message says",
             LehnzError::InvalidUrl(_) => "use an https:// base URL (http:// is for loopback only)",
+            LehnzError::InvalidConfig(_) => "fix the client setting the message names",
             LehnzError::Unauthorized { .. } => {
                 "the key is unknown or revoked: create a new key in the Lehnz dashboard"
             }
@@ -174,6 +178,9 @@ impl fmt::Display for LehnzError {
         match self {
             LehnzError::InvalidKey(err) => write!(f, "{err}"),
             LehnzError::InvalidUrl(problem) => write!(f, "invalid Lehnz base URL: {problem}"),
+            LehnzError::InvalidConfig(problem) => {
+                write!(f, "invalid Lehnz client setting: {problem}")
+            }
             LehnzError::Unauthorized { message } => write!(f, "401 unauthorized: {message}"),
             LehnzError::Forbidden { message } => write!(f, "403 forbidden: {message}"),
             LehnzError::PayloadTooLarge { message } => {

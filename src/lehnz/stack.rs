@@ -1,5 +1,7 @@
 //! The default stack of the Lehnz client, tuned to Lehnz's documented limits.
 
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper_util::client::legacy::Client as HyperClient;
@@ -9,16 +11,49 @@ use tower::ServiceBuilder;
 use super::client::LehnzService;
 use super::error::LehnzError;
 use crate::body::ReplayBody;
+use crate::circuit::CircuitStats;
+use crate::dead_letter::{DeadLetterStats, Sink};
+use crate::outbound::Outbound;
 use crate::retry::RetryStats;
-use crate::{RetryAfterLayer, RetryLayer};
+use crate::retry_after::GateStats;
+use crate::throttle::{BucketStore, ThrottleStats};
+use crate::{
+    CircuitBreakerLayer, DeadLetterLayer, JsonLinesSink, RetryAfterLayer, RetryLayer, ThrottleLayer,
+};
 
-/// Settings of the Lehnz client's default stack. Defaults follow Lehnz's documentation.
-#[derive(Clone, Debug)]
+/// Settings of the Lehnz client's default stack. Defaults follow Lehnz's documentation:
+///
+/// | layer | default |
+/// |---|---|
+/// | dead letters | off; [`dead_letter_file`](Self::dead_letter_file) turns them on |
+/// | retry | 4 attempts; honors `RateLimit-Reset` and `Retry-After` up to 15 min; backoff with full jitter for 5xx and network errors |
+/// | circuit breaker | opens at 50 % failures over the last 20 calls (at least 10), for 30 s |
+/// | Retry-After gate | holds every batch while the org's window is used up |
+/// | throttle | 1,000 requests per 15 minutes for the organization, adopting the server's `RateLimit-*` view |
+/// | attempt timeout | 30 s |
+#[derive(Clone)]
 pub struct StackConfig {
     max_attempts: u32,
     max_retry_after: Duration,
     attempt_timeout: Duration,
     retry_seed: Option<u64>,
+    throttle: Option<(u32, Duration)>,
+    throttle_store: Option<Arc<dyn BucketStore>>,
+    breaker: bool,
+    dead_letters: Option<Arc<dyn Sink>>,
+}
+
+impl std::fmt::Debug for StackConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StackConfig")
+            .field("max_attempts", &self.max_attempts)
+            .field("max_retry_after", &self.max_retry_after)
+            .field("attempt_timeout", &self.attempt_timeout)
+            .field("throttle", &self.throttle)
+            .field("breaker", &self.breaker)
+            .field("dead_letters", &self.dead_letters.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for StackConfig {
@@ -28,6 +63,10 @@ impl Default for StackConfig {
             max_retry_after: Duration::from_secs(15 * 60),
             attempt_timeout: Duration::from_secs(30),
             retry_seed: None,
+            throttle: Some((1000, Duration::from_secs(15 * 60))),
+            throttle_store: None,
+            breaker: true,
+            dead_letters: None,
         }
     }
 }
@@ -58,6 +97,38 @@ impl StackConfig {
         self
     }
 
+    /// The organization's rate: `limit` requests per `window` (default 1,000 per 15 minutes),
+    /// or `None` for no local throttle. Set it to your share when other clients use the same
+    /// organization without sharing a store.
+    pub fn throttle(mut self, rate: Option<(u32, Duration)>) -> Self {
+        self.throttle = rate;
+        self
+    }
+
+    /// Keeps the throttle's bucket in `store`, for example Redis with the `redis` feature, so
+    /// every process of the organization shares one budget.
+    pub fn throttle_store(mut self, store: impl BucketStore) -> Self {
+        self.throttle_store = Some(Arc::new(store));
+        self
+    }
+
+    /// Whether to use a circuit breaker (default `true`).
+    pub fn circuit_breaker(mut self, on: bool) -> Self {
+        self.breaker = on;
+        self
+    }
+
+    /// Writes batches that finally fail to a JSON Lines file, to replay later (default off).
+    pub fn dead_letter_file(self, path: impl Into<PathBuf>) -> Self {
+        self.dead_letter_sink(JsonLinesSink::new(path))
+    }
+
+    /// Writes batches that finally fail to `sink` (default off).
+    pub fn dead_letter_sink(mut self, sink: impl Sink) -> Self {
+        self.dead_letters = Some(Arc::new(sink));
+        self
+    }
+
     pub(crate) fn build(self) -> Result<(LehnzService, StackStats), LehnzError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -76,26 +147,46 @@ impl StackConfig {
             retry = retry.rng_seed(seed);
         }
         let gate = RetryAfterLayer::new().max_wait(self.max_retry_after);
+        let throttle = match self.throttle {
+            Some((limit, window)) => {
+                let mut throttle = ThrottleLayer::try_new(limit, window)
+                    .map_err(|e| LehnzError::InvalidConfig(e.to_string()))?
+                    .max_wait(self.max_retry_after);
+                if let Some(store) = self.throttle_store.clone() {
+                    throttle = throttle.store(store);
+                }
+                Some(throttle)
+            }
+            None => None,
+        };
+        let breaker = self.breaker.then(CircuitBreakerLayer::new);
+        let dead_letters = self.dead_letters.map(DeadLetterLayer::with_sink);
         let stats = StackStats {
             retry: retry.stats(),
             gate: gate.stats(),
+            throttle: throttle.as_ref().map(ThrottleLayer::stats),
+            breaker: breaker.as_ref().map(CircuitBreakerLayer::stats),
+            dead_letters: dead_letters.as_ref().map(DeadLetterLayer::stats),
         };
+        let stack = Outbound::new()
+            .idempotency(None)
+            .deadline(None)
+            .retry(retry)
+            .gate(gate)
+            .throttle(throttle)
+            .circuit_breaker(breaker)
+            .dead_letters(dead_letters)
+            .attempt_timeout(Some(self.attempt_timeout));
         let service = ServiceBuilder::new()
-            .layer(retry)
-            .layer(gate)
-            .layer(tower::timeout::TimeoutLayer::new(self.attempt_timeout))
-            .service(transport);
-        let service = tower::ServiceExt::<http::Request<ReplayBody>>::map_response(
-            service,
-            |r: http::Response<hyper::body::Incoming>| {
+            .map_response(|r: http::Response<hyper::body::Incoming>| {
                 r.map(|b| {
                     http_body_util::BodyExt::boxed_unsync(http_body_util::BodyExt::map_err(
                         b,
                         Into::into,
                     ))
                 })
-            },
-        );
+            })
+            .service(stack.service(transport));
         Ok((tower::util::BoxCloneSyncService::new(service), stats))
     }
 }
@@ -104,7 +195,10 @@ impl StackConfig {
 #[derive(Clone, Debug)]
 pub struct StackStats {
     retry: RetryStats,
-    gate: crate::retry_after::GateStats,
+    gate: GateStats,
+    throttle: Option<ThrottleStats>,
+    breaker: Option<CircuitStats>,
+    dead_letters: Option<DeadLetterStats>,
 }
 
 impl StackStats {
@@ -114,11 +208,26 @@ impl StackStats {
     }
 
     /// The Retry-After gate's counters.
-    pub fn gate(&self) -> &crate::retry_after::GateStats {
+    pub fn gate(&self) -> &GateStats {
         &self.gate
     }
 
+    /// The throttle's counters, when it is on.
+    pub fn throttle(&self) -> Option<&ThrottleStats> {
+        self.throttle.as_ref()
+    }
+
+    /// The circuit breaker's counters, when it is on.
+    pub fn circuit_breaker(&self) -> Option<&CircuitStats> {
+        self.breaker.as_ref()
+    }
+
+    /// The dead-letter counters, when dead letters are on.
+    pub fn dead_letters(&self) -> Option<&DeadLetterStats> {
+        self.dead_letters.as_ref()
+    }
+
     pub(crate) fn dead_letters_enabled(&self) -> bool {
-        false
+        self.dead_letters.is_some()
     }
 }

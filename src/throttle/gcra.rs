@@ -117,13 +117,14 @@ impl Bucket {
     }
 
     /// Adopts the server's view: `remaining` more requests until `now + reset`. Within one
-    /// window the view only tightens (the smaller `remaining` wins); a view that ends more than
-    /// `slack` later than the current one is a new window and replaces it.
+    /// window (resets within `slack` of each other) the view only tightens: the smaller
+    /// `remaining` wins. A view with another reset describes another window, and the newest
+    /// word of the server replaces the old one.
     pub(crate) fn adopt(&self, now: u64, remaining: u64, reset: u64, slack: u64) {
         let until = now.saturating_add(reset);
         let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
         *view = Some(match *view {
-            Some(old) if now < old.until && until <= old.until.saturating_add(slack) => View {
+            Some(old) if now < old.until && until.abs_diff(old.until) <= slack => View {
                 until: old.until.max(until),
                 left: old.left.min(remaining),
             },

@@ -77,6 +77,20 @@ pub trait BucketStore: Send + Sync + 'static {
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation);
 }
 
+impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
+    fn acquire(&self, key: Option<&PartitionKey>, quota: &Quota, max_wait: Duration) -> Acquire {
+        (**self).acquire(key, quota, max_wait)
+    }
+
+    fn adopt(&self, key: Option<&PartitionKey>, quota: &Quota, remaining: u64, reset: Duration) {
+        (**self).adopt(key, quota, remaining, reset);
+    }
+
+    fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
+        (**self).release(key, quota, reservation);
+    }
+}
+
 /// Buckets in this process: GCRA on an atomic, no background task, no timer, no allocation per
 /// request for the default bucket. Keyed buckets live in a map that evicts idle (full)
 /// buckets; see [`max_partitions`](LocalStore::max_partitions).
