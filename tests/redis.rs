@@ -1,23 +1,36 @@
-//! The Redis-backed pieces against a real `redis-server` on loopback.
+//! The Redis-backed pieces against a real `redis-server` on loopback. Throttle tests run on the
+//! real clock (Redis keeps time with its own `TIME`), each for a second or three.
 #![cfg(feature = "redis")]
 
 mod support;
 
-use std::time::Duration;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::redis::RedisServer;
-use tower_outbound::redis::{RedisBuckets, RedisDecision};
+use tower::{ServiceBuilder, ServiceExt};
+use tower_outbound::body::ReplayBody;
+use tower_outbound::dead_letter::replay;
+use tower_outbound::redis::{Fallback, RedisBuckets, RedisDecision, RedisStore, RedisStreamSink};
+use tower_outbound::{DeadLetterLayer, Sink, ThrottleLayer};
 
-async fn buckets(server: &RedisServer) -> RedisBuckets {
+async fn manager(server: &RedisServer) -> redis::aio::ConnectionManager {
     let client = redis::Client::open(server.url()).unwrap();
-    let manager = redis::aio::ConnectionManager::new(client).await.unwrap();
-    RedisBuckets::new(manager)
+    redis::aio::ConnectionManager::new(client).await.unwrap()
 }
 
 #[tokio::test]
-async fn gcra_script_admits_the_burst_then_paces() {
+async fn the_script_admits_the_burst_then_paces_on_the_redis_clock() {
     let server = RedisServer::start();
-    let buckets = buckets(&server).await;
+    let buckets = RedisBuckets::new(manager(&server).await);
     let interval = Duration::from_millis(100);
     let mut waits = Vec::new();
     for _ in 0..5 {
@@ -48,4 +61,350 @@ async fn gcra_script_admits_the_burst_then_paces() {
     assert!(
         matches!(rejected, RedisDecision::Rejected { wait } if wait > Duration::from_millis(250))
     );
+    // Keys expire on their own once idle.
+    let mut connection = manager(&server).await;
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg("b:tat")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert!(ttl > 0 && ttl <= 2_000, "ttl {ttl} ms");
+}
+
+type Log = Arc<Mutex<Vec<Instant>>>;
+
+/// A loopback server that logs arrival times and answers 200, with the given headers on the
+/// first request, and 429 whenever more than `limit` requests arrived within the last second.
+async fn limited_server(
+    first: Option<Vec<(&'static str, &'static str)>>,
+    limit: usize,
+) -> (SocketAddr, Log) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (seen, first) = (seen.clone(), first.clone());
+            let service =
+                hyper::service::service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let (n, in_last_second) = {
+                        let mut seen = seen.lock().unwrap();
+                        let now = Instant::now();
+                        seen.push(now);
+                        let recent = seen
+                            .iter()
+                            .rev()
+                            .take_while(|t| now - **t < Duration::from_secs(1))
+                            .count();
+                        (seen.len(), recent)
+                    };
+                    let mut response = Response::new(Full::new(Bytes::new()));
+                    if in_last_second > limit {
+                        *response.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                    }
+                    if let (1, Some(headers)) = (n, &first) {
+                        for (name, value) in headers {
+                            response.headers_mut().insert(*name, value.parse().unwrap());
+                        }
+                    }
+                    async move { Ok::<_, Infallible>(response) }
+                });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, log)
+}
+
+async fn counting_server(first: Option<Vec<(&'static str, &'static str)>>) -> (SocketAddr, Log) {
+    limited_server(first, usize::MAX).await
+}
+
+fn worker(
+    store: RedisStore,
+    rate: u32,
+    burst: u32,
+) -> impl tower::Service<
+    Request<Full<Bytes>>,
+    Response = Response<hyper::body::Incoming>,
+    Error = tower_outbound::Error,
+    Future = impl Send,
+> + Clone {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    ServiceBuilder::new()
+        .layer(
+            ThrottleLayer::new(rate, Duration::from_secs(1))
+                .burst(burst)
+                .max_wait(Duration::from_secs(10))
+                .store(store),
+        )
+        .service(client)
+}
+
+fn get(addr: SocketAddr) -> Request<Full<Bytes>> {
+    Request::get(format!("http://{addr}/"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_with_their_own_connections_share_one_budget() {
+    let server = RedisServer::start();
+    let (addr, log) = counting_server(None).await;
+    let a = worker(
+        RedisStore::open(&server.url()).unwrap().prefix("shared"),
+        50,
+        1,
+    );
+    let b = worker(
+        RedisStore::open(&server.url()).unwrap().prefix("shared"),
+        50,
+        1,
+    );
+
+    let start = Instant::now();
+    let tasks: Vec<_> = (0..30)
+        .map(|i| {
+            let svc = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tokio::spawn(svc.oneshot(get(addr)))
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+
+    // 30 requests at 50/s between the two of them: at least 29 intervals of 20 ms.
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(560),
+        "{elapsed:?}: the budget was not shared"
+    );
+    let times = log.lock().unwrap().clone();
+    assert_eq!(times.len(), 30);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_workers_remaining_zero_holds_every_worker() {
+    let server = RedisServer::start();
+    let (addr, log) = counting_server(Some(vec![
+        ("ratelimit-remaining", "0"),
+        ("ratelimit-reset", "1"),
+    ]))
+    .await;
+    let a = worker(
+        RedisStore::open(&server.url()).unwrap().prefix("view"),
+        100,
+        10,
+    );
+    let b = worker(
+        RedisStore::open(&server.url()).unwrap().prefix("view"),
+        100,
+        10,
+    );
+
+    let start = Instant::now();
+    a.oneshot(get(addr)).await.unwrap();
+    // Worker A's response said nothing is left for a second; B hears it through Redis.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    b.oneshot(get(addr)).await.unwrap();
+
+    let times = log.lock().unwrap().clone();
+    assert!(
+        times[1] - start >= Duration::from_millis(900),
+        "{:?}",
+        times[1] - start
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_workers_fall_back_to_their_share_and_resume_sharing_when_it_returns() {
+    let mut server = RedisServer::start();
+    let (addr, log) = counting_server(None).await;
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .prefix("fallback")
+        .fallback(Fallback::Local { workers: 2 })
+        .retry_after(Duration::from_millis(200));
+    let stats = store.stats();
+    let svc = worker(store, 40, 1);
+
+    svc.clone().oneshot(get(addr)).await.unwrap();
+    assert_eq!(stats.redis_decisions(), 1);
+
+    // Redis dies: requests go on, at this worker's share (20/s), never faster.
+    server.kill();
+    let start = Instant::now();
+    for _ in 0..10 {
+        svc.clone().oneshot(get(addr)).await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(stats.fallback_decisions() >= 9, "{stats:?}");
+    assert!(stats.errors() >= 1);
+    // Ten requests at 20/s with a burst of 1: at least 9 intervals of 50 ms.
+    assert!(
+        elapsed >= Duration::from_millis(430),
+        "fallback too fast: {elapsed:?}"
+    );
+
+    // Redis is back: after the retry period the store asks it again.
+    server.restart();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = stats.redis_decisions();
+    for _ in 0..3 {
+        svc.clone().oneshot(get(addr)).await.unwrap();
+    }
+    assert!(
+        stats.redis_decisions() > before,
+        "sharing did not resume: {stats:?}"
+    );
+    assert_eq!(log.lock().unwrap().len(), 14);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_refuses_while_redis_is_away() {
+    let mut server = RedisServer::start();
+    let (addr, _log) = counting_server(None).await;
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .fallback(Fallback::FailClosed);
+    let svc = worker(store, 40, 1);
+    server.kill();
+    let err = svc.oneshot(get(addr)).await.unwrap_err();
+    assert!(err.is_throttled(), "{err:?}");
+}
+
+#[tokio::test]
+async fn any_worker_replays_what_another_dead_lettered() {
+    let server = RedisServer::start();
+    let sink_a = RedisStreamSink::new(manager(&server).await, "dead-letters", 1_000);
+    let sink_b = RedisStreamSink::new(manager(&server).await, "dead-letters", 1_000);
+
+    let down = tower::service_fn(|_req: Request<ReplayBody>| async {
+        Ok::<_, Infallible>(
+            Response::builder()
+                .status(StatusCode::SERVICE_UNAVAILABLE)
+                .body(())
+                .unwrap(),
+        )
+    });
+    let worker_a = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(sink_a.clone()))
+        .service(down);
+    for i in 0..3 {
+        let request = Request::post(format!("https://api.example.com/orders/{i}"))
+            .header("idempotency-key", format!("key-{i}"))
+            .body(Full::new(Bytes::from(format!("order {i}"))))
+            .unwrap();
+        worker_a.clone().oneshot(request).await.unwrap();
+    }
+    assert_eq!(sink_b.count().await.unwrap(), 3);
+
+    // Worker B replays; the upstream is back for all but order 2.
+    let seen: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+    let recorded = seen.clone();
+    let up = tower::service_fn(move |req: Request<ReplayBody>| {
+        let recorded = recorded.clone();
+        async move {
+            let path = req.uri().path().to_owned();
+            let key = req.headers()["idempotency-key"]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let _ = req.into_body().collect().await;
+            recorded.lock().unwrap().push((path.clone(), key));
+            let status = if path.ends_with('2') { 503 } else { 200 };
+            Ok::<_, Infallible>(Response::builder().status(status).body(()).unwrap())
+        }
+    });
+    let report = replay(&sink_b, up).await.unwrap();
+    assert_eq!((report.succeeded, report.still_failing), (2, 1));
+    let left = sink_a.read_all().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].uri, "https://api.example.com/orders/2");
+    assert!(seen
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(path, key)| path.ends_with(&key[4..])));
+}
+
+// ---- many processes, one budget ----
+
+const WORKER_ENV: &str = "TOWER_OUTBOUND_TEST_WORKER";
+
+/// Not a test on its own: the body of each child process of
+/// `four_processes_share_one_budget`, which runs this binary with the variables set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "entry point for the child processes of four_processes_share_one_budget"]
+async fn budget_worker_process() {
+    let config = std::env::var(WORKER_ENV).expect("run by four_processes_share_one_budget");
+    let parts: Vec<&str> = config.split(' ').collect();
+    let (redis_url, addr, millis) = (
+        parts[0],
+        parts[1].parse().unwrap(),
+        parts[2].parse().unwrap(),
+    );
+    let store = RedisStore::open(redis_url)
+        .unwrap()
+        .prefix("four-processes")
+        .fallback(Fallback::Local { workers: 4 });
+    let svc = worker(store, 200, 10);
+    let until = Instant::now() + Duration::from_millis(millis);
+    let loops: Vec<_> = (0..8)
+        .map(|_| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                while Instant::now() < until {
+                    let response = svc.clone().oneshot(get(addr)).await.unwrap();
+                    assert_ne!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+                }
+            })
+        })
+        .collect();
+    for task in loops {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_processes_share_one_budget() {
+    let server = RedisServer::start();
+    // The upstream's own limit: 200 per second, plus the burst the budget allows.
+    let (addr, log) = limited_server(None, 210).await;
+    let exe = std::env::current_exe().unwrap();
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(&exe)
+                .args(["budget_worker_process", "--exact", "--ignored", "--quiet"])
+                .env(WORKER_ENV, format!("{} {addr} 3000", server.url()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "a worker failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    let mut times = log.lock().unwrap().clone();
+    times.sort();
+    let (first, last) = (times[0], times[times.len() - 1]);
+    let span = (last - first).as_secs_f64();
+    // rate · t + burst over the whole run: the burst aside, within 2 % of 200/s.
+    let rate = (times.len() as f64 - 10.0) / span;
+    assert!(
+        (196.0..=204.0).contains(&rate),
+        "{rate:.1} requests/s over {span:.2} s"
+    );
+    // The workers checked every answer: the upstream never had to say 429.
 }

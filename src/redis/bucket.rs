@@ -23,50 +23,66 @@ pub enum RedisDecision {
     },
 }
 
-/// Acquire: reserve the next slot if it comes within `max_wait`.
+/// Acquire: reserve the next slot if it comes within `max_wait`, honoring the server's view.
 ///
-/// KEYS[1] bucket; ARGV interval µs, burst, max wait µs.
-/// Returns {1, wait µs, new TAT} when reserved, {0, wait µs, 0} when rejected.
+/// KEYS[1] the bucket's TAT, KEYS[2] the adopted view (a hash: until, left); ARGV interval µs,
+/// burst, max wait µs. Returns {1, wait µs, new TAT} when reserved, {0, wait µs, 0} when
+/// rejected (nothing changed).
 const ACQUIRE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
+local not_before = now
+local viewing = false
+local view = redis.call('HMGET', KEYS[2], 'until', 'left')
+if view[1] then
+  local view_until = tonumber(view[1])
+  if now < view_until then
+    if tonumber(view[2]) <= 0 then not_before = view_until else viewing = true end
+  else
+    redis.call('DEL', KEYS[2])
+  end
+end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
-local wait = new_tat - burst * interval - now
+local go_at = new_tat - burst * interval
+if go_at < not_before then go_at = not_before end
+local wait = go_at - now
 if wait < 0 then wait = 0 end
 if wait > max_wait then
   return {0, wait, 0}
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+if viewing then redis.call('HINCRBY', KEYS[2], 'left', -1) end
 return {1, wait, new_tat}
 ";
 
-/// Adopt the server's view: at most `remaining` more before `now + reset`.
+/// Adopt the server's view: `remaining` more requests until `now + reset`. Within one window
+/// (resets within the slack of each other) the view only tightens; another window replaces it.
 ///
-/// KEYS[1] bucket; ARGV interval µs, burst, remaining, reset µs. Only ever pushes the TAT later.
+/// KEYS[1] the view; ARGV remaining, reset µs, slack µs.
 const ADOPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local interval = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local remaining = tonumber(ARGV[3])
-local reset = tonumber(ARGV[4])
-local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-local target = now + reset + burst * interval - (remaining + 1) * interval
-if target > tat then
-  redis.call('SET', KEYS[1], string.format('%d', target), 'PX', math.ceil((target - now) / 1000) + 1000)
-  return 1
+local left = tonumber(ARGV[1])
+local view_until = now + tonumber(ARGV[2])
+local slack = tonumber(ARGV[3])
+local old = redis.call('HMGET', KEYS[1], 'until', 'left')
+if old[1] and now < tonumber(old[1]) and math.abs(view_until - tonumber(old[1])) <= slack then
+  if tonumber(old[1]) > view_until then view_until = tonumber(old[1]) end
+  if tonumber(old[2]) < left then left = tonumber(old[2]) end
 end
-return 0
+redis.call('HSET', KEYS[1], 'until', string.format('%d', view_until), 'left', left)
+redis.call('PEXPIRE', KEYS[1], math.ceil((view_until - now) / 1000) + 1000)
+return 1
 ";
 
 /// Release: give back a reserved slot if nobody reserved after it.
 ///
-/// KEYS[1] bucket; ARGV the TAT the reservation set, interval µs.
+/// KEYS[1] the bucket's TAT; ARGV the TAT the reservation set, interval µs.
 const RELEASE: &str = r"
 local tat = redis.call('GET', KEYS[1])
 if tat and tonumber(tat) == tonumber(ARGV[1]) then
@@ -107,7 +123,8 @@ impl RedisBuckets {
     }
 
     /// Reserves the next slot of bucket `key` (one slot every `interval`, `burst` at most at
-    /// once) if it comes within `max_wait`.
+    /// once) if it comes within `max_wait`. The bucket lives under `{key}:tat` and its adopted
+    /// view under `{key}:view`; both expire on their own once idle.
     pub async fn acquire(
         &self,
         key: &str,
@@ -118,7 +135,8 @@ impl RedisBuckets {
         let mut connection = self.connection.clone();
         let (reserved, wait, tat): (i64, i64, i64) = self
             .acquire
-            .key(key)
+            .key(format!("{key}:tat"))
+            .key(format!("{key}:view"))
             .arg(micros(interval))
             .arg(burst)
             .arg(micros(max_wait))
@@ -135,27 +153,26 @@ impl RedisBuckets {
         })
     }
 
-    /// Pushes bucket `key` so at most `remaining` more requests pass before `reset` from now
-    /// (as the upstream said). Never makes the bucket looser.
+    /// Lets at most `remaining` more requests of bucket `key` pass before `reset` from now (as
+    /// the upstream said), then holds the rest until the reset. Views whose resets are within
+    /// `slack` of each other describe one window, and only tighten it.
     pub async fn adopt(
         &self,
         key: &str,
-        interval: Duration,
-        burst: u32,
         remaining: u64,
         reset: Duration,
-    ) -> redis::RedisResult<bool> {
+        slack: Duration,
+    ) -> redis::RedisResult<()> {
         let mut connection = self.connection.clone();
-        let changed: i64 = self
+        let _: i64 = self
             .adopt
-            .key(key)
-            .arg(micros(interval))
-            .arg(burst)
+            .key(format!("{key}:view"))
             .arg(remaining)
             .arg(micros(reset))
+            .arg(micros(slack))
             .invoke_async(&mut connection)
             .await?;
-        Ok(changed == 1)
+        Ok(())
     }
 
     /// Gives back the slot a reservation took, if no later reservation was made since.
@@ -168,7 +185,7 @@ impl RedisBuckets {
         let mut connection = self.connection.clone();
         let released: i64 = self
             .release
-            .key(key)
+            .key(format!("{key}:tat"))
             .arg(tat_micros)
             .arg(micros(interval))
             .invoke_async(&mut connection)

@@ -3,10 +3,35 @@
 //! A rate limit belongs to the upstream account, not to one process: eight workers with a
 //! bucket each overrun the limit eightfold. The pieces here keep that state in Redis:
 //!
-//! - [`RedisBuckets`]: GCRA buckets, one atomic Lua script per acquire that reads the Redis
-//!   server's `TIME`, so clock skew between machines cannot break the limit. Keys expire on
-//!   their own once idle.
+//! - [`RedisStore`]: a [`BucketStore`](crate::throttle::BucketStore) for
+//!   [`ThrottleLayer`](crate::ThrottleLayer). One atomic Lua script per acquire, on the Redis
+//!   server's clock; adaptive updates shared by all workers; a timeout on every call and a
+//!   bounded [`Fallback`] while Redis is away.
+//! - [`RedisStreamSink`]: a dead-letter [`Sink`](crate::Sink) on a Redis Stream, so any
+//!   worker can replay what another dead-lettered.
+//! - [`RedisBuckets`]: the scripts themselves, for other uses.
+//!
+//! See `docs/distributed.md` for running N workers against one budget.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_outbound::redis::{Fallback, RedisStore};
+//! use tower_outbound::ThrottleLayer;
+//!
+//! // Eight workers share 1,000 requests per 15 minutes; without Redis each keeps to 1/8.
+//! let store = RedisStore::open("redis://127.0.0.1:6379/")?
+//!     .prefix("billing-api")
+//!     .fallback(Fallback::Local { workers: 8 });
+//! let throttle = ThrottleLayer::new(1000, Duration::from_secs(900)).store(store);
+//! # Ok::<(), redis::RedisError>(())
+//! ```
 
 mod bucket;
+mod store;
+mod stream;
 
 pub use bucket::{RedisBuckets, RedisDecision};
+pub use store::{Fallback, RedisStore, RedisStoreStats};
+pub use stream::RedisStreamSink;
