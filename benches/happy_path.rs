@@ -1,5 +1,7 @@
-//! The happy-path cost of the layers: a no-op in-memory service called bare and through the
-//! foundation stack (idempotency → retry → Retry-After gate), in one group.
+//! The happy-path cost of the layers: a no-op in-memory service called bare, through the
+//! foundation stack (idempotency → retry → Retry-After gate), and through the whole
+//! `Outbound` stack (with deadline, breaker, throttle, attempt timeout and dead letters), in one
+//! group.
 
 use std::convert::Infallible;
 
@@ -7,9 +9,13 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
+use std::time::Duration;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_outbound::body::ReplayBody;
-use tower_outbound::{IdempotencyKeyLayer, RetryAfterLayer, RetryLayer};
+use tower_outbound::{
+    DeadLetterLayer, IdempotencyKeyLayer, MemorySink, Outbound, RetryAfterLayer, RetryLayer,
+    ThrottleLayer,
+};
 
 fn get() -> Request<Full<Bytes>> {
     Request::get("http://api.example.com/v1/items/42")
@@ -46,6 +52,13 @@ fn happy_path(c: &mut Criterion) {
         .layer(RetryAfterLayer::new())
         .service(noop);
 
+    // Everything on: a throttle that never makes anyone wait, a closed breaker, a dead-letter
+    // sink that is never written.
+    let full = Outbound::new()
+        .throttle(Some(ThrottleLayer::new(u32::MAX, Duration::from_secs(1))))
+        .dead_letters(Some(DeadLetterLayer::new(MemorySink::new())))
+        .service(noop);
+
     let mut group = c.benchmark_group("happy_path");
     group.bench_function("bare/get", |b| {
         b.to_async(&runtime).iter(|| {
@@ -68,6 +81,18 @@ fn happy_path(c: &mut Criterion) {
     group.bench_function("stack/post", |b| {
         b.to_async(&runtime).iter(|| {
             let svc = stack.clone();
+            async move { svc.oneshot(post()).await }
+        })
+    });
+    group.bench_function("outbound/get", |b| {
+        b.to_async(&runtime).iter(|| {
+            let svc = full.clone();
+            async move { svc.oneshot(get()).await }
+        })
+    });
+    group.bench_function("outbound/post", |b| {
+        b.to_async(&runtime).iter(|| {
+            let svc = full.clone();
             async move { svc.oneshot(post()).await }
         })
     });
