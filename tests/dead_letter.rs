@@ -322,9 +322,15 @@ async fn replay_removes_exactly_the_letters_that_now_succeed_and_keeps_the_key()
     let bodies: Vec<&[u8]> = received.iter().map(|(_, b, _)| &b[..]).collect();
     assert_eq!(bodies, vec![&b"a"[..], b"b", b"c"]);
 
-    // A second replay sends only what is left.
-    let again = replay(&sink, replaying).await.unwrap();
+    // A second replay, through the layer, sends only what is left, and counts it.
+    let layer = DeadLetterLayer::new(sink.clone());
+    let again = layer.replay(replaying).await.unwrap();
     assert_eq!((again.replayed, again.succeeded), (1, 0));
+    assert_eq!(
+        (layer.stats().replayed(), layer.stats().replayed_ok()),
+        (1, 0)
+    );
+    assert_eq!(layer.remaining().await.unwrap(), 1);
 }
 
 #[tokio::test]

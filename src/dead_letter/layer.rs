@@ -3,10 +3,15 @@ use std::sync::Arc;
 use http::HeaderName;
 use tower_layer::Layer;
 
-use super::sink::Sink;
-use super::{Config, DeadLetterService, DeadLetterStats};
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::sink::{Sink, SinkError};
+use super::{Config, DeadLetterService, DeadLetterStats, ReplayReport};
+use crate::body::ReplayBody;
 use crate::body::DEFAULT_MAX_BUFFERED;
 use crate::classify::{Classify, DefaultClassifier};
+use crate::error::BoxError;
 
 /// Records every call that finally fails as a [`DeadLetter`](super::DeadLetter) in a
 /// [`Sink`]. See the [module docs](super).
@@ -96,6 +101,24 @@ impl<C> DeadLetterLayer<C> {
     /// The counters of every service made by this layer and its clones.
     pub fn stats(&self) -> DeadLetterStats {
         self.config.stats.clone()
+    }
+
+    /// Dead letters still kept in the sink.
+    pub async fn remaining(&self) -> Result<usize, SinkError> {
+        self.config.sink.count().await
+    }
+
+    /// [`replay`](super::replay)s the letters of this layer's sink through `service`, and
+    /// counts what was sent again and what succeeded in [`stats`](Self::stats).
+    pub async fn replay<S, ResB>(&self, service: S) -> Result<ReplayReport, SinkError>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<ResB>> + Clone,
+        S::Error: Into<BoxError>,
+    {
+        let report = super::replay(&*self.config.sink, service).await?;
+        self.config.stats.add(2, report.replayed);
+        self.config.stats.add(3, report.succeeded);
+        Ok(report)
     }
 }
 

@@ -111,7 +111,7 @@ impl std::fmt::Debug for Config {
 /// Counters of a [`DeadLetterLayer`] and every service it made. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct DeadLetterStats {
-    counters: Arc<[AtomicU64; 2]>,
+    counters: Arc<[AtomicU64; 4]>,
 }
 
 impl DeadLetterStats {
@@ -125,8 +125,22 @@ impl DeadLetterStats {
         self.counters[1].load(Ordering::Relaxed)
     }
 
+    /// Dead letters sent again by [`DeadLetterLayer::replay`].
+    pub fn replayed(&self) -> u64 {
+        self.counters[2].load(Ordering::Relaxed)
+    }
+
+    /// Replayed dead letters that succeeded and were removed.
+    pub fn replayed_ok(&self) -> u64 {
+        self.counters[3].load(Ordering::Relaxed)
+    }
+
     pub(crate) fn count(&self, index: usize) {
         self.counters[index].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add(&self, index: usize, by: usize) {
+        self.counters[index].fetch_add(u64::try_from(by).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
