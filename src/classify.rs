@@ -53,6 +53,19 @@ pub enum Attempt<'a> {
     Error(&'a Error),
 }
 
+impl<'a> Attempt<'a> {
+    /// The attempt that ended with `result`.
+    pub fn of<B>(result: &'a Result<http::Response<B>, Error>) -> Self {
+        match result {
+            Ok(response) => Attempt::Response {
+                status: response.status(),
+                headers: response.headers(),
+            },
+            Err(error) => Attempt::Error(error),
+        }
+    }
+}
+
 /// The classification of one attempt. See the [module docs](self) for the default table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]

@@ -145,14 +145,7 @@ where
         };
         let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
         if let (Some(mut permit), Some(classify)) = (this.permit.take(), this.classify.as_ref()) {
-            let outcome = match &result {
-                Ok(response) => classify.classify(Attempt::Response {
-                    status: response.status(),
-                    headers: response.headers(),
-                }),
-                Err(error) => classify.classify(Attempt::Error(error)),
-            };
-            permit.finish(outcome, *this.started);
+            permit.finish(classify.classify(Attempt::of(&result)), *this.started);
         }
         Poll::Ready(result)
     }

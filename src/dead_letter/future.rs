@@ -104,84 +104,45 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         loop {
-            match this.state.as_mut().project() {
-                StateProj::Buffering { buffer } => {
-                    let result = match ready!(buffer.poll(cx)) {
-                        Ok(mut buffered) => {
-                            *this.body = buffered.bytes().cloned();
-                            if this.body.is_none() {
-                                tracing::warn!(
-                                    limit = this.config.max_body,
-                                    "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
-                                );
+            let result = match this.state.as_mut().project() {
+                StateProj::Buffering { buffer } => match ready!(buffer.poll(cx)) {
+                    Ok(mut buffered) => {
+                        *this.body = buffered.bytes().cloned();
+                        if this.body.is_none() {
+                            tracing::warn!(
+                                limit = this.config.max_body,
+                                "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
+                            );
+                        }
+                        match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
+                            (Ok(()), Some(body)) => {
+                                let parts =
+                                    this.parts.clone().expect("the head is kept until the end");
+                                let future = this.inner.call(Request::from_parts(parts, body));
+                                this.state.set(State::Calling { future });
+                                continue;
                             }
-                            match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
-                                (Ok(()), Some(body)) => {
-                                    let parts =
-                                        this.parts.clone().expect("the head is kept until the end");
-                                    let future = this.inner.call(Request::from_parts(parts, body));
-                                    this.state.set(State::Calling { future });
-                                    continue;
-                                }
-                                (Err(err), _) => Err(Error::from_box(err.into())),
-                                (Ok(()), None) => {
-                                    Err(Error::with_source(Kind::Body, "request body is gone"))
-                                }
+                            // The call never went out; a dead letter still records it.
+                            (Err(err), _) => Err(Error::from_box(err.into())),
+                            (Ok(()), None) => {
+                                Err(Error::with_source(Kind::Body, "request body is gone"))
                             }
                         }
-                        Err(err) => Err(Error::with_source(Kind::Body, err)),
-                    };
-                    // The call never went out; a dead letter still records it.
-                    let write = record(
-                        this.config,
-                        this.parts,
-                        this.body,
-                        this.started,
-                        &result,
-                        *this.record,
-                    );
-                    match write {
-                        Some(write) => this.state.set(State::Recording {
-                            write,
-                            result: Some(result),
-                        }),
-                        None => return Poll::Ready(result),
                     }
-                }
+                    Err(err) => Err(Error::with_source(Kind::Body, err)),
+                },
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
-                    let outcome = match &result {
-                        Ok(response) => this.classify.classify(Attempt::Response {
-                            status: response.status(),
-                            headers: response.headers(),
-                        }),
-                        Err(error) => this.classify.classify(Attempt::Error(error)),
-                    };
-                    let failed = match &result {
-                        Ok(_) => matches!(
+                    let outcome = this.classify.classify(Attempt::of(&result));
+                    let failed = result.is_err()
+                        || matches!(
                             outcome,
                             Outcome::RateLimited | Outcome::Transient | Outcome::ServerError
-                        ),
-                        Err(_) => true,
-                    };
+                        );
                     if !failed {
                         return Poll::Ready(result);
                     }
-                    let write = record(
-                        this.config,
-                        this.parts,
-                        this.body,
-                        this.started,
-                        &result,
-                        *this.record,
-                    );
-                    match write {
-                        Some(write) => this.state.set(State::Recording {
-                            write,
-                            result: Some(result),
-                        }),
-                        None => return Poll::Ready(result),
-                    }
+                    result
                 }
                 StateProj::Recording { write, result } => {
                     if let Err(err) = ready!(write.as_mut().poll(cx)) {
@@ -193,6 +154,20 @@ where
                     }
                     return Poll::Ready(result.take().expect("future polled after completion"));
                 }
+            };
+            match record(
+                this.config,
+                this.parts,
+                this.body,
+                this.started,
+                &result,
+                *this.record,
+            ) {
+                Some(write) => this.state.set(State::Recording {
+                    write,
+                    result: Some(result),
+                }),
+                None => return Poll::Ready(result),
             }
         }
     }
