@@ -15,8 +15,10 @@ use tower_outbound::{DeadLetterLayer, Error, JsonLinesSink, MemorySink, Sink};
 type Seen = Arc<Mutex<Vec<(String, Bytes, Option<String>)>>>;
 
 /// An upstream that answers each path with a fixed status (`/ok` 200, `/bad` 400, `/down`
-/// 503, `/boom` a transport error) and records what it received.
-fn upstream() -> (
+/// 503 until `recovered`, then 200, `/boom` a transport error) and records what it received.
+fn upstream_that(
+    recovered: bool,
+) -> (
     impl tower::Service<
             Request<ReplayBody>,
             Response = Response<()>,
@@ -39,7 +41,7 @@ fn upstream() -> (
             recorded.lock().unwrap().push((path.clone(), body, key));
             let status = match path.as_str() {
                 "/bad" => StatusCode::BAD_REQUEST,
-                "/down" => StatusCode::SERVICE_UNAVAILABLE,
+                "/down" if !recovered => StatusCode::SERVICE_UNAVAILABLE,
                 "/boom" => return Err(Error::new(Kind::Transport)),
                 _ => StatusCode::OK,
             };
@@ -49,7 +51,19 @@ fn upstream() -> (
     (service, seen)
 }
 
-/// The upstream once "/down" is back: 200 for everything but "/boom", which still fails.
+fn upstream() -> (
+    impl tower::Service<
+            Request<ReplayBody>,
+            Response = Response<()>,
+            Error = Error,
+            Future = impl Send,
+        > + Clone,
+    Seen,
+) {
+    upstream_that(false)
+}
+
+/// The upstream once "/down" is back; "/boom" still fails.
 fn recovered() -> (
     impl tower::Service<
             Request<ReplayBody>,
@@ -59,25 +73,7 @@ fn recovered() -> (
         > + Clone,
     Seen,
 ) {
-    let seen: Seen = Arc::default();
-    let recorded = seen.clone();
-    let service = tower::service_fn(move |req: Request<ReplayBody>| {
-        let recorded = recorded.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            let key = req
-                .headers()
-                .get("idempotency-key")
-                .map(|v| v.to_str().unwrap().to_owned());
-            let body = req.into_body().collect().await.unwrap().to_bytes();
-            recorded.lock().unwrap().push((path.clone(), body, key));
-            if path == "/boom" {
-                return Err(Error::new(Kind::Transport));
-            }
-            Ok(Response::new(()))
-        }
-    });
-    (service, seen)
+    upstream_that(true)
 }
 
 fn post(path: &str, body: &'static [u8]) -> Request<Full<Bytes>> {
