@@ -1,6 +1,7 @@
 //! Dead letters on a Redis Stream, so any worker can replay what another dead-lettered.
 
 use std::fmt;
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::streams::{StreamMaxlen, StreamRangeReply};
@@ -13,13 +14,14 @@ use crate::dead_letter::{BoxFuture, DeadLetter, Sink, SinkError};
 ///
 /// Each entry holds the letter's id and its JSON. `read_all` reads the stream (`XRANGE`);
 /// `remove` deletes exactly the entries of the given letter ids (`XDEL`), so a letter replayed
-/// by one worker is gone for all. Entries past the cap (approximate trimming, `MAXLEN ~`) are
+/// by one worker is gone for all. Every Redis call has a timeout (default 1 s). Entries past the cap (approximate trimming, `MAXLEN ~`) are
 /// dropped by Redis: choose a cap above the backlog you may need to keep.
 #[derive(Clone)]
 pub struct RedisStreamSink {
     connection: ConnectionManager,
     stream: String,
     max_len: usize,
+    timeout: Duration,
 }
 
 impl fmt::Debug for RedisStreamSink {
@@ -38,15 +40,40 @@ impl RedisStreamSink {
             connection,
             stream: stream.into(),
             max_len,
+            timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// The most one Redis call may take before it fails with a [`SinkError`] (default 1 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs one Redis call under the timeout.
+    async fn call<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(SinkError::new(
+                format!("cannot {what} stream {}", self.stream),
+                e,
+            )),
+            Err(_) => Err(SinkError::msg(format!(
+                "cannot {what} stream {}: Redis did not answer within {:?}",
+                self.stream, self.timeout
+            ))),
         }
     }
 
     async fn entries(&self) -> Result<Vec<(String, Option<DeadLetter>)>, SinkError> {
         let mut connection = self.connection.clone();
-        let reply: StreamRangeReply = connection
-            .xrange_all(&self.stream)
-            .await
-            .map_err(|e| SinkError::new(format!("cannot read stream {}", self.stream), e))?;
+        let reply: StreamRangeReply = self
+            .call("read", connection.xrange_all(&self.stream))
+            .await?;
         Ok(reply
             .ids
             .into_iter()
@@ -69,15 +96,17 @@ impl Sink for RedisStreamSink {
             let json = serde_json::to_string(&letter)
                 .map_err(|e| SinkError::new("cannot encode a dead letter", e))?;
             let mut connection = self.connection.clone();
-            let _: String = connection
-                .xadd_maxlen(
-                    &self.stream,
-                    StreamMaxlen::Approx(self.max_len),
-                    "*",
-                    &[("id", letter.id.as_str()), ("letter", json.as_str())],
+            let _: String = self
+                .call(
+                    "add to",
+                    connection.xadd_maxlen(
+                        &self.stream,
+                        StreamMaxlen::Approx(self.max_len),
+                        "*",
+                        &[("id", letter.id.as_str()), ("letter", json.as_str())],
+                    ),
                 )
-                .await
-                .map_err(|e| SinkError::new(format!("cannot add to stream {}", self.stream), e))?;
+                .await?;
             Ok(())
         })
     }
@@ -119,10 +148,7 @@ impl Sink for RedisStreamSink {
     fn count(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
         Box::pin(async move {
             let mut connection = self.connection.clone();
-            connection
-                .xlen(&self.stream)
-                .await
-                .map_err(|e| SinkError::new(format!("cannot count stream {}", self.stream), e))
+            self.call("count", connection.xlen(&self.stream)).await
         })
     }
 }
