@@ -333,3 +333,92 @@ async fn a_dead_upstream_trips_the_breaker_and_nothing_the_caller_sent_is_lost()
     assert_eq!(delivered + failed, 120);
     assert_eq!(sink.letters().len(), failed);
 }
+
+/// A service that insists on the readiness contract: `call` without a `poll_ready` that
+/// returned ready first panics, as several real services do. A clone starts unready.
+struct Strict {
+    ready: bool,
+    calls: Arc<AtomicU32>,
+    attempts: Arc<std::sync::Mutex<std::collections::HashMap<String, u32>>>,
+}
+
+impl Clone for Strict {
+    fn clone(&self) -> Self {
+        Strict {
+            ready: false,
+            calls: self.calls.clone(),
+            attempts: self.attempts.clone(),
+        }
+    }
+}
+
+impl tower::Service<Request<ReplayBody>> for Strict {
+    type Response = http::Response<()>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<http::Response<()>, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.ready = true;
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<ReplayBody>) -> Self::Future {
+        assert!(self.ready, "called without poll_ready");
+        self.ready = false;
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        // Fails the first two attempts of every call, so retries happen.
+        let mut attempts = self.attempts.lock().unwrap();
+        let n = attempts.entry(request.uri().path().to_owned()).or_default();
+        *n += 1;
+        let status = if *n < 3 { 503 } else { 200 };
+        std::future::ready(Ok(http::Response::builder()
+            .status(status)
+            .body(())
+            .unwrap()))
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_layer_calls_only_inner_services_it_made_ready() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let strict = Strict {
+        ready: false,
+        calls: calls.clone(),
+        attempts: Arc::default(),
+    };
+    let stack = Outbound::background()
+        // Two failures in three attempts is the point here; keep the breaker closed.
+        .circuit_breaker(Some(CircuitBreakerLayer::new().minimum_calls(1_000)))
+        .throttle(Some(tower_outbound::ThrottleLayer::new(
+            5,
+            Duration::from_secs(1),
+        )))
+        .retry(RetryLayer::new().max_attempts(3).rng_seed(3));
+    let svc = stack.service(strict);
+    // Concurrent calls through clones: retries, throttle waits and gate waits all move the
+    // ready service into their futures and leave an unready clone behind.
+    let tasks: Vec<_> = (0..10)
+        .map(|i| {
+            let svc = svc.clone();
+            tokio::spawn(async move {
+                svc.oneshot(
+                    Request::post(format!("http://api.example.com/{i}"))
+                        .body(Full::new(Bytes::new()))
+                        .unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        let response = task
+            .await
+            .expect("no layer called an unready service")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 30);
+}
