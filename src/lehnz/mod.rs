@@ -3,7 +3,39 @@
 //!
 //! The simulator is a real HTTP server on 127.0.0.1 that enforces what Lehnz documents (keys,
 //! limits, validation) and can misbehave on purpose, so an integration can be tested on one
-//! machine.
+//! machine. `docs/lehnz.md` covers the integration and the error table.
+//!
+//! # Example
+//!
+//! ```
+//! # #[cfg(all(feature = "lehnz", feature = "sim"))]
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use tower_outbound::lehnz::sim::Simulator;
+//! use tower_outbound::lehnz::{Client, Event, Item, LehnzError};
+//!
+//! let sim = Simulator::builder().org("acme").start().await?;
+//! let keys = sim.keys("acme").unwrap();
+//! let client = Client::builder(&keys.secret).base_url(sim.base_url()).build()?;
+//!
+//! let mut events = vec![Event::new("user-1", "item-9", "view"), Event::new("user-1", "item-3", "click")];
+//! let summary = client.ingest_events(&mut events).await?;
+//! assert_eq!(summary.accepted, 2);
+//! assert!(events[0].client_event_id().is_some(), "stamped once, kept for retries");
+//!
+//! client.upsert_items(&[Item::new("item-9").attr("title", "Blue mug")]).await?;
+//! assert_eq!(sim.stats().items, 1);
+//!
+//! // A publishable key may not upsert: a typed error that says what to do.
+//! let browser = Client::builder(&keys.publishable).base_url(sim.base_url()).build()?;
+//! let err = browser.upsert_items(&[Item::new("item-1")]).await.unwrap_err();
+//! assert!(matches!(err, LehnzError::Forbidden { .. }));
+//! println!("{err}: {}", err.advice());
+//! # Ok(())
+//! # }
+//! # #[cfg(not(all(feature = "lehnz", feature = "sim")))]
+//! # fn main() {}
+//! ```
 
 #[cfg(feature = "lehnz")]
 mod batch;
