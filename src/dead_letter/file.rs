@@ -21,7 +21,9 @@ use super::sink::{BoxFuture, Sink, SinkError};
 ///   damaged ones included, is kept byte for byte.
 ///
 /// Blocking file work runs on tokio's blocking pool, one operation at a time. Clones share the
-/// file.
+/// file. One process should own a file: operations are serialized within a process, not
+/// across processes (use a Redis Stream, feature `redis`, to share dead letters between
+/// workers).
 #[derive(Clone, Debug)]
 pub struct JsonLinesSink {
     inner: Arc<Inner>,
