@@ -226,7 +226,9 @@ impl Buffered {
 /// [`ReplayBody`] are; box a body that is not (`BodyExt::boxed_unsync`).
 pub struct Buffer<B> {
     body: Option<B>,
-    chunks: VecDeque<Bytes>,
+    // The first chunk on its own: a one-chunk body (the common case) allocates nothing here.
+    first: Option<Bytes>,
+    more: VecDeque<Bytes>,
     len: usize,
     limit: usize,
 }
@@ -245,7 +247,8 @@ impl<B> Buffer<B> {
     pub fn new(body: B, limit: usize) -> Self {
         Buffer {
             body: Some(body),
-            chunks: VecDeque::new(),
+            first: None,
+            more: VecDeque::new(),
             len: 0,
             limit,
         }
@@ -253,12 +256,13 @@ impl<B> Buffer<B> {
 
     fn complete(&mut self, trailers: Option<HeaderMap>) -> Buffered {
         self.body = None;
-        let data = match self.chunks.len() {
-            0 => Bytes::new(),
-            1 => self.chunks.pop_front().unwrap_or_default(),
-            _ => {
+        let data = match (self.first.take(), self.more.is_empty()) {
+            (None, _) => Bytes::new(),
+            (Some(only), true) => only,
+            (Some(first), false) => {
                 let mut joined = BytesMut::with_capacity(self.len);
-                for chunk in self.chunks.drain(..) {
+                joined.extend_from_slice(&first);
+                for chunk in self.more.drain(..) {
                     joined.extend_from_slice(&chunk);
                 }
                 joined.freeze()
@@ -296,11 +300,18 @@ where
                         let chunk = data.copy_to_bytes(data.remaining());
                         this.len += chunk.len();
                         if !chunk.is_empty() {
-                            this.chunks.push_back(chunk);
+                            if this.first.is_none() {
+                                this.first = Some(chunk);
+                            } else {
+                                this.more.push_back(chunk);
+                            }
                         }
                         if this.len > this.limit {
                             // Over the limit: hand everything over, to be sent once.
-                            let prefix = std::mem::take(&mut this.chunks);
+                            let mut prefix = std::mem::take(&mut this.more);
+                            if let Some(first) = this.first.take() {
+                                prefix.push_front(first);
+                            }
                             return Poll::Ready(match this.body.take() {
                                 Some(rest) => {
                                     Ok(Buffered::TooLarge(ReplayBody::streaming(prefix, rest)))
