@@ -5,7 +5,7 @@ use http::{HeaderName, Method};
 use tower_layer::Layer;
 
 use super::backoff::{ExponentialBackoff, Jitter, RngSource};
-use super::{Retry, RetryStats};
+use super::{Retry, RetryBudget, RetryStats};
 use crate::body::DEFAULT_MAX_BUFFERED;
 use crate::classify::{Classify, DefaultClassifier};
 
@@ -22,9 +22,18 @@ pub(crate) struct Config {
     pub(crate) retry_non_idempotent: bool,
     pub(crate) rng: RngSource,
     pub(crate) stats: RetryStats,
+    pub(crate) budget: Option<RetryBudget>,
 }
 
 impl Config {
+    /// The retry budget of this request's upstream, with the call deposited into it.
+    pub(crate) fn retry_budget_of(
+        &self,
+        head: &crate::partition::RequestHead<'_>,
+    ) -> Option<Arc<tower::retry::budget::TpsBudget>> {
+        self.budget.as_ref().map(|b| b.deposit(head))
+    }
+
     /// Whether a request with this method (and these headers) may be sent more than once.
     pub(crate) fn may_retry(&self, method: &Method, headers: &http::HeaderMap) -> bool {
         match *method {
@@ -80,6 +89,7 @@ impl RetryLayer {
                 retry_non_idempotent: false,
                 rng: RngSource::Thread,
                 stats: RetryStats::default(),
+                budget: None,
             },
             classify: DefaultClassifier,
         }
@@ -94,7 +104,9 @@ impl<C> RetryLayer<C> {
         self
     }
 
-    /// The ceiling of the first backoff delay, doubled on each retry (default 200 ms).
+    /// The ceiling of the first backoff delay, doubled on each retry (default 200 ms). Every
+    /// duration setting of this layer accepts any value: sums saturate, and a delay past what
+    /// the timer can represent waits until the end of the wait budget or the deadline.
     pub fn base_delay(mut self, delay: Duration) -> Self {
         let b = self.config.backoff;
         self.config.backoff = ExponentialBackoff::new(delay, b.max(), b.jitter());
@@ -157,6 +169,14 @@ impl<C> RetryLayer<C> {
     /// such as upserts keyed on the record's own id.
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
         self.config.retry_non_idempotent = yes;
+        self
+    }
+
+    /// Caps retries at a share of calls per upstream, or `None` for no cap (default: none here;
+    /// [`Outbound`](crate::Outbound) and its presets use [`RetryBudget::new`]). Clones of the
+    /// budget share it, so one budget can span several layers.
+    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.config.budget = budget;
         self
     }
 
