@@ -73,7 +73,7 @@ use crate::dead_letter::{DeadLetterService, MemorySink};
 use crate::deadline::{DeadlineLayer, DeadlineService};
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
-use crate::partition::{Partition, Scope};
+use crate::partition::Scope;
 use crate::retry::{Jitter, Retry, RetryBudget};
 use crate::retry_after::RetryAfter;
 use crate::throttle::Throttle;
@@ -228,10 +228,7 @@ impl Outbound {
 
     /// The circuit breaker, or `None` to leave it out (default [`CircuitBreakerLayer::new`]).
     /// Its partition is the stack's [`partition`](Self::partition).
-    pub fn circuit_breaker<P: Partition>(
-        mut self,
-        layer: Option<CircuitBreakerLayer<DefaultClassifier, P>>,
-    ) -> Self {
+    pub fn circuit_breaker(mut self, layer: Option<CircuitBreakerLayer>) -> Self {
         self.circuit_breaker = layer.map(|b| b.partition(self.scope));
         self
     }
@@ -239,7 +236,7 @@ impl Outbound {
     /// The throttle, or `None` to leave it out (default: none). Its partition is the stack's
     /// [`partition`](Self::partition): with the default, each upstream gets its own bucket of
     /// the given rate.
-    pub fn throttle<P: Partition>(mut self, layer: Option<ThrottleLayer<P>>) -> Self {
+    pub fn throttle(mut self, layer: Option<ThrottleLayer>) -> Self {
         self.throttle = layer.map(|t| t.partition(self.scope));
         self
     }
@@ -260,14 +257,15 @@ impl Outbound {
     }
 
     /// The deadline of one logical call, attempts and waits together, or `None` for none
-    /// (default 30 s).
+    /// (default 30 s; any value is accepted, see [`DeadlineLayer::new`]).
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
         self
     }
 
     /// The time limit of one attempt, or `None` for none (default 10 s). A timed-out attempt
-    /// is a transient failure: retried.
+    /// is a transient failure: retried. Any value is accepted (tokio's timer treats one past
+    /// what it can represent as never).
     pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.attempt_timeout = timeout;
         self
