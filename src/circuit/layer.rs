@@ -100,7 +100,8 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     }
 
     /// Also opens the circuit when at least `rate` (0.0 to 1.0) of the calls in the window took
-    /// longer than `duration` (default off).
+    /// longer than `duration` (default off). A rate outside 0.0–1.0 is clamped, NaN is 1.0; any `duration`
+    /// is accepted.
     pub fn slow_call(self, duration: Duration, rate: f32) -> Self {
         self.update(|s| {
             let rate = if rate.is_nan() {
@@ -113,7 +114,8 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     }
 
     /// The most per-partition breakers kept (default 1,024). At the cap, idle closed breakers
-    /// are dropped first; if none is idle, a new key shares the default breaker.
+    /// are dropped first; if none is idle, a new key shares the default breaker. Zero makes every
+    /// key share the default breaker.
     pub fn max_partitions(self, max: usize) -> Self {
         self.update(|s| s.max_partitions = max)
     }

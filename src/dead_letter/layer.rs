@@ -64,6 +64,7 @@ impl<C> DeadLetterLayer<C> {
 
     /// The most body bytes kept (default 1 MiB). A larger body is still sent whole; if that
     /// call fails, its dead letter says the body was not kept.
+    /// Any value is accepted: memory is only taken as the body arrives.
     pub fn max_body(self, bytes: usize) -> Self {
         self.update(|c| c.max_body = bytes)
     }

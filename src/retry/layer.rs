@@ -113,7 +113,7 @@ impl<C> RetryLayer<C> {
         self
     }
 
-    /// The cap on any one backoff delay (default 30 s).
+    /// The cap on any one backoff delay (default 30 s; any value, `Duration::MAX` included).
     pub fn max_delay(mut self, delay: Duration) -> Self {
         let b = self.config.backoff;
         self.config.backoff = ExponentialBackoff::new(b.base(), delay, b.jitter());
@@ -122,7 +122,7 @@ impl<C> RetryLayer<C> {
 
     /// The budget of time spent waiting between attempts of one logical call, backoff and
     /// server-requested waits together (default 60 s). A retry whose wait would overrun it is
-    /// not made: the last outcome is returned.
+    /// not made: the last outcome is returned. Any value is accepted; sums saturate.
     pub fn max_total_delay(mut self, budget: Duration) -> Self {
         self.config.max_total_delay = budget;
         self
@@ -138,20 +138,23 @@ impl<C> RetryLayer<C> {
     /// The longest server-requested wait (`Retry-After`, or the reset of a used-up quota) that
     /// is slept on (default 60 s). A longer one ends the call at once: the response carries an
     /// [`Attempts`](super::Attempts) extension with the wait and the time a retry is allowed.
+    /// Any value is accepted (servers' waits are bounded to a year when parsed).
     pub fn max_retry_after(mut self, wait: Duration) -> Self {
         self.config.max_retry_after = wait;
         self
     }
 
     /// The most random time added to a server-requested wait, so clients that got the same
-    /// reset do not all come back in the same instant (default 250 ms; zero turns it off).
+    /// reset do not all come back in the same instant (default 250 ms; zero turns it off; the
+    /// jittered wait never runs past the wait budget or the deadline, whatever this is).
     pub fn retry_after_jitter(mut self, jitter: Duration) -> Self {
         self.config.retry_after_jitter = jitter;
         self
     }
 
     /// How much of a request body is held in memory to send it again (default 1 MiB). A larger
-    /// body is sent once, whole, and not retried; a warning is logged.
+    /// body is sent once, whole, and not retried; a warning is logged. Any value is accepted:
+    /// memory is only taken as the body arrives, never reserved from a size the body claims.
     pub fn max_buffered_body(mut self, bytes: usize) -> Self {
         self.config.max_buffered_body = bytes;
         self

@@ -12,11 +12,17 @@
 //!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
 //!   fails at once with [`Kind::RateLimited`], carrying the
 //!   remaining wait and the wall-clock time the upstream accepts requests again.
+//! - there is one gate per upstream (scheme, host and port) by default: a pause one host asks
+//!   for never holds calls to another ([`partition`](RetryAfterLayer::partition));
+//! - no server closes a gate for longer than [`max_pause`](RetryAfterLayer::max_pause) (15
+//!   minutes by default): a longer pause closes it for the cap, calls meanwhile fail fast
+//!   with the server's own retry time, and the first such pause per upstream is logged at
+//!   WARN. A hostile `Retry-After: 31536000` costs one upstream 15 minutes, not a year.
 //!
 //! The gate reads the response's [`RateLimitInfo`] (parsing the headers
 //! and inserting the extension if no layer did yet), so the retry layer outside it reads the same
-//! value without parsing again. When the gate is open, passing it costs one atomic load: no clock
-//! read, no lock.
+//! value without parsing again. While every gate is open, passing costs one atomic load: no
+//! clock read, no lock.
 //!
 //! Place it inside [`RetryLayer`](crate::RetryLayer): the retry layer then sees every attempt's
 //! wait, and retries pass the gate like any other request.
