@@ -15,11 +15,15 @@
 //!   after it (otherwise that one slot stays used: the bucket is never looser than configured).
 //! - **Adaptive.** When a response carries a [`RateLimitInfo`](crate::RateLimitInfo) with
 //!   `remaining` and `reset`, the bucket adopts the server's view: if the server says 12 left
-//!   until a reset in 40 s, no more than 12 more go before then. A 429 that names a wait stops
-//!   the bucket until then. The server's view only ever makes the bucket slower, never faster
-//!   than configured. This is what keeps several clients that share one server-side quota
-//!   from overrunning it together. Requests already in flight when a view is adopted are not
-//!   counted against it.
+//!   until a reset in 40 s, no more than 12 more go before then. A pause and the window's count
+//!   are kept apart: a 429 (or any response with nothing remaining) stops the bucket until the
+//!   wait it names, and then the window's count goes on where it was, so a short spurious 429
+//!   in the middle of a window does not cost the rest of the window. Within one window the
+//!   smallest `remaining` and the earliest reset win (a reset is rounded up to whole seconds,
+//!   so the earliest is the closest to the real end, and never before it). The server's view
+//!   only ever makes the bucket slower, never faster than configured. This is what keeps
+//!   several clients that share one server-side quota from overrunning it together. Requests
+//!   already in flight when a view is adopted are not counted against it.
 //! - **Partitions.** One bucket for the whole service by default; one per upstream with
 //!   [`partition(ByAuthority)`](crate::partition::ByAuthority), or any
 //!   [`Partition`](crate::partition::Partition). Idle buckets are evicted, so memory stays

@@ -71,8 +71,19 @@ where
         Ok(Route::Api(collection)) => api(shared, collection, req).await,
     };
     match &answer {
-        Ok(response) => shared.record_response(response.status()),
-        Err(Dropped) => shared.record_drop(),
+        Ok(response) => {
+            shared.record_response(response.status());
+            tracing::trace!(
+                status = response.status().as_u16(),
+                remaining = ?response.headers().get(REMAINING),
+                reset = ?response.headers().get(RESET),
+                "lehnz simulator: answered"
+            );
+        }
+        Err(Dropped) => {
+            shared.record_drop();
+            tracing::trace!("lehnz simulator: dropped the connection");
+        }
     }
     answer
 }
