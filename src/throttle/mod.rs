@@ -123,6 +123,14 @@ impl std::error::Error for QuotaError {}
 
 impl Quota {
     /// `rate` requests per `per`, with a burst of `rate`.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroRate`] and [`QuotaError::ZeroPeriod`]. Any other value is accepted:
+    /// the in-process bucket counts time in nanoseconds in a `u64`, and takes an interval
+    /// between slots (`per / rate`), or a burst's span (`burst · per / rate`), longer than
+    /// about 73 years as 73 years. A `per` of [`Duration::MAX`] is a bucket that lets its
+    /// burst through and then, in practice, nothing more. Nothing overflows or panics later.
     pub fn new(rate: u32, per: Duration) -> Result<Self, QuotaError> {
         if rate == 0 {
             return Err(QuotaError::ZeroRate);
@@ -137,7 +145,11 @@ impl Quota {
         })
     }
 
-    /// The same rate with another burst.
+    /// The same rate with another burst. Any burst from 1 to `u32::MAX` is accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroBurst`].
     pub fn with_burst(self, burst: u32) -> Result<Self, QuotaError> {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
@@ -198,8 +210,12 @@ impl ThrottleStats {
         self.counters[4].load(Ordering::Relaxed)
     }
 
+    /// Adds `by` to a counter, stopping at `u64::MAX` (the summed wait can be that large with
+    /// waits of centuries).
     pub(crate) fn count(&self, index: usize, by: u64) {
-        self.counters[index].fetch_add(by, Ordering::Relaxed);
+        let _ = self.counters[index].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_add(by))
+        });
     }
 }
 
