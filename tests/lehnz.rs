@@ -271,6 +271,7 @@ async fn under_chaos_every_event_is_stored_once_after_dedup_or_is_a_dead_letter(
                 .drop_before_processing(0.05),
         )
         .seed(11)
+        .keep_bodies(true)
         .start()
         .await
         .unwrap();
