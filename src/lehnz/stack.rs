@@ -139,7 +139,7 @@ impl StackConfig {
         let mut retry = RetryLayer::new()
             .max_attempts(self.max_attempts)
             .max_retry_after(self.max_retry_after)
-            .max_total_delay(self.max_retry_after + Duration::from_secs(60))
+            .max_total_delay(self.max_retry_after.saturating_add(Duration::from_secs(60)))
             // Upserts are keyed on the record's id, and events carry a client id: resending
             // either is safe.
             .retry_non_idempotent(true);
