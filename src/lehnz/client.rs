@@ -19,7 +19,7 @@ use super::response::interpret;
 use super::stream::{ChannelSource, IngestOptions, IterSource, Outcome};
 use crate::body::ReplayBody;
 use crate::error::{BoxError, Error};
-use crate::idempotency::MakeKey;
+use crate::idempotency::{MakeKey, UuidV4};
 
 /// Lehnz's hard limit on a request body: 1 MB.
 pub const MAX_BODY_BYTES: usize = 1_000_000;
@@ -89,6 +89,7 @@ enum EventIds {
 }
 
 impl EventIds {
+    /// Stamps an event of a stream at `position` in its source.
     fn stamp(&self, position: usize, event: &mut Event) {
         if event.client_event_id().is_some() {
             return;
@@ -98,13 +99,30 @@ impl EventIds {
                 .derived_id(namespace, position)
                 .hyphenated()
                 .to_string(),
-            EventIds::Made(make) => {
-                let key = make.make_key();
-                key.to_str().map(str::to_owned).unwrap_or_default()
-            }
+            EventIds::Made(make) => made(&**make),
         };
         event.stamp_id(|| id);
     }
+
+    /// Stamps an event of a slice. A slice has no position in a larger source: an index
+    /// would give equal events at the same index of two calls the same id, and removing
+    /// duplicates would then drop real events. So slices get random ids (or the caller's
+    /// generator), written into the slice so sending it again keeps them.
+    fn stamp_unpositioned(&self, event: &mut Event) {
+        if event.client_event_id().is_some() {
+            return;
+        }
+        let id = match self {
+            EventIds::Derived(_) => made(&UuidV4),
+            EventIds::Made(make) => made(&**make),
+        };
+        event.stamp_id(|| id);
+    }
+}
+
+fn made(make: &dyn MakeKey) -> String {
+    let key = make.make_key();
+    key.to_str().map(str::to_owned).unwrap_or_default()
 }
 
 /// Builds a [`Client`]. See [`Client::builder`].
@@ -177,9 +195,10 @@ impl ClientBuilder {
         self
     }
 
-    /// The namespace of derived event ids (default [`EVENT_ID_NAMESPACE`]). An event without
-    /// a `client_event_id` gets [`Event::derived_id`] over this namespace and its position in
-    /// the input, so the same input sent again carries the same ids. Give each source its own
+    /// The namespace of derived event ids (default [`EVENT_ID_NAMESPACE`]). An event of a
+    /// stream ([`Client::ingest_iter`], [`Client::ingest_channel`]) without a
+    /// `client_event_id` gets [`Event::derived_id`] over this namespace and its offset in the
+    /// source, so the same source sent again carries the same ids. Give each source its own
     /// namespace (for example `Uuid::new_v5(&EVENT_ID_NAMESPACE, file_name)`) when equal
     /// events at equal positions of two sources must not share an id.
     ///
@@ -393,18 +412,21 @@ impl Client {
 
     /// Sends events to `POST /api/v1/events/ingest` on the ingestion host, in batches.
     ///
-    /// Each event without one first gets a stable id in `context.client_event_id` (see
-    /// [`ClientBuilder::event_id_namespace`]), written into the slice, so sending the same
-    /// slice again (or replaying a dead letter) keeps the ids and duplicates can be removed
-    /// downstream. A publishable key may ingest events; upserts need a secret key.
+    /// Each event without one first gets an id in `context.client_event_id`, written into the
+    /// slice, so sending the same slice again (or replaying a dead letter) keeps the ids and
+    /// duplicates can be removed downstream. A slice has no position in a larger source, so
+    /// these ids are random (UUID v4, or the [`event_ids`](ClientBuilder::event_ids)
+    /// generator): a job that must send the same ids after a restart streams its source with
+    /// [`ingest_iter`](Self::ingest_iter), whose ids are derived from each event and its
+    /// offset. A publishable key may ingest events; upserts need a secret key.
     ///
     /// Returns `Err` only when nothing can be sent (401 or 403: the key is wrong); failures of
     /// single batches are in [`Summary::errors`], with their records in [`Summary::rejected`]
     /// or counted in [`Summary::dead_lettered`]. A thin wrapper over
     /// [`ingest_iter`](Self::ingest_iter) that lists every rejection.
     pub async fn ingest_events(&self, events: &mut [Event]) -> Result<Summary, LehnzError> {
-        for (position, event) in events.iter_mut().enumerate() {
-            self.inner.event_ids.stamp(position, event);
+        for event in events.iter_mut() {
+            self.inner.event_ids.stamp_unpositioned(event);
         }
         let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
         let options = IngestOptions::new().listed_rejections(usize::MAX);
