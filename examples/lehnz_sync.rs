@@ -333,10 +333,11 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         summary.dead_letter_failed
     );
     println!(
-        "  replayed at the end    {} batches, {} delivered, {} still dead, {} skipped",
+        "  replayed at the end    {} batches, {} delivered, {} still dead, {} refused (other hosts), {} skipped",
         replay.replayed,
         replay.succeeded,
         still_dead.len(),
+        replay.refused,
         replay.skipped
     );
     println!("  settled offset         {}", summary.settled);

@@ -7,6 +7,7 @@ mod support;
 use std::time::Duration;
 
 use support::{Reply, ScriptedServer};
+use tower_outbound::dead_letter::{BoxFuture, SinkError};
 use tower_outbound::dead_letter::{DeadLetter, FinalOutcome, StoredBody, StoredHeader};
 use tower_outbound::lehnz::sim::Simulator;
 use tower_outbound::lehnz::{Client, Event, User};
@@ -18,6 +19,7 @@ fn letter(id: &str, uri: String, body: &str) -> DeadLetter {
         id: id.to_owned(),
         method: "POST".to_owned(),
         uri,
+        uri_redacted: false,
         headers: vec![StoredHeader {
             name: "content-type".to_owned(),
             value: Some("application/json".to_owned()),
@@ -63,7 +65,7 @@ async fn replay_does_not_send_the_key_to_a_host_the_client_does_not_use() {
     let report = client.replay_dead_letters(&sink).await.unwrap();
 
     assert_eq!((report.replayed, report.succeeded), (1, 1), "{report:?}");
-    assert_eq!(report.skipped, 4, "refused letters are counted");
+    assert_eq!(report.refused, 4, "refused letters are counted");
     assert!(elsewhere.received().is_empty(), "the key went elsewhere");
     let kept: Vec<String> = sink.letters().into_iter().map(|l| l.id).collect();
     assert_eq!(
@@ -113,4 +115,64 @@ async fn huge_configured_durations_do_not_panic() {
         .unwrap();
     let summary = client.upsert_users(&[User::new("u")]).await.unwrap();
     assert_eq!(summary.accepted, 1, "{summary:?}");
+}
+
+/// A sink whose disk is full.
+struct FullDisk;
+
+impl Sink for FullDisk {
+    fn write(&self, _: DeadLetter) -> BoxFuture<'_, Result<(), SinkError>> {
+        Box::pin(async { Err(SinkError::msg("no space left on device")) })
+    }
+    fn read_all(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>, SinkError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+    fn remove<'a>(&'a self, _: &'a [String]) -> BoxFuture<'a, Result<usize, SinkError>> {
+        Box::pin(async { Ok(0) })
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_the_sink_failed_to_store_is_not_counted_as_dead_lettered() {
+    let server = ScriptedServer::start(vec![Reply::status(503).body("{}"); 2]).await;
+    let client = Client::builder("lehnz_sk_test")
+        .base_url(server.url(""))
+        .stack(|s| s.max_attempts(1).dead_letter_sink(FullDisk))
+        .build()
+        .unwrap();
+    let events = (0..3).map(|i| Event::new(format!("u{i}"), "i", "view"));
+
+    let summary = client
+        .ingest_iter(events, Default::default())
+        .await
+        .unwrap();
+
+    assert_eq!(summary.dead_lettered, 0, "{summary:?}");
+    assert_eq!(summary.dead_letter_failed, 3);
+    assert_eq!(
+        summary.settled, 0,
+        "neither delivered nor stored: not settled"
+    );
+    assert_eq!(summary.errors.len(), 1);
+    assert!(summary.rejected[0].reason.contains("failed to store"));
+    assert!(!summary.is_complete());
+
+    // With a sink that works, the same failure is settled as a dead letter.
+    let sink = MemorySink::new();
+    let client = Client::builder("lehnz_sk_test")
+        .base_url(server.url(""))
+        .stack(|s| s.max_attempts(1).dead_letter_sink(sink.clone()))
+        .build()
+        .unwrap();
+    let events = (0..3).map(|i| Event::new(format!("u{i}"), "i", "view"));
+    let summary = client
+        .ingest_iter(events, Default::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        (summary.dead_lettered, summary.settled),
+        (3, 3),
+        "{summary:?}"
+    );
+    assert_eq!(sink.letters().len(), 1);
 }

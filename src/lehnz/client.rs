@@ -18,6 +18,7 @@ use super::model::{Event, Item, Record, User};
 use super::response::interpret;
 use super::stream::{ChannelSource, IngestOptions, IterSource, Outcome};
 use crate::body::ReplayBody;
+use crate::dead_letter::Recorded;
 use crate::error::{BoxError, Error};
 use crate::idempotency::{MakeKey, UuidV4};
 
@@ -562,12 +563,13 @@ impl Client {
         let response = match self.inner.service.clone().oneshot(request).await {
             Ok(response) => response,
             Err(err) => {
+                let stored = err.dead_letter().map(|r| r.stored);
                 let result = Err(LehnzError::from_layers(err));
-                let stored = self.dead_letter_receipt(&result);
                 return Outcome { result, stored };
             }
         };
         let (parts, body) = response.into_parts();
+        let recorded = parts.extensions.get::<Recorded>().map(|r| r.stored);
         let result = match read_reply(body).await {
             Ok(body) => interpret(parts.status, &parts.headers, &body, sent),
             Err(problem) => Err(LehnzError::UnexpectedResponse {
@@ -575,30 +577,18 @@ impl Client {
                 problem,
             }),
         };
-        let stored = self.dead_letter_receipt(&result);
+        // A receipt only counts for a batch that failed.
+        let stored = if result.is_err() { recorded } else { None };
         Outcome { result, stored }
     }
-
-    // --- Dead-letter receipts -------------------------------------------------------------
-    // Until the dead-letter layer hands out a receipt of what its sink stored, a transient
-    // failure with dead letters on is taken as stored. With receipts, this reads
-    // `dead_letter::Recorded { stored, .. }` from the failed response's extensions or from
-    // `Error::dead_letter()`, and a sink failure becomes `Some(false)`.
-    fn dead_letter_receipt(&self, result: &Result<usize, LehnzError>) -> Option<bool> {
-        match result {
-            Err(err) if err.is_transient() && self.dead_letters_enabled() => Some(true),
-            _ => None,
-        }
-    }
-    // ---------------------------------------------------------------------------------------
 
     /// Sends the dead letters in `sink` again through the client's stack, with the client's
     /// key (the stored copies have it redacted), and removes those Lehnz now accepts (a 2xx).
     ///
     /// Only letters addressed to one of the client's own hosts (the scheme, host and port of
     /// its base URL or ingestion URL) are sent: the key never goes to a URI a letter names
-    /// otherwise. The others are kept, not sent, and counted in the report's `skipped`. See
-    /// [`replay`](crate::dead_letter::replay).
+    /// otherwise. The others are kept, not sent, and counted in the report's `refused`. See
+    /// [`replay_matching`](crate::dead_letter::replay_matching).
     pub async fn replay_dead_letters(
         &self,
         sink: &dyn crate::Sink,
@@ -610,33 +600,7 @@ impl Client {
                 request
             })
             .service(self.inner.service.clone());
-        let letters = sink.read_all().await?;
-        let mut report = crate::dead_letter::ReplayReport::default();
-        let mut done = Vec::new();
-        for letter in letters {
-            if !self.is_own_host(&letter) {
-                tracing::warn!(
-                    letter = %letter.id,
-                    "dead letter not replayed: it is not addressed to this client's Lehnz hosts"
-                );
-                report.skipped += 1;
-                continue;
-            }
-            let Some(mut request) = letter.to_request() else {
-                report.skipped += 1;
-                continue;
-            };
-            request
-                .extensions_mut()
-                .insert(crate::dead_letter::Replaying);
-            report.replayed += 1;
-            match service.clone().oneshot(request).await {
-                Ok(response) if response.status().is_success() => done.push(letter.id),
-                Ok(_) | Err(_) => report.still_failing += 1,
-            }
-        }
-        report.succeeded = sink.remove(&done).await?;
-        Ok(report)
+        crate::dead_letter::replay_matching(sink, service, |letter| self.is_own_host(letter)).await
     }
 
     /// Whether a dead letter is addressed to one of this client's hosts.
@@ -645,13 +609,6 @@ impl Client {
             uri.authority().is_some_and(|a| !a.as_str().contains('@'))
                 && (self.inner.api.same_origin(&uri) || self.inner.ingestion.same_origin(&uri))
         })
-    }
-
-    fn dead_letters_enabled(&self) -> bool {
-        self.inner
-            .stats
-            .as_ref()
-            .is_some_and(super::stack::StackStats::dead_letters_enabled)
     }
 
     /// The kind of key the client uses.

@@ -226,8 +226,4 @@ impl StackStats {
     pub fn dead_letters(&self) -> Option<&DeadLetterStats> {
         self.dead_letters.as_ref()
     }
-
-    pub(crate) fn dead_letters_enabled(&self) -> bool {
-        self.dead_letters.is_some()
-    }
 }
