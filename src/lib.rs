@@ -67,6 +67,7 @@ pub mod redact;
 pub mod redis;
 pub mod retry;
 pub mod retry_after;
+mod sync;
 pub mod throttle;
 
 pub use circuit::{CircuitBreakerLayer, CircuitState};

@@ -1,7 +1,6 @@
 //! One breaker's state machine: closed → open → half-open → closed.
 
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Mutex, PoisonError};
+use crate::sync::{lock, AtomicU8, Mutex, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -70,7 +69,7 @@ impl Breaker {
 
     /// The state now (an open breaker whose time is up reports half-open).
     pub(crate) fn state(&self) -> CircuitState {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = lock(&self.inner);
         match inner.state {
             CircuitState::Open if Instant::now() >= Self::reopens_at(&inner) => {
                 CircuitState::HalfOpen
@@ -81,7 +80,7 @@ impl Breaker {
 
     /// Whether a closed breaker has nothing worth keeping (for eviction).
     pub(crate) fn is_idle(&self) -> bool {
-        let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let inner = lock(&self.inner);
         inner.state == CircuitState::Closed && inner.ring.tally().failures == 0
     }
 
@@ -122,7 +121,7 @@ impl Breaker {
             return Admission::Call;
         }
         let now = Instant::now();
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = lock(&self.inner);
         if inner.state == CircuitState::Open {
             let until = Self::reopens_at(&inner);
             if now < until {
@@ -160,7 +159,7 @@ impl Breaker {
         settings: &Settings,
         changes: &mut Vec<StateChange>,
     ) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = lock(&self.inner);
         match admission {
             Admission::Call => {
                 let Some(failure) = failure else { return };
@@ -220,7 +219,146 @@ impl Breaker {
 
     /// A probe whose call was dropped before it finished gives its permit back.
     pub(crate) fn release_probe(&self) {
-        let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = lock(&self.inner);
         inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+    }
+}
+
+/// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use super::*;
+    use crate::circuit::Window;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn settings(probes: u32) -> Settings {
+        Settings {
+            window: Window::Count(1),
+            minimum_calls: 1,
+            open_duration: Duration::ZERO,
+            half_open_probes: probes,
+            ..Settings::default()
+        }
+    }
+
+    /// A breaker that a failure opened, whose open time is already over.
+    fn opened(settings: &Settings) -> Arc<Breaker> {
+        let breaker = Arc::new(Breaker::new(settings, None));
+        let mut changes = Vec::new();
+        breaker.record(
+            Admission::Call,
+            Some(true),
+            false,
+            None,
+            settings,
+            &mut changes,
+        );
+        assert_eq!(lock(&breaker.inner).state, CircuitState::Open);
+        breaker
+    }
+
+    #[test]
+    fn loom_half_open_never_lets_more_probes_through_than_configured() {
+        loom::model(|| {
+            let settings = Arc::new(settings(1));
+            let breaker = opened(&settings);
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let (breaker, settings) = (breaker.clone(), settings.clone());
+                    thread::spawn(move || {
+                        let admission = breaker.admit(&settings, &mut Vec::new());
+                        let probe = admission == Admission::Probe;
+                        if probe {
+                            let in_flight = lock(&breaker.inner).probes_in_flight;
+                            assert!(in_flight <= 1, "{in_flight} probes in flight");
+                        }
+                        probe
+                    })
+                })
+                .collect();
+            let probes = threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|p| *p)
+                .count();
+            assert_eq!(probes, 1, "exactly one of two callers probes");
+        });
+    }
+
+    #[test]
+    fn loom_a_released_probe_slot_is_reused_once() {
+        loom::model(|| {
+            let settings = Arc::new(settings(1));
+            let breaker = opened(&settings);
+            // One probe is out; its caller drops it while another caller arrives.
+            assert_eq!(breaker.admit(&settings, &mut Vec::new()), Admission::Probe);
+            let dropper = {
+                let breaker = breaker.clone();
+                thread::spawn(move || breaker.release_probe())
+            };
+            let arriving = {
+                let (breaker, settings) = (breaker.clone(), settings.clone());
+                thread::spawn(move || breaker.admit(&settings, &mut Vec::new()))
+            };
+            dropper.join().unwrap();
+            let admission = arriving.join().unwrap();
+            let inner = lock(&breaker.inner);
+            let expected = u32::from(admission == Admission::Probe);
+            assert_eq!(
+                inner.probes_in_flight, expected,
+                "no slot held twice or lost"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_concurrent_probe_outcomes_take_legal_transitions() {
+        loom::model(|| {
+            let settings = Arc::new(settings(2));
+            let breaker = opened(&settings);
+            let a = breaker.admit(&settings, &mut Vec::new());
+            let b = breaker.admit(&settings, &mut Vec::new());
+            assert_eq!((a, b), (Admission::Probe, Admission::Probe));
+            let outcome = |failure: bool, admission: Admission| {
+                let (breaker, settings) = (breaker.clone(), settings.clone());
+                thread::spawn(move || {
+                    let mut changes = Vec::new();
+                    breaker.record(
+                        admission,
+                        Some(failure),
+                        false,
+                        None,
+                        &settings,
+                        &mut changes,
+                    );
+                    changes
+                })
+            };
+            let ok = outcome(false, a);
+            let failed = outcome(true, b);
+            let changes: Vec<StateChange> = ok
+                .join()
+                .unwrap()
+                .into_iter()
+                .chain(failed.join().unwrap())
+                .collect();
+            for change in &changes {
+                let legal = matches!(
+                    (change.from, change.to),
+                    (CircuitState::Closed, CircuitState::Open)
+                        | (CircuitState::Open, CircuitState::HalfOpen)
+                        | (CircuitState::HalfOpen, CircuitState::Open)
+                        | (CircuitState::HalfOpen, CircuitState::Closed)
+                );
+                assert!(legal, "{:?} -> {:?}", change.from, change.to);
+            }
+            // One probe failed: whatever the order, the breaker is open again.
+            assert_eq!(lock(&breaker.inner).state, CircuitState::Open);
+            assert_eq!(
+                breaker.state.load(Ordering::Acquire),
+                code(CircuitState::Open)
+            );
+        });
     }
 }

@@ -7,12 +7,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use tower::retry::budget::{Budget, TpsBudget};
+use tokio::time::Instant;
+
+use crate::sync::{lock, Mutex};
 
 use crate::partition::{PartitionKey, Scope};
 
 /// Caps retries at a share of calls over a sliding window, per upstream — the model of
-/// Finagle, Linkerd and Envoy, built on tower's [`TpsBudget`].
+/// Finagle, Linkerd and Envoy (and of tower's `TpsBudget`, whose check and withdrawal are two
+/// steps that concurrent retries can interleave to overspend; here they are one).
 ///
 /// Every call deposits into its upstream's budget; every retry withdraws. A retry the budget
 /// cannot pay for is not made: the retry layer returns the last response or error at once, and
@@ -45,16 +48,102 @@ struct Settings {
 }
 
 impl Settings {
-    fn budget(&self) -> TpsBudget {
-        // The values are clamped by the setters to what `TpsBudget::new` accepts.
-        TpsBudget::new(self.window, self.min_per_second, self.ratio)
+    fn budget(&self) -> Allowance {
+        Allowance::new(self, Instant::now())
+    }
+}
+
+/// Slots the window is kept in.
+const SLOTS: usize = 10;
+/// What one retry costs, in the budget's units (a call deposits `ratio` of it).
+const RETRY: i64 = 1000;
+
+/// One upstream's budget: what calls deposited and retries withdrew over the last window,
+/// in [`SLOTS`] slices, plus a floor that is always there. Checking and withdrawing happen in
+/// one critical section, so concurrent retries cannot spend the same balance twice.
+#[derive(Debug)]
+pub(crate) struct Allowance {
+    deposit: i64,
+    reserve: i64,
+    slot: Duration,
+    state: Mutex<Slots>,
+}
+
+#[derive(Debug)]
+struct Slots {
+    /// Net units per slice, the current one at `current`.
+    net: [i64; SLOTS],
+    current: usize,
+    /// When the current slice started.
+    started: Instant,
+}
+
+impl Allowance {
+    fn new(settings: &Settings, now: Instant) -> Self {
+        let window_secs = i64::try_from(settings.window.as_secs()).unwrap_or(60);
+        Allowance {
+            // `ratio` is at most 1000 (clamped), so this fits.
+            deposit: (f64::from(settings.ratio) * RETRY as f64).round() as i64,
+            reserve: i64::from(settings.min_per_second)
+                .saturating_mul(window_secs)
+                .saturating_mul(RETRY),
+            slot: (settings.window / SLOTS as u32).max(Duration::from_millis(1)),
+            state: Mutex::new(Slots {
+                net: [0; SLOTS],
+                current: 0,
+                started: now,
+            }),
+        }
+    }
+
+    /// Moves the window forward to `now`, forgetting the slices that left it.
+    fn advance(&self, slots: &mut Slots, now: Instant) {
+        let elapsed = now.saturating_duration_since(slots.started);
+        if elapsed < self.slot {
+            return;
+        }
+        let passed = (elapsed.as_nanos() / self.slot.as_nanos().max(1)).min(SLOTS as u128) as usize;
+        for _ in 0..passed {
+            slots.current = (slots.current + 1) % SLOTS;
+            slots.net[slots.current] = 0;
+        }
+        slots.started = if passed == SLOTS {
+            now
+        } else {
+            // `passed` whole slices, at most the window: no overflow.
+            slots.started + self.slot * passed as u32
+        };
+    }
+
+    /// One call: its share of a retry.
+    pub(crate) fn deposit(&self, now: Instant) {
+        let mut slots = lock(&self.state);
+        self.advance(&mut slots, now);
+        let current = slots.current;
+        slots.net[current] = slots.net[current].saturating_add(self.deposit);
+    }
+
+    /// One retry, if the balance pays for it.
+    pub(crate) fn withdraw(&self, now: Instant) -> bool {
+        let mut slots = lock(&self.state);
+        self.advance(&mut slots, now);
+        let balance = slots
+            .net
+            .iter()
+            .fold(self.reserve, |sum, net| sum.saturating_add(*net));
+        if balance < RETRY {
+            return false;
+        }
+        let current = slots.current;
+        slots.net[current] -= RETRY;
+        true
     }
 }
 
 struct Shared {
     settings: Settings,
-    default: Arc<TpsBudget>,
-    keyed: RwLock<HashMap<PartitionKey, Arc<TpsBudget>>>,
+    default: Arc<Allowance>,
+    keyed: RwLock<HashMap<PartitionKey, Arc<Allowance>>>,
     exhausted: AtomicU64,
 }
 
@@ -143,7 +232,7 @@ impl RetryBudget {
 
     /// The budget of this request's upstream, with the call deposited. The upstream, once
     /// worked out, is left in the request's extensions for the layers inside.
-    pub(crate) fn deposit<B>(&self, request: &mut http::Request<B>) -> Arc<TpsBudget> {
+    pub(crate) fn deposit<B>(&self, request: &mut http::Request<B>) -> Arc<Allowance> {
         let budget = match crate::partition::key_of(&self.scope, request) {
             None => self.shared.default.clone(),
             Some(key) => {
@@ -156,7 +245,7 @@ impl RetryBudget {
                 budget
             }
         };
-        budget.deposit();
+        budget.deposit(Instant::now());
         budget
     }
 
@@ -164,7 +253,7 @@ impl RetryBudget {
         self.shared.exhausted.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn budget_of_key(&self, key: &PartitionKey) -> Arc<TpsBudget> {
+    fn budget_of_key(&self, key: &PartitionKey) -> Arc<Allowance> {
         let shared = &self.shared;
         if let Some(budget) = shared
             .keyed
@@ -206,9 +295,27 @@ mod tests {
             .extensions()
             .get::<crate::partition::UpstreamOf>()
             .is_some());
-        assert!(a_budget.withdraw(), "two calls pay for one retry at 50 %");
-        assert!(!a_budget.withdraw());
-        assert!(!b_budget.withdraw(), "b's budget is b's own");
+        let now = Instant::now();
+        assert!(
+            a_budget.withdraw(now),
+            "two calls pay for one retry at 50 %"
+        );
+        assert!(!a_budget.withdraw(now));
+        assert!(!b_budget.withdraw(now), "b's budget is b's own");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spent_retries_come_back_when_they_leave_the_window() {
+        let budget = RetryBudget::new().min_per_second(1).ratio(0.0);
+        let allowance = budget.budget_of_key(&PartitionKey::from("k"));
+        let now = Instant::now();
+        // The floor: 1 per second over 10 s.
+        for _ in 0..10 {
+            assert!(allowance.withdraw(now));
+        }
+        assert!(!allowance.withdraw(now));
+        assert!(!allowance.withdraw(now + Duration::from_secs(9)));
+        assert!(allowance.withdraw(now + Duration::from_secs(10)));
     }
 
     #[test]
@@ -222,5 +329,66 @@ mod tests {
             .window(Duration::ZERO);
         assert_eq!(budget.shared.settings.ratio, 0.0);
         assert_eq!(budget.shared.settings.window, Duration::from_secs(1));
+    }
+}
+
+/// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    #[test]
+    fn loom_the_last_retry_in_the_budget_is_spent_once() {
+        loom::model(|| {
+            let settings = Settings {
+                window: Duration::from_secs(1),
+                min_per_second: 1,
+                ratio: 0.0,
+                max_partitions: 1,
+            };
+            let now = Instant::now();
+            let allowance = Arc::new(Allowance::new(&settings, now));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let allowance = allowance.clone();
+                    thread::spawn(move || allowance.withdraw(now))
+                })
+                .collect();
+            let spent = threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|w| *w)
+                .count();
+            assert_eq!(spent, 1, "one retry in the budget, one retry made");
+        });
+    }
+
+    #[test]
+    fn loom_a_deposit_racing_a_withdrawal_is_not_lost() {
+        loom::model(|| {
+            let settings = Settings {
+                window: Duration::from_secs(1),
+                min_per_second: 0,
+                ratio: 1.0,
+                max_partitions: 1,
+            };
+            let now = Instant::now();
+            let allowance = Arc::new(Allowance::new(&settings, now));
+            let depositor = {
+                let allowance = allowance.clone();
+                thread::spawn(move || allowance.deposit(now))
+            };
+            let withdrawer = {
+                let allowance = allowance.clone();
+                thread::spawn(move || allowance.withdraw(now))
+            };
+            depositor.join().unwrap();
+            let first = withdrawer.join().unwrap();
+            // Whatever the order, the one deposit paid for exactly one retry.
+            let second = allowance.withdraw(now);
+            assert!(first ^ second, "first {first}, second {second}");
+        });
     }
 }

@@ -12,6 +12,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
+use super::budget::Allowance;
 use super::layer::Config;
 use super::Attempts;
 use crate::body::{Buffer, Buffered, ReplayBody};
@@ -19,7 +20,6 @@ use crate::classify::{Attempt, Classify, Outcome};
 use crate::deadline::Deadline;
 use crate::error::{BoxError, Error, Kind};
 use crate::rate_limit::RateLimitInfo;
-use tower::retry::budget::{Budget, TpsBudget};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): reads the body once, then runs attempts
@@ -37,7 +37,7 @@ pin_project! {
         parts: Option<Parts>,
         body: Option<Buffered>,
         may_retry: bool,
-        budget: Option<Arc<TpsBudget>>,
+        budget: Option<Arc<Allowance>>,
         upstream: Option<Authority>,
         deadline: Option<Instant>,
         attempts: u32,
@@ -67,7 +67,7 @@ where
         parts: Parts,
         buffer: Buffer<B>,
         may_retry: bool,
-        budget: Option<Arc<TpsBudget>>,
+        budget: Option<Arc<Allowance>>,
     ) -> Self {
         let upstream = parts
             .uri
@@ -308,7 +308,7 @@ fn plan(
     deadline: Option<Instant>,
     progress: Progress,
     hint: Option<Duration>,
-    budget: Option<&TpsBudget>,
+    budget: Option<&Allowance>,
 ) -> Result<Duration, GiveUp> {
     let Progress {
         attempts,
@@ -347,7 +347,7 @@ fn plan(
         _ => return Err(GiveUp::Budget),
     };
     // Last, so that only a retry that would otherwise be made spends the budget.
-    if budget.is_some_and(|b| !b.withdraw()) {
+    if budget.is_some_and(|b| !b.withdraw(Instant::now())) {
         config.stats.record_budget_exhausted();
         if let Some(b) = &config.budget {
             b.refused();

@@ -30,7 +30,7 @@ impl Config {
     pub(crate) fn retry_budget_of<B>(
         &self,
         request: &mut http::Request<B>,
-    ) -> Option<Arc<tower::retry::budget::TpsBudget>> {
+    ) -> Option<Arc<super::budget::Allowance>> {
         self.budget.as_ref().map(|b| b.deposit(request))
     }
 

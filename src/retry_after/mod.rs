@@ -60,8 +60,9 @@
 //! ```
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+
+use crate::sync::{lock, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 use std::time::Duration;
 
 use http::{Response, StatusCode};
@@ -167,7 +168,7 @@ impl Gates {
         let Some(key) = key else {
             return Some(self.default.clone());
         };
-        let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut map = lock(&self.keyed);
         if let Some(gate) = map.get(key) {
             return Some(gate.clone());
         }
@@ -271,8 +272,11 @@ impl Gates {
         let until = self.nanos_since_base(now.checked_add(capped).unwrap_or(now + MAX_SETTING));
         let server_until =
             self.nanos_since_base(now.checked_add(wait).unwrap_or(now + MAX_SETTING));
-        gate.server_until.fetch_max(server_until, Ordering::AcqRel);
+        // The pause first, the server's own time second: a concurrent reopen that won its
+        // compare-and-swap on `until` read `server_until` before this store, so its reset of
+        // `server_until` cannot erase it (found by the loom model below).
         let previous = gate.until.fetch_max(until, Ordering::AcqRel);
+        gate.server_until.fetch_max(server_until, Ordering::AcqRel);
         if previous == 0 {
             self.closed.fetch_add(1, Ordering::AcqRel);
         }
@@ -305,7 +309,7 @@ impl Gates {
 
     /// The longest any gate stays closed from now.
     pub(crate) fn longest_closed(&self) -> Option<Duration> {
-        let map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = lock(&self.keyed);
         map.values()
             .chain(std::iter::once(&self.default))
             .filter_map(|g| self.remaining(g))
@@ -349,5 +353,95 @@ impl GateStats {
 
     pub(crate) fn refused_one(&self) {
         self.counters[2].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    fn pause(seconds: u64) -> Response<()> {
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", seconds.to_string())
+            .body(())
+            .unwrap()
+    }
+
+    fn key() -> PartitionKey {
+        PartitionKey::from("https://a.example:443")
+    }
+
+    #[test]
+    fn loom_a_stale_reopen_never_clears_a_new_pause() {
+        loom::model(|| {
+            let gates = Arc::new(Gates::new(Settings::default()));
+            // A pause whose time is over: the next pass reopens the gate.
+            gates.observe(Some(&key()), &mut pause(1));
+            let gate = gates.gate(Some(&key()), false).unwrap();
+            gate.until.store(1, Ordering::Release);
+            let reopen = {
+                let gates = gates.clone();
+                thread::spawn(move || matches!(gates.pass(Some(&key())), Pass::Open))
+            };
+            let close = {
+                let gates = gates.clone();
+                thread::spawn(move || gates.observe(Some(&key()), &mut pause(100)))
+            };
+            reopen.join().unwrap();
+            close.join().unwrap();
+            let closed_for = gates.closed_for(Some(&key())).expect("the new pause holds");
+            assert!(closed_for > Duration::from_secs(99), "{closed_for:?}");
+            assert_eq!(
+                gates.closed.load(Ordering::Acquire),
+                1,
+                "one closed gate, counted once"
+            );
+            assert!(
+                gate.server_until.load(Ordering::Acquire) >= gate.until.load(Ordering::Acquire),
+                "the server's own time survives the reopen"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_the_longest_pause_wins() {
+        loom::model(|| {
+            let gates = Arc::new(Gates::new(Settings::default()));
+            let threads: Vec<_> = [10, 100]
+                .into_iter()
+                .map(|seconds| {
+                    let gates = gates.clone();
+                    thread::spawn(move || gates.observe(Some(&key()), &mut pause(seconds)))
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            let closed_for = gates.closed_for(Some(&key())).unwrap();
+            assert!(closed_for > Duration::from_secs(99), "{closed_for:?}");
+            assert_eq!(gates.closed.load(Ordering::Acquire), 1);
+        });
+    }
+
+    #[test]
+    fn loom_one_upstreams_pause_never_closes_anothers_gate() {
+        loom::model(|| {
+            let gates = Arc::new(Gates::new(Settings::default()));
+            let other = PartitionKey::from("https://b.example:443");
+            let closer = {
+                let gates = gates.clone();
+                thread::spawn(move || gates.observe(Some(&key()), &mut pause(100)))
+            };
+            let passer = {
+                let gates = gates.clone();
+                thread::spawn(move || matches!(gates.pass(Some(&other)), Pass::Open))
+            };
+            closer.join().unwrap();
+            assert!(passer.join().unwrap(), "b's gate stays open");
+        });
     }
 }

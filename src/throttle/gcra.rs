@@ -6,8 +6,7 @@
 //! acquire moves the TAT forward by one interval, later arrivals always get later slots: the
 //! bucket is FIFO by construction, and no waiter starves.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use crate::sync::{lock, AtomicBool, AtomicU64, Mutex, Ordering};
 use std::time::Duration;
 
 /// Rate and burst, in nanoseconds of the bucket's own clock.
@@ -74,7 +73,7 @@ impl Bucket {
         if !self.viewing.load(Ordering::Acquire) {
             return self.reserve(now, now, cell, max_wait);
         }
-        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut view = lock(&self.view);
         if now >= view.pause_until && now >= view.until {
             *view = View::default();
             self.viewing.store(false, Ordering::Release);
@@ -135,7 +134,7 @@ impl Bucket {
     /// replaces the old one.
     pub(crate) fn adopt(&self, now: u64, remaining: u64, reset: u64, slack: u64) {
         let until = now.saturating_add(reset);
-        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut view = lock(&self.view);
         if remaining == 0 {
             view.pause_until = view.pause_until.max(until);
         } else if now < view.until && until.abs_diff(view.until) <= slack {
@@ -329,5 +328,75 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    const CELL: Cell = Cell {
+        interval: 1_000,
+        tolerance: 1_000,
+    };
+
+    #[test]
+    fn loom_no_slot_is_handed_out_twice() {
+        loom::model(|| {
+            let bucket = Arc::new(Bucket::default());
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    thread::spawn(move || bucket.acquire(0, CELL, u64::MAX))
+                })
+                .collect();
+            let mut slots: Vec<u64> = threads
+                .into_iter()
+                .map(|t| match t.join().unwrap() {
+                    Verdict::Reserved { tat, .. } => tat,
+                    Verdict::Rejected { .. } => panic!("nothing is rejected without a max wait"),
+                })
+                .collect();
+            slots.sort_unstable();
+            assert_eq!(
+                slots,
+                vec![1_000, 2_000],
+                "two callers, two different slots"
+            );
+            assert_eq!(bucket.tat.load(Ordering::Acquire), 2_000);
+        });
+    }
+
+    #[test]
+    fn loom_a_given_back_slot_is_never_given_back_over_a_later_one() {
+        loom::model(|| {
+            let bucket = Arc::new(Bucket::default());
+            let Verdict::Reserved { tat: first, .. } = bucket.acquire(0, CELL, u64::MAX) else {
+                panic!("the first acquire goes");
+            };
+            let releaser = {
+                let bucket = bucket.clone();
+                thread::spawn(move || bucket.release(first, CELL))
+            };
+            let acquirer = {
+                let bucket = bucket.clone();
+                thread::spawn(move || bucket.acquire(0, CELL, u64::MAX))
+            };
+            let released = releaser.join().unwrap();
+            let Verdict::Reserved { tat: second, .. } = acquirer.join().unwrap() else {
+                panic!("no max wait");
+            };
+            let tat = bucket.tat.load(Ordering::Acquire);
+            if released {
+                // Given back before the second acquire: the second took the freed slot.
+                assert_eq!((second, tat), (1_000, 1_000));
+            } else {
+                // The second acquire came first: the first slot stays taken (never looser).
+                assert_eq!((second, tat), (2_000, 2_000));
+            }
+        });
     }
 }
