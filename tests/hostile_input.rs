@@ -189,3 +189,21 @@ async fn a_torn_or_binary_dead_letter_file_reads_without_error() {
     assert_eq!(sink.count().await.unwrap(), 0);
     assert!(sink.skipped_lines() >= 5);
 }
+
+/// The committed seed of the `dead_letter_file` fuzz target: two whole letters (one with a
+/// binary header value and a base64 body) and a torn last line.
+#[tokio::test]
+async fn the_dead_letter_fuzz_seed_reads_two_letters_and_skips_the_torn_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("letters.jsonl");
+    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/dead_letter_file/two_letters");
+    std::fs::copy(seed, &path).unwrap();
+    let sink = JsonLinesSink::new(&path);
+    let letters = sink.read_all().await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(sink.skipped_lines(), 1);
+    let first = letters[0].to_request().unwrap();
+    assert_eq!(first.headers()["x-bin"].as_bytes(), b"\xff");
+    assert!(first.headers().get("authorization").is_none());
+    assert!(letters[1].to_request().is_some());
+}
