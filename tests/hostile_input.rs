@@ -196,7 +196,10 @@ async fn a_torn_or_binary_dead_letter_file_reads_without_error() {
 async fn the_dead_letter_fuzz_seed_reads_two_letters_and_skips_the_torn_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("letters.jsonl");
-    let seed = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/seeds/dead_letter_file/two_letters");
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/seeds/dead_letter_file/two_letters"
+    );
     std::fs::copy(seed, &path).unwrap();
     let sink = JsonLinesSink::new(&path);
     let letters = sink.read_all().await.unwrap();
