@@ -35,7 +35,7 @@
 //! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | off (each trip opens for `open_duration`) |
 //! | [`half_open_probes`](CircuitBreakerLayer::half_open_probes) | 3 |
 //! | [`slow_call`](CircuitBreakerLayer::slow_call) | off |
-//! | [`partition`](CircuitBreakerLayer::partition) | one breaker for the whole service |
+//! | [`partition`](CircuitBreakerLayer::partition) | one breaker per upstream (scheme, host, port) |
 //!
 //! Every state change is logged (`warn` on open, `info` otherwise) and reaches the listener set
 //! with [`on_state_change`](CircuitBreakerLayer::on_state_change). Clones of the layer and its
@@ -122,6 +122,9 @@ pub struct StateChange {
 }
 
 type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+/// The longest duration a breaker setting can hold: a year.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The settings of every breaker of one layer.
 #[derive(Clone)]
@@ -261,6 +264,21 @@ impl Registry {
                 .get(key)
                 .map_or(CircuitState::Closed, |b| b.state()),
         }
+    }
+
+    /// Open if any breaker is open, else half-open if any is, else closed.
+    pub(crate) fn worst_state(&self) -> CircuitState {
+        let rank = |state: CircuitState| match state {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        };
+        let map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .map(|b| b.state())
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(CircuitState::Closed)
     }
 
     pub(crate) fn partitions(&self) -> usize {

@@ -67,6 +67,9 @@ where
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         self.config.stats.record_call();
+        let budget = self
+            .config
+            .retry_budget_of(&crate::partition::RequestHead::of(&request));
         let (parts, body) = request.into_parts();
         let may_retry =
             self.config.max_attempts > 1 && self.config.may_retry(&parts.method, &parts.headers);
@@ -78,6 +81,7 @@ where
             parts,
             buffer,
             may_retry,
+            budget,
         )
     }
 }
