@@ -287,6 +287,7 @@ proptest! {
         let rt = paused_runtime();
         let (written, read) = rt.block_on(async {
             let _ = service.oneshot(request).await;
+            layer.flush().await;
             let written = memory.letters();
             for letter in &written {
                 file.write(letter.clone()).await.unwrap();

@@ -122,6 +122,7 @@ fuzz_target!(|script: Script| {
         assert!(elapsed <= deadline + Duration::from_millis(1), "took {elapsed:?}, deadline {deadline:?}");
         let succeeded = matches!(&outcome, Ok(r) if r.status().is_success());
         if let Some(layer) = outbound.dead_letter_layer() {
+            layer.flush().await;
             let letters = layer.sink().read_all().await.unwrap();
             if succeeded {
                 assert!(letters.is_empty(), "a 2xx was dead-lettered: {letters:?}");
