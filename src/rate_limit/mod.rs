@@ -50,13 +50,22 @@
 //! contributes nothing and the others are still read. [`from_headers`](RateLimitInfo::from_headers)
 //! returns `None` only when nothing usable is left. The single-value parsers
 //! ([`parse_retry_after`], [`parse_delta_seconds`], [`parse_duration`], [`parse_http_date`])
-//! say what was wrong with a [`HeaderError`]. Surrounding spaces and tabs are accepted
+//! say what was wrong with a [`HeaderError`] (a value longer than [`MAX_VALUE_LEN`] is
+//! [`HeaderError::OutOfRange`]). Surrounding spaces and tabs are accepted
 //! everywhere; unknown structured-field parameters and dictionary keys are ignored.
 //!
-//! # Cost
+//! # Cost and bounds
 //!
 //! Parsing borrows the header bytes: no allocation, no regex; each header name is a static
-//! [`http::HeaderName`], so a lookup hashes it once.
+//! [`http::HeaderName`], so a lookup hashes it once. The work is linear in the length of the
+//! headers read, and bounded whatever the server sends:
+//!
+//! - at most [`MAX_LINES`] (64) lines of each header name are read, later lines are ignored;
+//! - a line longer than [`MAX_VALUE_LEN`] (4 KiB) is ignored as a whole, unread;
+//! - at most [`MAX_ITEMS`] (16) members of each list header (over all its lines) and at most
+//!   [`MAX_ITEMS`] parameters of each member are read, later ones are ignored;
+//! - `RateLimit-Policy` is parsed once per response, so matching the items of `RateLimit` to
+//!   their policies does not scan it again for every item.
 //!
 //! # Example
 //!
@@ -123,7 +132,8 @@ mod parse;
 mod tests;
 
 pub use parse::{
-    parse_delta_seconds, parse_duration, parse_http_date, parse_retry_after, HeaderError, MAX_WAIT,
+    parse_delta_seconds, parse_duration, parse_http_date, parse_retry_after, HeaderError,
+    MAX_ITEMS, MAX_LINES, MAX_VALUE_LEN, MAX_WAIT,
 };
 
 /// What a response said about rate limits, from whichever headers it carried.

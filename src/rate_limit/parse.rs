@@ -16,6 +16,18 @@ use super::RateLimitInfo;
 /// treated as a broken header ([`HeaderError::OutOfRange`]) rather than honored.
 pub const MAX_WAIT: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
+/// At most this many lines of one header name are read (`Retry-After`, `Date`, each
+/// `RateLimit*` header); later lines are ignored.
+pub const MAX_LINES: usize = 64;
+
+/// At most this many members of one list header (`RateLimit`, `RateLimit-Policy`,
+/// `X-RateLimit-Remaining`, ...) are read, counted over all its lines; later members are
+/// ignored. Parameters are bounded the same way: at most this many per member.
+pub const MAX_ITEMS: usize = 16;
+
+/// A header line longer than this many bytes is ignored as a whole, unread.
+pub const MAX_VALUE_LEN: usize = 4096;
+
 /// Why a rate-limit header could not be used.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
@@ -39,6 +51,34 @@ impl fmt::Display for HeaderError {
 }
 
 impl std::error::Error for HeaderError {}
+
+// ---------------------------------------------------------------------------------------------
+// Work accounting for the tests: how many bytes the splitters scanned, so a test can show that
+// the work grows with the input's length and no faster.
+
+#[cfg(test)]
+pub(super) mod work {
+    use std::cell::Cell;
+
+    thread_local! {
+        static SCANNED: Cell<usize> = const { Cell::new(0) };
+    }
+
+    pub(crate) fn add(bytes: usize) {
+        SCANNED.with(|c| c.set(c.get() + bytes));
+    }
+
+    /// Bytes scanned on this thread since the last call.
+    pub(crate) fn take() -> usize {
+        SCANNED.with(|c| c.replace(0))
+    }
+}
+
+#[cfg(not(test))]
+mod work {
+    #[inline(always)]
+    pub(super) fn add(_bytes: usize) {}
+}
 
 // ---------------------------------------------------------------------------------------------
 // Header names, declared once.
@@ -87,8 +127,9 @@ const MILLISECOND: Duration = Duration::from_millis(1);
 ///
 /// [`HeaderError::NotText`] for bytes that are not visible ASCII, [`HeaderError::Malformed`]
 /// for anything that is neither delta-seconds nor an HTTP-date (`+5`, `5.0`, `10abc`, an empty
-/// value), [`HeaderError::OutOfRange`] for a negative or overflowing number and for any wait
-/// longer than [`MAX_WAIT`] (such as a date in the year 9999).
+/// value), [`HeaderError::OutOfRange`] for a negative or overflowing number, for any wait
+/// longer than [`MAX_WAIT`] (such as a date in the year 9999) and for a value longer than
+/// [`MAX_VALUE_LEN`].
 ///
 /// # Example
 ///
@@ -118,8 +159,8 @@ pub fn parse_retry_after(
 ///
 /// [`HeaderError::NotText`] for bytes that are not visible ASCII; [`HeaderError::Malformed`]
 /// for an empty value, a sign (`+5`), a fraction (`5.0`) or any other character (`10abc`);
-/// [`HeaderError::OutOfRange`] for a negative number (`-5`), one that overflows, or one longer
-/// than [`MAX_WAIT`].
+/// [`HeaderError::OutOfRange`] for a negative number (`-5`), one that overflows, one longer
+/// than [`MAX_WAIT`], or a value longer than [`MAX_VALUE_LEN`] bytes.
 ///
 /// # Example
 ///
@@ -146,8 +187,8 @@ pub fn parse_delta_seconds(value: &[u8]) -> Result<Duration, HeaderError> {
 ///
 /// [`HeaderError::NotText`] for control or non-ASCII characters (other than the micro sign);
 /// [`HeaderError::Malformed`] for an empty value, a number without unit, an unknown unit or
-/// stray characters; [`HeaderError::OutOfRange`] for a negative duration, an overflowing number
-/// or a total longer than [`MAX_WAIT`].
+/// stray characters; [`HeaderError::OutOfRange`] for a negative duration, an overflowing number,
+/// a total longer than [`MAX_WAIT`] or a value longer than [`MAX_VALUE_LEN`] bytes.
 ///
 /// # Example
 ///
@@ -161,6 +202,9 @@ pub fn parse_delta_seconds(value: &[u8]) -> Result<Duration, HeaderError> {
 /// assert!(parse_duration("30").is_err());
 /// ```
 pub fn parse_duration(value: &str) -> Result<Duration, HeaderError> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(HeaderError::OutOfRange);
+    }
     let ok_char = |c: char| c == '\t' || (' '..='~').contains(&c) || c == 'µ' || c == 'μ';
     if !value.chars().all(ok_char) {
         return Err(HeaderError::NotText);
@@ -187,7 +231,8 @@ pub fn parse_duration(value: &str) -> Result<Duration, HeaderError> {
 /// # Errors
 ///
 /// [`HeaderError::NotText`] for bytes that are not visible ASCII, [`HeaderError::Malformed`]
-/// for anything else that is not a valid date (including a wrong weekday or February 30th).
+/// for anything else that is not a valid date (including a wrong weekday or February 30th),
+/// [`HeaderError::OutOfRange`] for a value longer than [`MAX_VALUE_LEN`] bytes.
 pub fn parse_http_date(value: &[u8]) -> Result<SystemTime, HeaderError> {
     let t = text(value)?;
     // `text` let through visible ASCII only, so this cannot fail.
@@ -201,10 +246,11 @@ fn retry_after_with(
 ) -> Result<Duration, HeaderError> {
     let t = text(value)?;
     // All three date forms start with a weekday name; anything else must be delta-seconds.
-    if t[0].is_ascii_alphabetic() {
-        wait_until(parse_http_date(t)?, reference(), SECOND)
-    } else {
-        seconds(unsigned(t)?)
+    match t {
+        [first, ..] if first.is_ascii_alphabetic() => {
+            wait_until(parse_http_date(t)?, reference(), SECOND)
+        }
+        _ => seconds(unsigned(t)?),
     }
 }
 
@@ -259,6 +305,9 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// Checks that `value` is visible ASCII, spaces and tabs, and returns it trimmed and non-empty.
 fn text(value: &[u8]) -> Result<&[u8], HeaderError> {
+    if value.len() > MAX_VALUE_LEN {
+        return Err(HeaderError::OutOfRange);
+    }
     if !value
         .iter()
         .all(|&b| b == b'\t' || (b' '..=b'~').contains(&b))
@@ -308,7 +357,8 @@ fn duration_nanos(mut s: &[u8]) -> Result<u64, HeaderError> {
         let mut beyond = false;
         if let [b'.', rest @ ..] = s {
             frac_digits = rest.iter().take_while(|b| b.is_ascii_digit()).count();
-            for &b in &rest[..frac_digits] {
+            let (digits, after) = rest.split_at(frac_digits);
+            for &b in digits {
                 if frac_len < 18 {
                     frac = frac * 10 + u64::from(b - b'0');
                     frac_len += 1;
@@ -316,7 +366,7 @@ fn duration_nanos(mut s: &[u8]) -> Result<u64, HeaderError> {
                     beyond = true;
                 }
             }
-            s = &rest[frac_digits..];
+            s = after;
         }
         if int_len == 0 && frac_digits == 0 {
             return Err(HeaderError::Malformed);
@@ -352,8 +402,22 @@ fn duration_nanos(mut s: &[u8]) -> Result<u64, HeaderError> {
     Ok(total)
 }
 
+/// Splits `s` at the first `sep` outside quoted strings and parentheses: the part before it,
+/// and the part after it (`None` when there is no such `sep`). Scans only up to the `sep`.
+fn split_once(s: &[u8], sep: u8) -> (&[u8], Option<&[u8]>) {
+    let at = split_point(s, sep);
+    let (head, tail) = s.split_at(at);
+    (head, tail.split_first().map(|(_, rest)| rest))
+}
+
 /// Index of the first `sep` in `s` outside quoted strings and parentheses, or `s.len()`.
 fn split_point(s: &[u8], sep: u8) -> usize {
+    let at = split_point_unaccounted(s, sep);
+    work::add(at.saturating_add(1).min(s.len()));
+    at
+}
+
+fn split_point_unaccounted(s: &[u8], sep: u8) -> usize {
     let mut quoted = false;
     let mut escaped = false;
     let mut depth = 0usize;
@@ -396,9 +460,9 @@ impl<'a> Iterator for Pieces<'a> {
 
     fn next(&mut self) -> Option<&'a [u8]> {
         while !self.rest.is_empty() {
-            let end = split_point(self.rest, self.sep);
-            let piece = trim_ows(&self.rest[..end]);
-            self.rest = self.rest.get(end + 1..).unwrap_or(&[]);
+            let (piece, rest) = split_once(self.rest, self.sep);
+            self.rest = rest.unwrap_or(&[]);
+            let piece = trim_ows(piece);
             if !piece.is_empty() {
                 return Some(piece);
             }
@@ -407,25 +471,35 @@ impl<'a> Iterator for Pieces<'a> {
     }
 }
 
-/// Every member of every line of the list header `name`.
-fn members<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+/// The lines of header `name` that are read: the first [`MAX_LINES`], skipping any longer than
+/// [`MAX_VALUE_LEN`].
+fn lines<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
     headers
         .get_all(name)
         .iter()
-        .flat_map(|line| Pieces::new(line.as_bytes(), b','))
+        .take(MAX_LINES)
+        .map(HeaderValue::as_bytes)
+        .filter(|line| line.len() <= MAX_VALUE_LEN)
 }
 
-/// A list member split into its bare item and its `;key[=value]` parameters.
+/// The first [`MAX_ITEMS`] members of the lines of the list header `name`.
+fn members<'a>(headers: &'a HeaderMap, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> {
+    lines(headers, name)
+        .flat_map(|line| Pieces::new(line, b','))
+        .take(MAX_ITEMS)
+}
+
+/// A list member split into its bare item and its first [`MAX_ITEMS`] `;key[=value]`
+/// parameters.
 fn split_member(member: &[u8]) -> (&[u8], impl Iterator<Item = (&[u8], &[u8])>) {
-    let end = split_point(member, b';');
-    let bare = trim_ows(&member[..end]);
-    let params = Pieces::new(member.get(end + 1..).unwrap_or(&[]), b';').map(|param| {
-        let eq = split_point(param, b'=');
-        let key = trim_ows(&param[..eq]);
-        let value = trim_ows(param.get(eq + 1..).unwrap_or(&[]));
-        (key, value)
-    });
-    (bare, params)
+    let (bare, params) = split_once(member, b';');
+    let params = Pieces::new(params.unwrap_or(&[]), b';')
+        .take(MAX_ITEMS)
+        .map(|param| {
+            let (key, value) = split_once(param, b'=');
+            (trim_ows(key), trim_ows(value.unwrap_or(&[])))
+        });
+    (trim_ows(bare), params)
 }
 
 /// What the bare item of a structured-field list member is.
@@ -460,11 +534,9 @@ fn classify(bare: &[u8]) -> Bare<'_> {
         }
         [first, ..] if first.is_ascii_digit() => unsigned(bare).map_or(Bare::Other, Bare::Integer),
         [first, ..] if first.is_ascii_alphabetic() || *first == b'*' => {
-            let eq = split_point(bare, b'=');
-            if eq < bare.len() {
-                Bare::Entry(trim_ows(&bare[..eq]), trim_ows(&bare[eq + 1..]))
-            } else {
-                Bare::Name(bare)
+            match split_once(bare, b'=') {
+                (key, Some(value)) => Bare::Entry(trim_ows(key), trim_ows(value)),
+                (_, None) => Bare::Name(bare),
             }
         }
         _ => Bare::Other,
@@ -546,11 +618,8 @@ impl Reference<'_> {
         if let Some(at) = self.cached {
             return at;
         }
-        let at = self
-            .headers
-            .get_all(DATE)
-            .iter()
-            .find_map(|v| parse_http_date(v.as_bytes()).ok())
+        let at = lines(self.headers, &DATE)
+            .find_map(|v| parse_http_date(v).ok())
             .unwrap_or_else(self.now);
         self.cached = Some(at);
         at
@@ -571,15 +640,15 @@ pub(super) fn from_headers_at(
     };
 
     // The longest valid Retry-After: never wait less than the server asked.
-    let retry_after = headers
-        .get_all(RETRY_AFTER)
-        .iter()
-        .filter_map(|v| retry_after_with(v.as_bytes(), || reference.get()).ok())
+    let retry_after = lines(headers, &RETRY_AFTER)
+        .filter_map(|v| retry_after_with(v, || reference.get()).ok())
         .max();
 
+    // `RateLimit-Policy` is read once, and only when a header refers to it.
+    let mut policies = None;
     let mut tightest = Tightest::default();
-    tightest.add(separate_headers(headers, &mut reference));
-    structured(headers, &mut tightest);
+    tightest.add(separate_headers(headers, &mut reference, &mut policies));
+    structured(headers, &mut tightest, &mut policies);
     tightest.add(family(
         headers,
         [
@@ -643,14 +712,20 @@ fn family(
 
 /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`; the window may also come from a
 /// `RateLimit-Policy` member for the same quota.
-fn separate_headers(headers: &HeaderMap, reference: &mut Reference<'_>) -> Quota {
+fn separate_headers<'a>(
+    headers: &'a HeaderMap,
+    reference: &mut Reference<'_>,
+    policies: &mut Option<Policies<'a>>,
+) -> Quota {
     let mut quota = family(
         headers,
         [&RATELIMIT_LIMIT, &RATELIMIT_REMAINING, &RATELIMIT_RESET],
         |v| reset_seconds_or_epoch(v, reference),
     );
     if let (Some(limit), None) = (quota.limit, quota.window) {
-        quota.window = policy(headers, |p| p.quota == Some(limit)).and_then(|p| p.window);
+        quota.window = Policies::of(headers, policies)
+            .find(|p| p.quota == Some(limit))
+            .and_then(|p| p.window);
     }
     quota
 }
@@ -709,26 +784,59 @@ struct Policy<'a> {
     window: Option<Duration>,
 }
 
-/// The first `RateLimit-Policy` member that `matches`: `"name";q=100;w=60` (structured
-/// fields) or `100;w=60` (earlier drafts, where the quota is the item itself).
-fn policy<'a>(headers: &'a HeaderMap, matches: impl Fn(&Policy<'a>) -> bool) -> Option<Policy<'a>> {
-    members(headers, &RATELIMIT_POLICY).find_map(|member| {
-        let (bare, params) = split_member(member);
-        let mut p = Policy::default();
-        match classify(bare) {
-            Bare::Name(name) => p.name = Some(name),
-            Bare::Integer(n) => p.quota = Some(n),
-            Bare::Entry(..) | Bare::Other => return None,
-        }
-        for (key, value) in params {
-            match key {
-                b"q" => p.quota = unsigned(value).ok(),
-                b"w" | b"window" => p.window = parse_delta_seconds(value).ok(),
-                _ => {}
+/// The first [`MAX_ITEMS`] members of `RateLimit-Policy`, parsed once: `"name";q=100;w=60`
+/// (structured fields) or `100;w=60` (earlier drafts, where the quota is the item itself).
+/// Looking a policy up is then a walk over at most [`MAX_ITEMS`] parsed entries, not another
+/// scan of the header, so a `RateLimit` header with many items costs work linear in its length.
+struct Policies<'a> {
+    items: [Policy<'a>; MAX_ITEMS],
+    len: usize,
+}
+
+impl<'a> Policies<'a> {
+    /// The parsed `RateLimit-Policy` of `headers`, parsing it into `cache` the first time.
+    fn of<'c>(headers: &'a HeaderMap, cache: &'c mut Option<Policies<'a>>) -> &'c Policies<'a> {
+        cache.get_or_insert_with(|| Policies::parse(headers))
+    }
+
+    fn parse(headers: &'a HeaderMap) -> Self {
+        let mut policies = Policies {
+            items: [Policy::default(); MAX_ITEMS],
+            len: 0,
+        };
+        for member in members(headers, &RATELIMIT_POLICY) {
+            let (bare, params) = split_member(member);
+            let mut p = Policy::default();
+            match classify(bare) {
+                Bare::Name(name) => p.name = Some(name),
+                Bare::Integer(n) => p.quota = Some(n),
+                Bare::Entry(..) | Bare::Other => continue,
+            }
+            for (key, value) in params {
+                match key {
+                    b"q" => p.quota = unsigned(value).ok(),
+                    b"w" | b"window" => p.window = parse_delta_seconds(value).ok(),
+                    _ => {}
+                }
+            }
+            // `members` yields at most MAX_ITEMS, so there is always room.
+            if let Some(slot) = policies.items.get_mut(policies.len) {
+                *slot = p;
+                policies.len += 1;
             }
         }
-        matches(&p).then_some(p)
-    })
+        policies
+    }
+
+    /// The first policy that `matches`.
+    fn find(&self, matches: impl Fn(&Policy<'a>) -> bool) -> Option<Policy<'a>> {
+        self.items
+            .get(..self.len)
+            .unwrap_or(&[])
+            .iter()
+            .find(|p| matches(p))
+            .copied()
+    }
 }
 
 /// The `RateLimit` header: either a dictionary `limit=100, remaining=0, reset=30` (earlier
@@ -736,7 +844,11 @@ fn policy<'a>(headers: &'a HeaderMap, matches: impl Fn(&Policy<'a>) -> bool) -> 
 /// list of policies `"default";r=0;t=30` whose quota and window come from the
 /// `RateLimit-Policy` member of the same name. Later dictionary keys and parameters override
 /// earlier ones, as structured fields have it.
-fn structured(headers: &HeaderMap, tightest: &mut Tightest) {
+fn structured<'a>(
+    headers: &'a HeaderMap,
+    tightest: &mut Tightest,
+    policies: &mut Option<Policies<'a>>,
+) {
     let mut entries = Quota::default();
     for member in members(headers, &RATELIMIT) {
         let (bare, params) = split_member(member);
@@ -762,7 +874,7 @@ fn structured(headers: &HeaderMap, tightest: &mut Tightest) {
                 if quota.is_empty() {
                     continue;
                 }
-                if let Some(p) = policy(headers, |p| p.name == Some(name)) {
+                if let Some(p) = Policies::of(headers, policies).find(|p| p.name == Some(name)) {
                     quota.limit = p.quota;
                     quota.window = p.window;
                 }
@@ -772,9 +884,10 @@ fn structured(headers: &HeaderMap, tightest: &mut Tightest) {
         }
     }
     if !entries.is_empty() {
+        let policies = Policies::of(headers, policies);
         let found = match entries.limit {
-            Some(limit) => policy(headers, |p| p.quota == Some(limit)),
-            None => policy(headers, |p| p.quota.is_some()),
+            Some(limit) => policies.find(|p| p.quota == Some(limit)),
+            None => policies.find(|p| p.quota.is_some()),
         };
         if let Some(p) = found {
             entries.limit = entries.limit.or(p.quota);

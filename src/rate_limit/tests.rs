@@ -1208,3 +1208,135 @@ proptest! {
         prop_assert_eq!(parse_duration(&text), Ok(expected), "{}", text);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Bounds: the work is linear in the headers' length, and capped.
+
+/// A `RateLimit` header of `n` named items and a `RateLimit-Policy` of the same names in
+/// reverse order, so each item's policy is as far as it can be.
+fn many_items(n: usize) -> (HeaderMap, usize) {
+    let items: Vec<String> = (0..n)
+        .map(|i| format!("\"p{i:04}\";r={};t=9", i + 1))
+        .collect();
+    let policies: Vec<String> = (0..n)
+        .rev()
+        .map(|i| format!("\"p{i:04}\";q=100;w=60"))
+        .collect();
+    let (items, policies) = (items.join(", "), policies.join(", "));
+    let bytes = items.len() + policies.len();
+    let mut map = HeaderMap::new();
+    map.insert("ratelimit", HeaderValue::from_str(&items).unwrap());
+    map.insert(
+        "ratelimit-policy",
+        HeaderValue::from_str(&policies).unwrap(),
+    );
+    (map, bytes)
+}
+
+/// Bytes the parsers scanned to read `map`.
+fn work_of(map: &HeaderMap) -> (Option<RateLimitInfo>, usize) {
+    parse::work::take();
+    let info = RateLimitInfo::from_headers_at(map, at(RFC_DATE_SECS));
+    (info, parse::work::take())
+}
+
+#[test]
+fn ratelimit_header_with_many_items_is_parsed_in_linear_work() {
+    for n in 1..=MAX_ITEMS {
+        let (map, bytes) = many_items(n);
+        let (info, scanned) = work_of(&map);
+        assert_eq!(info, Some(quota(Some(100), Some(1), Some(9), Some(60))));
+        // Each byte is looked at a few times (list, member, parameter, `=`), never once per
+        // item: matching every item against every policy would scan ~n/2 times more.
+        assert!(
+            scanned <= 4 * bytes,
+            "{n} items: {scanned} bytes scanned for {bytes} bytes of headers"
+        );
+    }
+}
+
+#[test]
+fn ratelimit_items_past_the_bound_cost_nothing() {
+    let (bounded, _) = many_items(MAX_ITEMS);
+    let (_, bounded_work) = work_of(&bounded);
+    for n in [MAX_ITEMS + 1, 100, 250] {
+        let (map, bytes) = many_items(n);
+        let (_, scanned) = work_of(&map);
+        // The policies are reversed, so the matching ones are past the bound: work can only
+        // go down, and never grows with n.
+        assert!(
+            scanned <= bounded_work + 64,
+            "{n} items ({bytes} bytes): {scanned} scanned, {bounded_work} for {MAX_ITEMS} items"
+        );
+    }
+}
+
+#[test]
+fn ratelimit_items_past_the_bound_are_ignored() {
+    let mut items: Vec<String> = (0..MAX_ITEMS)
+        .map(|i| format!("\"p{i}\";r=5;t=1"))
+        .collect();
+    items.push("\"late\";r=0;t=300".to_owned());
+    let mut map = HeaderMap::new();
+    map.insert(
+        "ratelimit",
+        HeaderValue::from_str(&items.join(",")).unwrap(),
+    );
+    let info = RateLimitInfo::from_headers_at(&map, at(RFC_DATE_SECS)).unwrap();
+    assert_eq!(info.remaining, Some(5));
+    assert_eq!(info.reset, Some(secs(1)));
+}
+
+#[test]
+fn header_line_longer_than_the_bound_is_not_read() {
+    let long_list = format!("\"a\";r=0;t=30, {}", "x, ".repeat(MAX_VALUE_LEN));
+    let long_delta = format!("{}30", " ".repeat(MAX_VALUE_LEN));
+    let mut map = HeaderMap::new();
+    map.insert("ratelimit", HeaderValue::from_str(&long_list).unwrap());
+    map.insert("retry-after", HeaderValue::from_str(&long_delta).unwrap());
+    map.insert(
+        "x-ratelimit-remaining",
+        HeaderValue::from_str(&"0".repeat(MAX_VALUE_LEN + 1)).unwrap(),
+    );
+    let (info, scanned) = work_of(&map);
+    assert_eq!(info, None);
+    assert_eq!(scanned, 0);
+    let long = HeaderValue::from_str(&long_delta).unwrap();
+    assert_eq!(
+        parse_retry_after(&long, None, at(0)),
+        Err(HeaderError::OutOfRange)
+    );
+    assert_eq!(
+        parse_delta_seconds(long_delta.as_bytes()),
+        Err(HeaderError::OutOfRange)
+    );
+    assert_eq!(
+        parse_duration(&format!("{}1s", "0s".repeat(MAX_VALUE_LEN))),
+        Err(HeaderError::OutOfRange)
+    );
+}
+
+#[test]
+fn header_lines_past_the_bound_are_ignored() {
+    let mut map = HeaderMap::new();
+    for _ in 0..MAX_LINES {
+        map.append("retry-after", hv("1"));
+        map.append("x-ratelimit-remaining", hv("5"));
+    }
+    map.append("retry-after", hv("600"));
+    map.append("x-ratelimit-remaining", hv("0"));
+    let info = RateLimitInfo::from_headers_at(&map, at(RFC_DATE_SECS)).unwrap();
+    assert_eq!(info.retry_after, Some(secs(1)));
+    assert_eq!(info.remaining, Some(5));
+}
+
+#[test]
+fn parameters_past_the_bound_are_ignored() {
+    let filler: String = (0..MAX_ITEMS).map(|i| format!(";x{i}=1")).collect();
+    let item = format!("\"a\";r=3{filler};t=30");
+    let mut map = HeaderMap::new();
+    map.insert("ratelimit", HeaderValue::from_str(&item).unwrap());
+    let info = RateLimitInfo::from_headers_at(&map, at(RFC_DATE_SECS)).unwrap();
+    assert_eq!(info.remaining, Some(3));
+    assert_eq!(info.reset, None);
+}
