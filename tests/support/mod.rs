@@ -166,4 +166,5 @@ async fn answer(req: Request<Incoming>, shared: Arc<Mutex<Shared>>) -> Response<
     }
     response
 }
+pub mod proxy;
 pub mod redis;
