@@ -1,7 +1,8 @@
 //! Dead letters written, failed to store and removed, and the depth and age of every sink.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use metrics::SharedString;
@@ -53,8 +54,9 @@ struct State {
     oldest_ms: AtomicU64,
 }
 
-/// Every metered sink alive, for [`Signals`](super::Signals).
-static SINKS: Mutex<Vec<Weak<State>>> = Mutex::new(Vec::new());
+/// The last metered sink made under each name, for [`Signals`](super::Signals): its series
+/// outlive it in the recorder, so its figures stay in the report too.
+static SINKS: Mutex<BTreeMap<String, Arc<State>>> = Mutex::new(BTreeMap::new());
 
 impl<S: Sink> MeteredSink<S> {
     /// Meters `sink` under the label `sink="default"`.
@@ -69,9 +71,10 @@ impl<S: Sink> MeteredSink<S> {
             depth: AtomicU64::new(0),
             oldest_ms: AtomicU64::new(EMPTY),
         });
-        let mut sinks = SINKS.lock().unwrap_or_else(PoisonError::into_inner);
-        sinks.retain(|s| s.strong_count() > 0);
-        sinks.push(Arc::downgrade(&state));
+        SINKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(state.name.to_string(), state.clone());
         MeteredSink { inner, state }
     }
 
@@ -148,12 +151,11 @@ fn age_seconds(ms: u64) -> f64 {
     now.saturating_sub(ms) as f64 / 1000.0
 }
 
-/// The depth and oldest age of every metered sink alive: `(name, depth, age in seconds)`.
+/// The depth and oldest age of every metered sink: `(name, depth, age in seconds)`.
 pub(crate) fn all() -> Vec<(String, u64, Option<f64>)> {
     let sinks = SINKS.lock().unwrap_or_else(PoisonError::into_inner);
     sinks
-        .iter()
-        .filter_map(Weak::upgrade)
+        .values()
         .filter(|s| s.known.load(Ordering::Relaxed))
         .map(|s| s.snapshot())
         .collect()
@@ -208,5 +210,37 @@ impl<S: Sink> Sink for MeteredSink<S> {
 
     fn count(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
         self.inner.count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemorySink;
+
+    fn letter(id: &str, first_attempt_at_ms: u64) -> DeadLetter {
+        let json = format!(
+            r#"{{"version":1,"id":"{id}","method":"GET","uri":"http://x/","headers":[],"body":null,"body_kept":false,"outcome":{{"kind":"transport"}},"attempts":1,"waited_ms":0,"first_attempt_at_ms":{first_attempt_at_ms},"last_attempt_at_ms":{first_attempt_at_ms}}}"#
+        );
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn depth_and_oldest_follow_writes_and_removes() {
+        let sink = MeteredSink::new(MemorySink::new()).name("unit-depth");
+        sink.write(letter("b", 2_000)).await.unwrap();
+        sink.write(letter("a", 1_000)).await.unwrap();
+        sink.write(letter("c", 3_000)).await.unwrap();
+        assert_eq!(sink.depth(), 3);
+        assert_eq!(sink.state.oldest_ms.load(Ordering::Relaxed), 1_000);
+        assert_eq!(sink.remove(&["a".to_owned()]).await.unwrap(), 1);
+        assert_eq!(sink.depth(), 2);
+        assert_eq!(sink.state.oldest_ms.load(Ordering::Relaxed), 2_000);
+        sink.remove(&["b".to_owned(), "c".to_owned()])
+            .await
+            .unwrap();
+        assert_eq!(sink.depth(), 0);
+        let row = all().into_iter().find(|(name, ..)| name == "unit-depth");
+        assert_eq!(row, Some(("unit-depth".to_owned(), 0, None)));
     }
 }
