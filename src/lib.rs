@@ -59,6 +59,8 @@ pub mod error;
 pub mod idempotency;
 #[cfg(any(feature = "lehnz", feature = "sim"))]
 pub mod lehnz;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod outbound;
 pub mod partition;
 pub mod rate_limit;

@@ -83,6 +83,7 @@ use crate::{
 };
 
 mod maybe;
+mod observe;
 
 use maybe::MaybeLayer;
 pub use maybe::{Maybe, MaybeFuture};
@@ -119,7 +120,7 @@ impl Outbound {
             deadline: Some(Duration::from_secs(30)),
             retry: RetryLayer::new(),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(CircuitBreakerLayer::new()),
+            circuit_breaker: Some(observe::breaker(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(10)),
@@ -146,7 +147,7 @@ impl Outbound {
                 .max_total_delay(Duration::from_secs(2))
                 .max_retry_after(Duration::from_secs(2)),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(CircuitBreakerLayer::new()),
+            circuit_breaker: Some(observe::breaker(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new().max_wait(Duration::ZERO),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(2)),
@@ -162,14 +163,14 @@ impl Outbound {
     pub fn background() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
-            dead_letters: Some(DeadLetterLayer::new(MemorySink::new())),
+            dead_letters: Some(DeadLetterLayer::new(observe::sink(MemorySink::new()))),
             deadline: Some(Duration::from_secs(120)),
             retry: RetryLayer::new()
                 .max_attempts(5)
                 .base_delay(Duration::from_millis(500))
                 .jitter(Jitter::Full),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(CircuitBreakerLayer::new()),
+            circuit_breaker: Some(observe::breaker(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(20)),
@@ -296,14 +297,12 @@ type Throttled<S> = Maybe<Throttle<Timed<S>, Scope>, Timed<S>>;
 type Timed<S> = Maybe<Timeout<S>, S>;
 /// The logical call: the deadline around the retries.
 type Call<S> = Maybe<
-    DeadlineService<Retry<Attempt<S>, DefaultClassifier>>,
-    Retry<Attempt<S>, DefaultClassifier>,
+    DeadlineService<Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>>,
+    Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>,
 >;
 /// The whole stack's type.
-type Stack<S> = Maybe<
-    IdempotencyKey<Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>>,
-    Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>,
->;
+type Stack<S> = Maybe<IdempotencyKey<Observed<S>>, Observed<S>>;
+type Observed<S> = observe::Calls<Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>>;
 
 impl<S> Layer<S> for Outbound {
     type Service = OutboundService<S>;
@@ -317,9 +316,10 @@ impl<S> Layer<S> for Outbound {
             .retry
             .clone()
             .retry_budget(self.retry_budget.clone())
-            .layer(attempt);
+            .layer(observe::attempts(attempt));
         let call = MaybeLayer(self.deadline.map(DeadlineLayer::new)).layer(call);
         let call = MaybeLayer(self.dead_letters.clone()).layer(call);
+        let call = observe::calls(call, self.circuit_breaker.is_some());
         let call = MaybeLayer(self.idempotency.clone()).layer(call);
         OutboundService { inner: call }
     }

@@ -1,0 +1,398 @@
+//! The `upstream` label and the meters of each upstream, registered once and reused.
+//!
+//! One process has one recorder, so the table of upstreams is one for the process too: every
+//! stack that records into it shares the cap on distinct upstreams. Handles are registered
+//! with the recorder on first use and kept; when the recorder changes (an exporter installed
+//! after the first calls), the table registers them again with the new one.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+
+use http::{Method, Uri};
+use metrics::{Counter, Gauge, Histogram, SharedString};
+
+use super::names;
+
+/// The label shared by the upstreams past the cap.
+pub(crate) const OTHER: &str = "other";
+/// The label of requests without an authority (a relative URI).
+pub(crate) const NONE: &str = "none";
+
+static MAX_UPSTREAMS: AtomicUsize = AtomicUsize::new(super::DEFAULT_MAX_UPSTREAMS);
+static TABLE: RwLock<Option<Table>> = RwLock::new(None);
+
+pub(crate) fn set_max_upstreams(max: usize) {
+    MAX_UPSTREAMS.store(max, Ordering::Relaxed);
+}
+
+/// The methods with a label of their own; any other is `other`.
+pub(crate) const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+
+pub(crate) fn method_index(method: &Method) -> usize {
+    match *method {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+/// How a logical call ended, as the `outcome` label says it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallOutcome {
+    Success = 0,
+    SuccessAfterRetry = 1,
+    Failed = 2,
+    Refused = 3,
+}
+
+pub(crate) const OUTCOMES: [&str; 4] = ["success", "success_after_retry", "failed", "refused"];
+
+/// Why an attempt ended as it did, as the `reason` label says it.
+pub(crate) const REASONS: [&str; 8] = [
+    "ok",
+    "429",
+    "5xx",
+    "4xx",
+    "timeout",
+    "transport",
+    "refused",
+    "body",
+];
+
+/// What refused a call before it reached the upstream, as the `kind` label says it.
+pub(crate) const REFUSALS: [&str; 3] = ["throttle", "gate", "circuit"];
+
+/// The counts kept for [`Signals`](super::Signals): they survive a change of recorder.
+#[derive(Debug, Default)]
+pub(crate) struct Counts {
+    pub(crate) calls: [AtomicU64; 4],
+    pub(crate) attempts: AtomicU64,
+    pub(crate) retries: AtomicU64,
+    pub(crate) retried_calls: AtomicU64,
+    pub(crate) circuit: AtomicU8,
+    pub(crate) circuit_known: AtomicU8,
+}
+
+/// One upstream's label, counts and meter handles.
+#[derive(Debug)]
+pub(crate) struct Upstream {
+    pub(crate) label: SharedString,
+    pub(crate) counts: Arc<Counts>,
+    calls: [[OnceLock<Counter>; 4]; 10],
+    call_duration: OnceLock<Histogram>,
+    retry_wait: OnceLock<Histogram>,
+    retries: OnceLock<Counter>,
+    retried_calls: OnceLock<Counter>,
+    attempts: [OnceLock<Counter>; 8],
+    attempt_duration: OnceLock<Histogram>,
+    refusals: [OnceLock<Counter>; 3],
+    circuit_state: OnceLock<Gauge>,
+    replayed: [OnceLock<Counter>; 2],
+}
+
+impl Upstream {
+    fn new(label: SharedString, counts: Arc<Counts>) -> Self {
+        Upstream {
+            label,
+            counts,
+            calls: Default::default(),
+            call_duration: OnceLock::new(),
+            retry_wait: OnceLock::new(),
+            retries: OnceLock::new(),
+            retried_calls: OnceLock::new(),
+            attempts: Default::default(),
+            attempt_duration: OnceLock::new(),
+            refusals: Default::default(),
+            circuit_state: OnceLock::new(),
+            replayed: Default::default(),
+        }
+    }
+
+    fn label(&self) -> SharedString {
+        self.label.clone()
+    }
+
+    pub(crate) fn call(&self, method: usize, outcome: CallOutcome, seconds: f64) {
+        let outcome = outcome as usize;
+        self.counts.calls[outcome].fetch_add(1, Ordering::Relaxed);
+        self.calls[method][outcome]
+            .get_or_init(|| {
+                metrics::counter!(names::CALLS, "upstream" => self.label(), "method" => METHODS[method], "outcome" => OUTCOMES[outcome])
+            })
+            .increment(1);
+        self.call_duration
+            .get_or_init(|| metrics::histogram!(names::CALL_DURATION, "upstream" => self.label()))
+            .record(seconds);
+    }
+
+    pub(crate) fn retries(&self, retries: u64) {
+        self.counts.retries.fetch_add(retries, Ordering::Relaxed);
+        self.retries
+            .get_or_init(|| metrics::counter!(names::RETRIES, "upstream" => self.label()))
+            .increment(retries);
+        self.counts.retried_calls.fetch_add(1, Ordering::Relaxed);
+        self.retried_calls
+            .get_or_init(|| metrics::counter!(names::RETRIED_CALLS, "upstream" => self.label()))
+            .increment(1);
+    }
+
+    pub(crate) fn retry_wait(&self, seconds: f64) {
+        self.retry_wait
+            .get_or_init(|| metrics::histogram!(names::RETRY_WAIT, "upstream" => self.label()))
+            .record(seconds);
+    }
+
+    pub(crate) fn attempt(&self, reason: usize, seconds: f64) {
+        self.counts.attempts.fetch_add(1, Ordering::Relaxed);
+        self.attempts[reason]
+            .get_or_init(|| {
+                metrics::counter!(names::ATTEMPTS, "upstream" => self.label(), "reason" => REASONS[reason])
+            })
+            .increment(1);
+        self.attempt_duration
+            .get_or_init(
+                || metrics::histogram!(names::ATTEMPT_DURATION, "upstream" => self.label()),
+            )
+            .record(seconds);
+    }
+
+    pub(crate) fn refusal(&self, kind: usize) {
+        self.refusals[kind]
+            .get_or_init(|| {
+                metrics::counter!(names::REFUSALS, "upstream" => self.label(), "kind" => REFUSALS[kind])
+            })
+            .increment(1);
+    }
+
+    pub(crate) fn replayed(&self, delivered: bool) {
+        let index = usize::from(!delivered);
+        self.replayed[index]
+            .get_or_init(|| {
+                let outcome = if delivered { "delivered" } else { "failed" };
+                metrics::counter!(names::DEAD_LETTERS_REPLAYED, "upstream" => self.label(), "outcome" => outcome)
+            })
+            .increment(1);
+    }
+
+    /// Sets the breaker gauge (0 closed, 1 half-open, 2 open).
+    pub(crate) fn circuit_state(&self, value: u8) {
+        self.counts.circuit.store(value, Ordering::Relaxed);
+        self.counts.circuit_known.store(1, Ordering::Relaxed);
+        self.circuit_state
+            .get_or_init(|| metrics::gauge!(names::CIRCUIT_STATE, "upstream" => self.label()))
+            .set(f64::from(value));
+    }
+}
+
+struct Table {
+    recorder: usize,
+    upstreams: HashMap<Box<str>, Arc<Upstream>>,
+    other: Arc<Upstream>,
+    none: Arc<Upstream>,
+}
+
+impl Table {
+    fn new(recorder: usize, previous: Option<Table>) -> Table {
+        let renew = |u: &Arc<Upstream>| Arc::new(Upstream::new(u.label.clone(), u.counts.clone()));
+        match previous {
+            Some(old) => Table {
+                recorder,
+                upstreams: old
+                    .upstreams
+                    .iter()
+                    .map(|(k, u)| (k.clone(), renew(u)))
+                    .collect(),
+                other: renew(&old.other),
+                none: renew(&old.none),
+            },
+            None => Table {
+                recorder,
+                upstreams: HashMap::new(),
+                other: Arc::new(Upstream::new(
+                    SharedString::const_str(OTHER),
+                    Arc::default(),
+                )),
+                none: Arc::new(Upstream::new(SharedString::const_str(NONE), Arc::default())),
+            },
+        }
+    }
+
+    fn get(&self, key: Option<&str>) -> Option<&Arc<Upstream>> {
+        match key {
+            None => Some(&self.none),
+            Some(key) => self.upstreams.get(key).or((self.upstreams.len()
+                >= MAX_UPSTREAMS.load(Ordering::Relaxed))
+            .then_some(&self.other)),
+        }
+    }
+}
+
+/// An identity for the recorder in use: handles registered with one are no use with another.
+fn recorder_id() -> usize {
+    metrics::with_recorder(|recorder| {
+        (recorder as *const dyn metrics::Recorder)
+            .cast::<()>()
+            .addr()
+    })
+}
+
+/// The meters of the upstream of `uri` (`scheme://host:port`), or of `other` past the cap.
+pub(crate) fn of(uri: &Uri) -> Arc<Upstream> {
+    let mut buffer = KeyBuffer::new();
+    let key = buffer.key(uri);
+    let recorder = recorder_id();
+    {
+        let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+        if let Some(table) = table.as_ref().filter(|t| t.recorder == recorder) {
+            if let Some(upstream) = table.get(key) {
+                return upstream.clone();
+            }
+        }
+    }
+    let mut slot = TABLE.write().unwrap_or_else(PoisonError::into_inner);
+    if slot.as_ref().is_none_or(|t| t.recorder != recorder) {
+        *slot = Some(Table::new(recorder, slot.take()));
+    }
+    let table = slot.get_or_insert_with(|| Table::new(recorder, None));
+    if let Some(upstream) = table.get(key) {
+        return upstream.clone();
+    }
+    // `get` answered `None`: a new key under the cap.
+    let key = key.unwrap_or(NONE);
+    let upstream = Arc::new(Upstream::new(
+        SharedString::from_shared(Arc::<str>::from(key)),
+        Arc::default(),
+    ));
+    table.upstreams.insert(key.into(), upstream.clone());
+    upstream
+}
+
+/// The meters of an upstream named by its key (`scheme://host:port`), as a breaker's partition
+/// key names it.
+pub(crate) fn of_key(key: Option<&str>) -> Arc<Upstream> {
+    match key.and_then(|k| k.parse::<Uri>().ok()) {
+        Some(uri) => of(&uri),
+        None => of(&Uri::from_static("/")),
+    }
+}
+
+/// Every upstream seen, with its counts, for a [`Signals`](super::Signals) snapshot.
+pub(crate) fn all() -> Vec<(String, Arc<Counts>)> {
+    let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    let Some(table) = table.as_ref() else {
+        return Vec::new();
+    };
+    let mut all: Vec<_> = table
+        .upstreams
+        .values()
+        .chain([&table.other, &table.none])
+        .filter(|u| {
+            u.counts.attempts.load(Ordering::Relaxed) > 0
+                || u.counts.circuit_known.load(Ordering::Relaxed) > 0
+                || u.counts.calls.iter().any(|c| c.load(Ordering::Relaxed) > 0)
+        })
+        .map(|u| (u.label.to_string(), u.counts.clone()))
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+/// `scheme://host:port` written on the stack: the lookup of a known upstream allocates nothing.
+struct KeyBuffer {
+    bytes: [u8; 128],
+    len: usize,
+    overflow: Option<String>,
+}
+
+impl KeyBuffer {
+    fn new() -> Self {
+        KeyBuffer {
+            bytes: [0; 128],
+            len: 0,
+            overflow: None,
+        }
+    }
+
+    /// The key of `uri`, as [`ByUpstream`](crate::partition::ByUpstream) names it.
+    fn key(&mut self, uri: &Uri) -> Option<&str> {
+        let authority = uri.authority()?;
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let port = authority.port_u16().or(match scheme {
+            "https" | "wss" => Some(443),
+            "http" | "ws" => Some(80),
+            _ => None,
+        });
+        let written = (|| {
+            for c in scheme
+                .chars()
+                .chain("://".chars())
+                .chain(authority.host().chars())
+            {
+                self.write_char(c.to_ascii_lowercase())?;
+            }
+            if let Some(port) = port {
+                write!(self, ":{port}")?;
+            }
+            Ok::<(), std::fmt::Error>(())
+        })();
+        if written.is_err() {
+            self.overflow = crate::partition::upstream_key(uri);
+            return self.overflow.as_deref();
+        }
+        std::str::from_utf8(self.bytes.get(..self.len)?).ok()
+    }
+}
+
+impl std::fmt::Write for KeyBuffer {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len.checked_add(s.len()).ok_or(std::fmt::Error)?;
+        let target = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        target.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_matches_the_partition_key() {
+        for uri in [
+            "https://API.example.com/v1?x=1",
+            "http://127.0.0.1:8080/",
+            "http://bob:secret@h.example/",
+            "ftp://files.example/",
+        ] {
+            let uri: Uri = uri.parse().unwrap();
+            let mut buffer = KeyBuffer::new();
+            assert_eq!(
+                buffer.key(&uri).map(str::to_owned),
+                crate::partition::upstream_key(&uri)
+            );
+        }
+    }
+
+    #[test]
+    fn long_host_falls_back_to_an_owned_key() {
+        let host = "a".repeat(200);
+        let uri: Uri = format!("https://{host}.example/").parse().unwrap();
+        let mut buffer = KeyBuffer::new();
+        assert_eq!(
+            buffer.key(&uri).map(str::to_owned),
+            Some(format!("https://{host}.example:443"))
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! The five signals on a real Prometheus endpoint: a chaos run through `Outbound` against two
+//! loopback upstreams (examples/metrics.rs, the same code), scraped over HTTP, checked against
+//! the run's own counts; and the alerting rules of docs/alerts.yml checked by promtool.
+
+#[path = "../examples/metrics.rs"]
+mod example;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::ServiceExt;
+use tower_outbound::body::ReplayBody;
+use tower_outbound::metrics::{self, Signals};
+use tower_outbound::{CircuitState, Outbound};
+
+/// One sample of the text exposition: name, labels, value.
+type Series = Vec<(String, BTreeMap<String, String>, f64)>;
+
+/// Parses the Prometheus text format, enough for the names and labels written here (label
+/// values hold no `"` or `,`).
+fn parse(text: &str) -> Series {
+    let mut series = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let Some((head, value)) = line.rsplit_once(' ') else {
+            panic!("bad line {line:?}");
+        };
+        let value: f64 = value.parse().unwrap_or_else(|e| panic!("{line:?}: {e}"));
+        let (name, labels) = match head.split_once('{') {
+            Some((name, rest)) => {
+                let rest = rest.strip_suffix('}').unwrap_or(rest);
+                let labels = rest
+                    .split("\",")
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        let (k, v) = l.split_once("=\"").unwrap_or_else(|| panic!("{line:?}"));
+                        (k.to_owned(), v.trim_end_matches('"').to_owned())
+                    })
+                    .collect();
+                (name, labels)
+            }
+            None => (head, BTreeMap::new()),
+        };
+        series.push((name.to_owned(), labels, value));
+    }
+    series
+}
+
+/// The sum of the samples of `name` whose labels include `labels`; `None` if there is none.
+fn sum(series: &Series, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = series
+        .iter()
+        .filter(|(n, l, _)| {
+            n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, _, v)| *v)
+        .collect();
+    (!matching.is_empty()).then(|| matching.iter().sum())
+}
+
+fn get(series: &Series, name: &str, labels: &[(&str, &str)]) -> f64 {
+    sum(series, name, labels).unwrap_or_else(|| panic!("no series {name} {labels:?}"))
+}
+
+/// GET http://ADDR/metrics over a real connection.
+async fn scrape(addr: SocketAddr) -> Series {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
+    let response = client
+        .get(format!("http://{addr}/metrics").parse().unwrap())
+        .await
+        .unwrap();
+    assert!(response.status().is_success());
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    parse(std::str::from_utf8(&body).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_run_exposes_the_five_signals_per_upstream() {
+    let (addr, _handle) = example::serve_prometheus("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let run = example::workload(30).await.unwrap();
+    let series = scrape(addr).await;
+    let (flaky, down) = (run.flaky.as_str(), run.down.as_str());
+
+    // Every call is counted once, under its upstream, by outcome.
+    for (upstream, calls, ok) in [
+        (flaky, run.flaky_calls, run.flaky_ok),
+        (down, run.down_calls, run.down_ok),
+    ] {
+        let by = |outcome| {
+            sum(
+                &series,
+                "outbound_calls_total",
+                &[("upstream", upstream), ("outcome", outcome)],
+            )
+            .unwrap_or(0.0)
+        };
+        assert_eq!(
+            get(&series, "outbound_calls_total", &[("upstream", upstream)]),
+            calls as f64
+        );
+        assert_eq!(
+            by("success") + by("success_after_retry"),
+            ok as f64,
+            "{upstream}"
+        );
+        assert_eq!(
+            by("failed") + by("refused"),
+            (calls - ok) as f64,
+            "{upstream}"
+        );
+        get(
+            &series,
+            "outbound_call_duration_seconds_count",
+            &[("upstream", upstream)],
+        );
+        get(
+            &series,
+            "outbound_attempts_total",
+            &[("upstream", upstream)],
+        );
+        // 1. Retry rate.
+        get(&series, "outbound_retries_total", &[("upstream", upstream)]);
+        // 4. Breaker state.
+        get(&series, "outbound_circuit_state", &[("upstream", upstream)]);
+    }
+    // 1. Retries, as the retry layer counted them.
+    assert_eq!(
+        get(&series, "outbound_retries_total", &[]),
+        run.retry.retries() as f64
+    );
+    // 2. Success after retry, as the retry layer counted it.
+    assert_eq!(
+        get(
+            &series,
+            "outbound_calls_total",
+            &[("outcome", "success_after_retry")]
+        ),
+        run.retry.successes_after_retry() as f64
+    );
+    assert!(
+        run.retry.successes_after_retry() > 0,
+        "the flaky upstream needs retries"
+    );
+    get(
+        &series,
+        "outbound_calls_retried_total",
+        &[("upstream", flaky)],
+    );
+    // 3. Permanent failures: the upstream that is down fails every call; most are refused by
+    // its open breaker.
+    assert!(
+        get(
+            &series,
+            "outbound_calls_total",
+            &[("upstream", down), ("outcome", "failed")]
+        ) > 0.0
+    );
+    assert!(
+        get(
+            &series,
+            "outbound_refusals_total",
+            &[("upstream", down), ("kind", "circuit")]
+        ) > 0.0
+    );
+    // 4. The breaker of the upstream that is down opened once and stays open (30 s).
+    assert_eq!(
+        get(&series, "outbound_circuit_state", &[("upstream", down)]),
+        2.0
+    );
+    assert_eq!(
+        get(
+            &series,
+            "outbound_circuit_transitions_total",
+            &[("to", "open")]
+        ),
+        run.circuit.times_opened() as f64
+    );
+    assert_eq!(
+        get(
+            &series,
+            "outbound_circuit_transitions_total",
+            &[("upstream", down), ("from", "closed"), ("to", "open")]
+        ),
+        1.0
+    );
+    // 5. Dead letters: the layer's writes and the replay's rewrites, the depth the sink holds,
+    // and the age of the oldest.
+    let sink = [("sink", "default")];
+    assert_eq!(
+        get(&series, "outbound_dead_letters_written_total", &sink),
+        (run.dead_letters.written() + run.replay.still_failing as u64) as f64
+    );
+    assert_eq!(
+        get(&series, "outbound_dead_letters_depth", &sink),
+        run.dead_letters_kept as f64
+    );
+    assert!(run.dead_letters_kept > 0);
+    assert!(
+        get(
+            &series,
+            "outbound_dead_letters_oldest_timestamp_seconds",
+            &sink
+        ) > 1.0e9
+    );
+    get(&series, "outbound_dead_letters_oldest_age_seconds", &sink);
+    assert_eq!(
+        get(&series, "outbound_dead_letters_replayed_total", &[]),
+        run.replay.replayed as f64
+    );
+
+    // The label is scheme://host:port and nothing else: no path, no query.
+    for (name, labels, _) in &series {
+        if let Some(upstream) = labels.get("upstream") {
+            assert!(upstream == flaky || upstream == down, "{name}: {upstream}");
+        }
+    }
+
+    // The in-process report agrees with the endpoint.
+    let signals = Signals::snapshot();
+    let row = signals.upstream(down).unwrap();
+    assert_eq!(row.calls, run.down_calls);
+    assert_eq!(row.circuit, Some(CircuitState::Open));
+    let row = signals.upstream(flaky).unwrap();
+    assert_eq!(row.calls, run.flaky_calls);
+    assert_eq!(
+        signals
+            .dead_letters
+            .iter()
+            .find(|s| s.sink == "default")
+            .map(|s| s.depth),
+        Some(run.dead_letters_kept as u64)
+    );
+
+    // Past the cap on distinct upstreams, new ones share `other`.
+    metrics::max_upstreams(3);
+    let upstream = tower::service_fn(|_req: Request<ReplayBody>| async {
+        Ok::<_, std::convert::Infallible>(Response::new(String::new()))
+    });
+    let service = Outbound::new().service(upstream);
+    for host in ["third.test", "fourth.test", "fifth.test"] {
+        let request = Request::get(format!("http://{host}/x?token=t"))
+            .body(String::new())
+            .unwrap();
+        service.clone().oneshot(request).await.unwrap();
+    }
+    let series = scrape(addr).await;
+    assert_eq!(
+        get(
+            &series,
+            "outbound_calls_total",
+            &[("upstream", "http://third.test:80")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        get(&series, "outbound_calls_total", &[("upstream", "other")]),
+        2.0
+    );
+    assert!(sum(
+        &series,
+        "outbound_calls_total",
+        &[("upstream", "http://fourth.test:80")]
+    )
+    .is_none());
+}
+
+/// docs/alerts.yml passes `promtool check rules` and its unit tests, docs/alerts.test.yml.
+/// Without promtool (`apt-get install prometheus`), each alert is checked for the fields
+/// Prometheus requires.
+#[test]
+fn alert_rules_are_valid() {
+    let docs = concat!(env!("CARGO_MANIFEST_DIR"), "/docs");
+    let promtool = std::process::Command::new("promtool")
+        .args(["check", "rules", "alerts.yml"])
+        .current_dir(docs)
+        .output();
+    match promtool {
+        Ok(output) => {
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+            let output = std::process::Command::new("promtool")
+                .args(["test", "rules", "alerts.test.yml"])
+                .current_dir(docs)
+                .output()
+                .unwrap();
+            assert!(
+                output.status.success(),
+                "{}",
+                String::from_utf8_lossy(&output.stdout)
+            );
+        }
+        Err(_) => {
+            let rules = std::fs::read_to_string(format!("{docs}/alerts.yml")).unwrap();
+            let alerts: Vec<&str> = rules.split("- alert: ").skip(1).collect();
+            assert_eq!(alerts.len(), 7);
+            for alert in alerts {
+                for field in [
+                    "expr:",
+                    "severity:",
+                    "summary:",
+                    "description:",
+                    "Runbook: docs/operability.md#",
+                ] {
+                    assert!(alert.contains(field), "{field} missing in {alert}");
+                }
+            }
+        }
+    }
+}
