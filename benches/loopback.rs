@@ -25,6 +25,10 @@
 //!
 //! Run by `cargo test --benches` (no `--bench` argument), it makes a few hundred calls only,
 //! as a smoke test.
+//!
+//! To profile one stack, `LOOPBACK_ONLY=bare|outbound|tower` runs that stack alone (no ratios),
+//! for example under `valgrind --tool=callgrind --separate-threads=yes`, so the client thread's
+//! instructions divided by the requests made are that stack's whole CPU cost per call.
 
 use std::convert::Infallible;
 use std::future::{ready, Ready};
@@ -136,6 +140,12 @@ enum Stack {
 }
 
 impl Stack {
+    fn parse(name: &str) -> Option<Self> {
+        [Stack::Bare, Stack::Outbound, Stack::Tower]
+            .into_iter()
+            .find(|stack| stack.name() == name.trim())
+    }
+
     fn name(self) -> &'static str {
         match self {
             Stack::Bare => "bare",
@@ -282,8 +292,22 @@ fn main() -> Result<(), BoxError> {
         .enable_all()
         .build()?;
 
+    let only = std::env::var("LOOPBACK_ONLY")
+        .ok()
+        .map(|name| {
+            Stack::parse(&name).ok_or(format!("LOOPBACK_ONLY={name}: not bare, outbound or tower"))
+        })
+        .transpose()?;
+
     runtime.block_on(async {
         let clients = Clients::new();
+        if let Some(stack) = only {
+            for in_flight in [1, IN_FLIGHT] {
+                let rate = measure(&clients, stack, &uri, requests, in_flight).await;
+                println!("{}: {requests} GETs, {in_flight} in flight: {rate:.0}/s", stack.name());
+            }
+            return;
+        }
         // Warm-up: open the connections and fill the stacks' per-upstream state.
         for stack in [Stack::Bare, Stack::Outbound, Stack::Tower] {
             measure(&clients, stack, &uri, IN_FLIGHT * 4, IN_FLIGHT).await;
