@@ -30,7 +30,6 @@
 //! ```
 
 use std::fmt;
-use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::{HeaderMap, Method, Request, Uri};
@@ -169,25 +168,85 @@ impl ByUpstream {
     }
 }
 
-/// `scheme://host:port` of a URI, lowercased, with the default port made explicit.
+/// `scheme://host:port` of a URI, lowercased, with the default port made explicit. Linear in
+/// the authority's length, one allocation (the key itself).
 pub(crate) fn upstream_key(uri: &Uri) -> Option<String> {
-    let authority = uri.authority()?;
+    let authority = uri.authority()?.as_str();
+    // `user:password@host:port`: what follows the last `@`.
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let (host, port) = if host_port.starts_with('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:8080`.
+        match host_port.split_once(']') {
+            Some((inside, rest)) => (inside, rest.strip_prefix(':')),
+            None => (host_port, None),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
     let scheme = uri.scheme_str().unwrap_or("http");
-    let port = authority.port_u16().or(match scheme {
+    let port = port.and_then(|p| p.parse::<u16>().ok()).or(match scheme {
         "https" | "wss" => Some(443),
         "http" | "ws" => Some(80),
         _ => None,
     });
-    let host = authority.host();
     let mut key = String::with_capacity(scheme.len() + host.len() + 10);
-    for c in scheme.chars().chain("://".chars()).chain(host.chars()) {
-        key.push(c.to_ascii_lowercase());
+    key.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str("://");
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    if host_port.starts_with('[') {
+        key.push(']');
     }
     if let Some(port) = port {
-        // Writing to a String cannot fail.
-        let _ = write!(key, ":{port}");
+        key.push(':');
+        push_u16(&mut key, port);
     }
     Some(key)
+}
+
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits.iter().skip(i).map(|&d| char::from(d)));
+}
+
+/// The upstream of a request, worked out once per logical call by the outermost layer that
+/// keys its state by upstream (the retry layer's budget), and read by the layers inside it.
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamOf(pub(crate) PartitionKey);
+
+/// Whether `partition` keys by upstream, so that a key already in the request's extensions
+/// can be used.
+fn keys_by_upstream<P: Partition>(partition: &P) -> bool {
+    let any = partition as &dyn std::any::Any;
+    any.downcast_ref::<Scope>() == Some(&Scope::Upstream) || any.is::<ByUpstream>()
+}
+
+/// The partition key of a request: `None` for a global partition, the upstream already worked
+/// out for this call when there is one, else what the partition says.
+pub(crate) fn key_of<P: Partition, B>(partition: &P, request: &Request<B>) -> Option<PartitionKey> {
+    if partition.is_global() {
+        return None;
+    }
+    if keys_by_upstream(partition) {
+        if let Some(UpstreamOf(key)) = request.extensions().get::<UpstreamOf>() {
+            return Some(key.clone());
+        }
+    }
+    partition.key(&RequestHead::of(request))
 }
 
 impl Partition for ByUpstream {
@@ -241,6 +300,22 @@ mod tests {
         assert_eq!(
             key_of(ByUpstream, uri).as_deref(),
             Some("https://api.example.com:8443")
+        );
+    }
+
+    #[test]
+    fn ipv6_and_explicit_ports_are_kept_apart() {
+        assert_eq!(
+            key_of(ByUpstream, "http://[::1]:8080/").as_deref(),
+            Some("http://[::1]:8080")
+        );
+        assert_eq!(
+            key_of(ByUpstream, "https://u:p@[::1]/").as_deref(),
+            Some("https://[::1]:443")
+        );
+        assert_eq!(
+            key_of(ByUpstream, "https://h:0443/").as_deref(),
+            Some("https://h:443")
         );
     }
 

@@ -72,7 +72,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::partition::PartitionKey;
@@ -211,7 +211,7 @@ impl CircuitStats {
 pub(crate) struct Registry {
     pub(crate) settings: Settings,
     default: Arc<Breaker>,
-    keyed: Mutex<HashMap<PartitionKey, Arc<Breaker>>>,
+    keyed: RwLock<HashMap<PartitionKey, Arc<Breaker>>>,
     pub(crate) stats: CircuitStats,
 }
 
@@ -228,7 +228,7 @@ impl Registry {
         Registry {
             default: Arc::new(Breaker::new(&settings, None)),
             settings,
-            keyed: Mutex::new(HashMap::new()),
+            keyed: RwLock::new(HashMap::new()),
             stats: CircuitStats::default(),
         }
     }
@@ -239,7 +239,15 @@ impl Registry {
         let Some(key) = key else {
             return self.default.clone();
         };
-        let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(breaker) = self
+            .keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return breaker.clone();
+        }
+        let mut map = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(breaker) = map.get(key) {
             return breaker.clone();
         }
@@ -259,7 +267,7 @@ impl Registry {
             None => self.default.state(),
             Some(key) => self
                 .keyed
-                .lock()
+                .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(key)
                 .map_or(CircuitState::Closed, |b| b.state()),
@@ -273,7 +281,7 @@ impl Registry {
             CircuitState::HalfOpen => 1,
             CircuitState::Open => 2,
         };
-        let map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        let map = self.keyed.read().unwrap_or_else(PoisonError::into_inner);
         map.values()
             .chain(std::iter::once(&self.default))
             .map(|b| b.state())
@@ -283,7 +291,7 @@ impl Registry {
 
     pub(crate) fn partitions(&self) -> usize {
         self.keyed
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }

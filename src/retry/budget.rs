@@ -4,12 +4,12 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::partition::{Partition, PartitionKey, RequestHead, Scope};
+use crate::partition::{PartitionKey, Scope};
 
 /// Caps retries at a share of calls over a sliding window, per upstream — the model of
 /// Finagle, Linkerd and Envoy, built on tower's [`TpsBudget`].
@@ -54,7 +54,7 @@ impl Settings {
 struct Shared {
     settings: Settings,
     default: Arc<TpsBudget>,
-    keyed: Mutex<HashMap<PartitionKey, Arc<TpsBudget>>>,
+    keyed: RwLock<HashMap<PartitionKey, Arc<TpsBudget>>>,
     exhausted: AtomicU64,
 }
 
@@ -90,7 +90,7 @@ impl RetryBudget {
             shared: Arc::new(Shared {
                 default: Arc::new(settings.budget()),
                 settings,
-                keyed: Mutex::new(HashMap::new()),
+                keyed: RwLock::new(HashMap::new()),
                 exhausted: AtomicU64::new(0),
             }),
         }
@@ -141,9 +141,21 @@ impl RetryBudget {
         self.shared.exhausted.load(Ordering::Relaxed)
     }
 
-    /// The budget of this request's upstream, with the call deposited.
-    pub(crate) fn deposit(&self, head: &RequestHead<'_>) -> Arc<TpsBudget> {
-        let budget = self.budget_of(head);
+    /// The budget of this request's upstream, with the call deposited. The upstream, once
+    /// worked out, is left in the request's extensions for the layers inside.
+    pub(crate) fn deposit<B>(&self, request: &mut http::Request<B>) -> Arc<TpsBudget> {
+        let budget = match crate::partition::key_of(&self.scope, request) {
+            None => self.shared.default.clone(),
+            Some(key) => {
+                let budget = self.budget_of_key(&key);
+                if self.scope == Scope::Upstream {
+                    request
+                        .extensions_mut()
+                        .insert(crate::partition::UpstreamOf(key));
+                }
+                budget
+            }
+        };
         budget.deposit();
         budget
     }
@@ -152,20 +164,25 @@ impl RetryBudget {
         self.shared.exhausted.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn budget_of(&self, head: &RequestHead<'_>) -> Arc<TpsBudget> {
+    fn budget_of_key(&self, key: &PartitionKey) -> Arc<TpsBudget> {
         let shared = &self.shared;
-        let Some(key) = self.scope.key(head) else {
-            return shared.default.clone();
-        };
-        let mut map = shared.keyed.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(budget) = map.get(&key) {
+        if let Some(budget) = shared
+            .keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return budget.clone();
+        }
+        let mut map = shared.keyed.write().unwrap_or_else(PoisonError::into_inner);
+        if let Some(budget) = map.get(key) {
             return budget.clone();
         }
         if map.len() >= shared.settings.max_partitions {
             return shared.default.clone();
         }
         let budget = Arc::new(shared.settings.budget());
-        map.insert(key, budget.clone());
+        map.insert(key.clone(), budget.clone());
         budget
     }
 }
@@ -174,18 +191,21 @@ impl RetryBudget {
 mod tests {
     use super::*;
 
-    fn head(uri: &str) -> http::Request<()> {
+    fn request(uri: &str) -> http::Request<()> {
         http::Request::get(uri).body(()).unwrap()
     }
 
     #[tokio::test(start_paused = true)]
     async fn budgets_are_per_upstream() {
         let budget = RetryBudget::new().min_per_second(0).ratio(0.5);
-        let a = head("https://a.example/");
-        let b = head("https://b.example/");
-        let a_budget = budget.deposit(&RequestHead::of(&a));
-        budget.deposit(&RequestHead::of(&a));
-        let b_budget = budget.budget_of(&RequestHead::of(&b));
+        let mut a = request("https://a.example/");
+        let a_budget = budget.deposit(&mut a);
+        budget.deposit(&mut request("https://a.example/"));
+        let b_budget = budget.budget_of_key(&PartitionKey::from("https://b.example:443"));
+        assert!(a
+            .extensions()
+            .get::<crate::partition::UpstreamOf>()
+            .is_some());
         assert!(a_budget.withdraw(), "two calls pay for one retry at 50 %");
         assert!(!a_budget.withdraw());
         assert!(!b_budget.withdraw(), "b's budget is b's own");

@@ -27,11 +27,11 @@ pub(crate) struct Config {
 
 impl Config {
     /// The retry budget of this request's upstream, with the call deposited into it.
-    pub(crate) fn retry_budget_of(
+    pub(crate) fn retry_budget_of<B>(
         &self,
-        head: &crate::partition::RequestHead<'_>,
+        request: &mut http::Request<B>,
     ) -> Option<Arc<tower::retry::budget::TpsBudget>> {
-        self.budget.as_ref().map(|b| b.deposit(head))
+        self.budget.as_ref().map(|b| b.deposit(request))
     }
 
     /// Whether a request with this method (and these headers) may be sent more than once.

@@ -7,7 +7,7 @@ use tower_service::Service;
 use super::future::ResponseFuture;
 use super::{Gates, Pass};
 use crate::error::{BoxError, Error};
-use crate::partition::{Partition, RequestHead, Scope};
+use crate::partition::Scope;
 
 /// The gate service made by [`RetryAfterLayer`](super::RetryAfterLayer).
 #[derive(Clone, Debug)]
@@ -54,11 +54,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let key = if self.scope.is_global() {
-            None
-        } else {
-            self.scope.key(&RequestHead::of(&request))
-        };
+        let key = crate::partition::key_of(&self.scope, &request);
         match self.gates.pass(key.as_ref()) {
             Pass::Open => {
                 let future = self.inner.call(request);
