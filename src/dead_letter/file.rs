@@ -6,11 +6,17 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::record::DeadLetter;
-use super::sink::{BoxFuture, Sink, SinkError};
+use super::sink::{BoxFuture, Sink, SinkError, SinkErrorKind};
 
 /// Dead letters in a JSON Lines file: one record per line, appended, and flushed and fsynced
 /// before `write` returns.
 ///
+/// - The file is created readable and writable by its owner only (mode 0600 on Unix; letters
+///   hold request bodies), its directory fsynced so the new file survives a crash; an existing
+///   file that others could read is narrowed to 0600.
+/// - A file that cannot be created or written (a read-only or full disk, a path through a
+///   regular file) fails the call with a [`SinkError`] of kind
+///   [`SinkErrorKind::Io`](super::SinkErrorKind::Io); it never panics.
 /// - A crash can leave a torn last line. Reading skips it (with a warning), never fails, and
 ///   never loses the other records; the next write first ends the torn line, so the new
 ///   record stays whole.
@@ -77,21 +83,93 @@ impl JsonLinesSink {
 
 fn io(context: &str, path: &Path) -> impl FnOnce(std::io::Error) -> SinkError {
     let message = format!("{context} {}", path.display());
-    move |e| SinkError::new(message, e)
+    move |e| SinkError::new(message, e).with_kind(SinkErrorKind::Io)
+}
+
+/// Only the owner may read dead letters: they hold request bodies.
+const MODE: u32 = 0o600;
+
+/// Opens `path` for appending, creating it (and its directory) readable by its owner only. A
+/// file created here makes the directory entry durable too; an existing file readable by
+/// others is narrowed to the owner.
+fn open_private(path: &Path, dir: &Path) -> Result<File, SinkError> {
+    let mut options = OpenOptions::new();
+    options.read(true).append(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, MODE);
+    match options.open(path) {
+        Ok(file) => {
+            narrow(&file, path);
+            return Ok(file);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot open dead-letter file", path)(e)),
+    }
+    std::fs::create_dir_all(dir).map_err(io("cannot create the directory of", path))?;
+    let file = options
+        .create(true)
+        .open(path)
+        .map_err(io("cannot create dead-letter file", path))?;
+    sync_dir(dir)?;
+    Ok(file)
+}
+
+/// Creates `path` anew (a stale one is removed first), readable by its owner only.
+fn create_private(path: &Path) -> Result<File, SinkError> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("cannot remove stale", path)(e)),
+    }
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, MODE);
+    options.open(path).map_err(io("cannot create", path))
+}
+
+/// Narrows an existing regular file that others may read (made by an older version) to its
+/// owner; a failure is logged, not fatal.
+fn narrow(file: &File, path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = file.metadata() else { return };
+        if meta.is_file() && meta.permissions().mode() & 0o077 != 0 {
+            if let Err(e) = file.set_permissions(std::fs::Permissions::from_mode(MODE)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot make the dead-letter file private");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (file, path);
+}
+
+/// Makes a directory's entries (a created or renamed file) durable.
+fn sync_dir(dir: &Path) -> Result<(), SinkError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("cannot sync directory", dir))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
+        Ok(())
+    }
 }
 
 impl Inner {
+    fn dir(&self) -> &Path {
+        self.path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    }
+
     fn append(&self, line: &[u8]) -> Result<(), SinkError> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(io("cannot create the directory of", &self.path))?;
-        }
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&self.path)
-            .map_err(io("cannot open dead-letter file", &self.path))?;
+        let mut file = open_private(&self.path, self.dir())?;
         // End a torn last line first, so the new record starts on a line of its own.
         let len = file
             .metadata()
@@ -169,15 +247,11 @@ impl Inner {
     }
 
     fn rewrite(&self, keep: &[&[u8]]) -> Result<(), SinkError> {
-        let dir = self
-            .path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        let dir = self.dir();
         let mut temp = self.path.clone().into_os_string();
         temp.push(".rewrite");
         let temp = PathBuf::from(temp);
-        let mut file = File::create(&temp).map_err(io("cannot create", &temp))?;
+        let mut file = create_private(&temp)?;
         for line in keep {
             file.write_all(line)
                 .and_then(|()| file.write_all(b"\n"))
@@ -187,18 +261,16 @@ impl Inner {
         drop(file);
         std::fs::rename(&temp, &self.path).map_err(io("cannot replace", &self.path))?;
         // Make the rename itself durable.
-        if let Ok(dir) = File::open(dir) {
-            let _ = dir.sync_all();
-        }
-        Ok(())
+        sync_dir(dir)
     }
 }
 
 impl Sink for JsonLinesSink {
     fn write(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let line = serde_json::to_vec(&letter)
-                .map_err(|e| SinkError::new("cannot encode a dead letter", e))?;
+            let line = serde_json::to_vec(&letter).map_err(|e| {
+                SinkError::new("cannot encode a dead letter", e).with_kind(SinkErrorKind::Encoding)
+            })?;
             self.blocking(move |inner| inner.append(&line)).await
         })
     }
