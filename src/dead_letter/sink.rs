@@ -70,6 +70,26 @@ impl SinkError {
         self.kind
     }
 
+    /// A copy for another caller of the same failed batch: the same kind and message, and
+    /// an I/O cause with the same OS error code (other causes as text).
+    pub(crate) fn duplicate(&self) -> SinkError {
+        let source = self.source.as_deref().map(|source| {
+            let copy = match source.downcast_ref::<std::io::Error>() {
+                Some(io) => match io.raw_os_error() {
+                    Some(code) => std::io::Error::from_raw_os_error(code),
+                    None => std::io::Error::new(io.kind(), io.to_string()),
+                },
+                None => std::io::Error::other(source.to_string()),
+            };
+            Box::new(copy) as Box<dyn std::error::Error + Send + Sync>
+        });
+        SinkError {
+            kind: self.kind,
+            message: self.message.clone(),
+            source,
+        }
+    }
+
     /// Whether the sink refused the letter because it is at capacity.
     pub fn is_full(&self) -> bool {
         self.kind == SinkErrorKind::Full
