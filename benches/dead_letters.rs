@@ -16,7 +16,6 @@ use tower_outbound::dead_letter::DeadLetter;
 use tower_outbound::{JsonLinesSink, Sink};
 
 const LETTERS: usize = 100_000;
-const WRITERS: usize = 64;
 
 fn letter(id: usize) -> DeadLetter {
     serde_json::from_value(serde_json::json!({
@@ -41,14 +40,15 @@ fn letter(id: usize) -> DeadLetter {
     .expect("a valid letter")
 }
 
-/// Writes `LETTERS` letters from `WRITERS` tasks; returns the time taken.
-async fn write_many(sink: &JsonLinesSink) -> Duration {
+/// Writes `LETTERS` letters from `writers` tasks, each waiting for its letter to be durable
+/// before the next; returns the time taken.
+async fn write_concurrently(sink: &JsonLinesSink, writers: usize) -> Duration {
     let start = Instant::now();
-    let tasks: Vec<_> = (0..WRITERS)
+    let tasks: Vec<_> = (0..writers)
         .map(|w| {
             let sink = sink.clone();
             tokio::spawn(async move {
-                for i in (w..LETTERS).step_by(WRITERS) {
+                for i in (w..LETTERS).step_by(writers) {
                     sink.write(letter(i)).await.expect("written");
                 }
             })
@@ -73,14 +73,38 @@ fn dead_letters(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(1));
 
     group.throughput(Throughput::Elements(LETTERS as u64));
-    group.bench_function("json_lines_write_100k_64_writers", |b| {
+    for writers in [64, 256] {
+        group.bench_function(format!("json_lines_write_100k_{writers}_writers"), |b| {
+            b.iter_custom(|iters| {
+                runtime.block_on(async {
+                    let mut total = Duration::ZERO;
+                    for _ in 0..iters {
+                        let dir = tempfile::tempdir().expect("a temporary directory");
+                        let sink = JsonLinesSink::new(dir.path().join("dead.jsonl"));
+                        total += write_concurrently(&sink, writers).await;
+                    }
+                    total
+                })
+            })
+        });
+    }
+
+    // A writer that drains a queue hands letters over 1,000 at a time (`write_many`).
+    group.bench_function("json_lines_write_many_100k_by_1000", |b| {
         b.iter_custom(|iters| {
             runtime.block_on(async {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().expect("a temporary directory");
                     let sink = JsonLinesSink::new(dir.path().join("dead.jsonl"));
-                    total += write_many(&sink).await;
+                    let start = Instant::now();
+                    for chunk in 0..LETTERS / 1000 {
+                        let letters = (chunk * 1000..(chunk + 1) * 1000).map(letter).collect();
+                        for result in sink.write_many(letters).await {
+                            result.expect("written");
+                        }
+                    }
+                    total += start.elapsed();
                 }
                 total
             })
@@ -95,7 +119,7 @@ fn dead_letters(c: &mut Criterion) {
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().expect("a temporary directory");
                     let sink = JsonLinesSink::new(dir.path().join("dead.jsonl"));
-                    write_many(&sink).await;
+                    write_concurrently(&sink, 64).await;
                     let start = Instant::now();
                     let letters = sink.read_all().await.expect("read");
                     let ids: Vec<String> = letters.into_iter().map(|l| l.id).collect();
@@ -118,7 +142,7 @@ fn dead_letters(c: &mut Criterion) {
                 for _ in 0..iters {
                     let dir = tempfile::tempdir().expect("a temporary directory");
                     let sink = JsonLinesSink::new(dir.path().join("dead.jsonl"));
-                    write_many(&sink).await;
+                    write_concurrently(&sink, 64).await;
                     let ids: Vec<String> = (0..1_000).map(|i| letter(i).id).collect();
                     sink.count().await.expect("count");
                     let start = Instant::now();

@@ -329,3 +329,29 @@ async fn a_torn_last_line_after_removals_is_skipped_and_the_next_record_stays_wh
         ["t0", "t3"]
     );
 }
+
+#[tokio::test]
+async fn a_queue_of_letters_handed_over_at_once_costs_one_fsync() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.jsonl");
+    let sink = JsonLinesSink::new(&path);
+    let letters: Vec<DeadLetter> = ids_of("m", 500).iter().map(|id| letter(id)).collect();
+    let results = sink.write_many(letters).await;
+    assert_eq!(results.len(), 500);
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(sink.batches_written(), 1);
+    assert_eq!(
+        JsonLinesSink::new(&path).read_all().await.unwrap().len(),
+        500
+    );
+}
+
+#[tokio::test]
+async fn write_many_reports_each_letter_a_full_memory_sink_refused() {
+    let sink = MemorySink::with_capacity(3);
+    let letters: Vec<DeadLetter> = ids_of("m", 5).iter().map(|id| letter(id)).collect();
+    let results = sink.write_many(letters).await;
+    let stored: Vec<bool> = results.iter().map(Result::is_ok).collect();
+    assert_eq!(stored, [true, true, true, false, false]);
+    assert_eq!(sink.dropped(), 2);
+}

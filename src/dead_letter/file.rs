@@ -5,7 +5,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -58,6 +59,8 @@ pub struct JsonLinesSink {
 const MAX_BATCH: usize = 4096;
 /// Most bytes written in one batch (a single larger record still goes alone).
 const MAX_BATCH_BYTES: usize = 8 << 20;
+/// The longest a writer waits for the callers of its last batch to queue their next records.
+const COMMIT_DELAY: Duration = Duration::from_millis(1);
 /// Compaction waits until at least this many lines are garbage.
 const COMPACT_MIN_GARBAGE: usize = 1024;
 /// The start of a tombstone line; no letter line starts so (a letter's first field is
@@ -70,6 +73,8 @@ struct Inner {
     // Held for every file operation, so batches, reads and rewrites never interleave.
     store: Mutex<Store>,
     queue: Mutex<Queue>,
+    // Signalled when a record is queued, for a writer gathering a batch.
+    arrived: Condvar,
     skipped: AtomicU64,
     batches: AtomicU64,
 }
@@ -154,6 +159,7 @@ impl JsonLinesSink {
                 path: path.into(),
                 store: Mutex::new(Store::default()),
                 queue: Mutex::new(Queue::default()),
+                arrived: Condvar::new(),
                 skipped: AtomicU64::new(0),
                 batches: AtomicU64::new(0),
             }),
@@ -203,12 +209,28 @@ impl JsonLinesSink {
 
     /// Queues one operation for the writer and waits for its batch to be durable.
     async fn submit(&self, op: Op) -> Result<usize, SinkError> {
-        let (done, answer) = oneshot::channel();
+        let mut answers = self.enqueue(vec![op]);
+        match answers.pop() {
+            Some(answer) => self.answer(answer).await,
+            None => Ok(0),
+        }
+    }
+
+    /// Queues operations for the writer, in order, and starts it if it is not running.
+    fn enqueue(&self, ops: Vec<Op>) -> Vec<oneshot::Receiver<Result<usize, SinkError>>> {
+        let mut answers = Vec::with_capacity(ops.len());
         let start = {
             let mut queue = lock(&self.inner.queue);
-            queue.pending.push_back(Pending { op, done });
+            for op in ops {
+                let (done, answer) = oneshot::channel();
+                queue.pending.push_back(Pending { op, done });
+                answers.push(answer);
+            }
             !std::mem::replace(&mut queue.running, true)
         };
+        if !start {
+            self.inner.arrived.notify_one();
+        }
         if start {
             let writer = Writer::new(self.inner.clone());
             match tokio::runtime::Handle::try_current() {
@@ -220,6 +242,13 @@ impl JsonLinesSink {
                 Err(_) => writer.run(),
             }
         }
+        answers
+    }
+
+    async fn answer(
+        &self,
+        answer: oneshot::Receiver<Result<usize, SinkError>>,
+    ) -> Result<usize, SinkError> {
         answer.await.map_err(|_| {
             SinkError::msg(format!(
                 "the writer of dead-letter file {} stopped before the record was written",
@@ -251,9 +280,21 @@ impl Writer {
     }
 
     fn run(mut self) {
+        let mut last_batch = 0;
         loop {
             let batch = {
                 let mut queue = lock(&self.inner.queue);
+                if last_batch > 1 && queue.pending.len() < last_batch {
+                    // The callers of the last batch are many and were just answered: give
+                    // them a moment to queue their next records, so they share one fsync
+                    // instead of trickling into small batches.
+                    queue = self
+                        .inner
+                        .arrived
+                        .wait_timeout_while(queue, COMMIT_DELAY, |q| q.pending.len() < last_batch)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
                 if queue.pending.is_empty() {
                     queue.running = false;
                     drop(queue);
@@ -272,6 +313,7 @@ impl Writer {
                     };
                     take += 1;
                 }
+                last_batch = take;
                 queue.pending.drain(..take).collect::<Vec<_>>()
             };
             let (ops, answers): (Vec<Op>, Vec<_>) =
@@ -726,6 +768,40 @@ impl Sink for JsonLinesSink {
             })
             .await
             .map(|_| ())
+        })
+    }
+
+    fn write_many(&self, letters: Vec<DeadLetter>) -> BoxFuture<'_, Vec<Result<(), SinkError>>> {
+        Box::pin(async move {
+            let mut results: Vec<Option<Result<(), SinkError>>> = Vec::with_capacity(letters.len());
+            let mut ops = Vec::with_capacity(letters.len());
+            for letter in letters {
+                match serde_json::to_vec(&letter) {
+                    Ok(line) => {
+                        ops.push(Op::Append {
+                            id: letter.id,
+                            line,
+                        });
+                        results.push(None);
+                    }
+                    Err(e) => {
+                        results.push(Some(Err(SinkError::new("cannot encode a dead letter", e)
+                            .with_kind(SinkErrorKind::Encoding))))
+                    }
+                }
+            }
+            let mut answers = self.enqueue(ops).into_iter();
+            let mut out = Vec::with_capacity(results.len());
+            for result in results {
+                out.push(match result {
+                    Some(failed) => failed,
+                    None => match answers.next() {
+                        Some(answer) => self.answer(answer).await.map(|_| ()),
+                        None => Err(SinkError::msg("dead-letter record lost in the queue")),
+                    },
+                });
+            }
+            out
         })
     }
 

@@ -130,6 +130,20 @@ pub trait Sink: Send + Sync + 'static {
     /// Removes the letters with these ids; returns how many were removed.
     fn remove<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<usize, SinkError>>;
 
+    /// Stores several letters; one result per letter, in order. Each `Ok` means that letter is
+    /// as durable as [`write`](Self::write) makes it. The default writes them one at a time;
+    /// sinks that can share the cost (the JSON Lines sink: one fsync for all) do so. A writer
+    /// that drains a queue of letters should hand them over here rather than one by one.
+    fn write_many(&self, letters: Vec<DeadLetter>) -> BoxFuture<'_, Vec<Result<(), SinkError>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(letters.len());
+            for letter in letters {
+                results.push(self.write(letter).await);
+            }
+            results
+        })
+    }
+
     /// How many letters are kept.
     fn count(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
         Box::pin(async move { Ok(self.read_all().await?.len()) })
