@@ -387,7 +387,7 @@ async fn four_processes_share_one_budget() {
             Command::new(&exe)
                 .args(["budget_worker_process", "--exact", "--ignored", "--quiet"])
                 .env(WORKER_ENV, format!("{} {addr} 3000", server.url()))
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -397,7 +397,8 @@ async fn four_processes_share_one_budget() {
         let output = child.wait_with_output().unwrap();
         assert!(
             output.status.success(),
-            "a worker failed: {}",
+            "a worker failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
     }
@@ -481,17 +482,32 @@ async fn full_dead_letter_stream_refuses_letters_instead_of_evicting_old_ones() 
 }
 
 #[tokio::test]
-async fn many_letters_are_never_trimmed_below_the_cap() {
+async fn many_letters_are_read_in_pages_and_never_trimmed_below_the_cap() {
     let server = RedisServer::start();
-    let sink = RedisStreamSink::new(manager(&server).await, "many", 2_500);
-    for i in 0..2_500 {
-        sink.write(letter(&format!("l{i}"))).await.unwrap();
+    let mut admin = manager(&server).await;
+    // More than one page of letters, added in one pipeline (as earlier writes would have).
+    let n = 1_001;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let letter = letter(&format!("l{i}"));
+        pipe.cmd("XADD")
+            .arg("many")
+            .arg("*")
+            .arg("id")
+            .arg(&letter.id)
+            .arg("letter")
+            .arg(serde_json::to_string(&letter).unwrap())
+            .ignore();
     }
-    // Read in pages, all of them, in order.
+    let _: () = pipe.query_async(&mut admin).await.unwrap();
+
+    let sink = RedisStreamSink::new(manager(&server).await, "many", n);
     let letters = sink.read_all().await.unwrap();
-    assert_eq!(letters.len(), 2_500);
-    assert_eq!(letters[2_499].id, "l2499");
+    assert_eq!(letters.len(), n);
+    assert_eq!(letters[0].id, "l0");
+    assert_eq!(letters[n - 1].id, "l1000");
     assert!(sink.write(letter("over")).await.unwrap_err().is_full());
+    assert_eq!(sink.count().await.unwrap(), n);
 }
 
 #[tokio::test]
