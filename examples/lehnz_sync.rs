@@ -1,96 +1,183 @@
-//! The main job: ingest a large batch of events into Lehnz through the client, and show that
-//! none is lost.
+//! The main job: stream a large batch of events into Lehnz through the client, in bounded
+//! memory, and resume where it stopped after a crash.
 //!
 //! By default it starts the Lehnz simulator on 127.0.0.1 with a chaos profile (429s, 5xx,
 //! dropped connections, "processed then dropped") and a rate-limit window scaled down so the
-//! run takes well under a minute, then ingests the events with a progress bar and prints a
-//! report, including the simulator's own count of stored events and duplicate ids.
+//! run takes well under a minute, then streams generated events with a progress bar and prints
+//! a report, including the simulator's own count of stored events and duplicate ids.
 //!
 //! ```text
-//! cargo run --release --example lehnz_sync [-- --events 100000 --seed 7 --dead-letters PATH]
+//! cargo run --release --example lehnz_sync [-- --events 100000 --seed 7]
 //!
-//! Batches that still fail after the retries go to a JSON Lines dead-letter file (in the
-//! system's temporary directory unless `--dead-letters` names one), and are replayed once at
-//! the end; the report counts an event as lost only if it is neither stored nor in that file.
-//! LEHNZ_API_KEY=... cargo run --release --example lehnz_sync -- --base-url https://api.lehnz.com
+//! # Events from a JSON Lines file, resumable: kill it, run the same line again.
+//! cargo run --release --example lehnz_sync -- --input events.jsonl --checkpoint sync.checkpoint
+//!
+//! # Against a simulator (or Lehnz) running elsewhere:
+//! LEHNZ_API_KEY=... cargo run --release --example lehnz_sync -- --base-url http://127.0.0.1:8080 \
+//!     --window 100/5 --input events.jsonl --checkpoint sync.checkpoint
 //! ```
+//!
+//! Flags: `--events N` (generated source, default 100,000), `--input FILE` (one event per line),
+//! `--checkpoint FILE`, `--dead-letters FILE`, `--base-url URL` (key in `LEHNZ_API_KEY`),
+//! `--window LIMIT/SECONDS` (the organization's rate-limit window; default 100/5 for the
+//! in-process simulator, 1000/900 otherwise), `--concurrency N` (default 8), `--batch N`
+//! (default 500), `--seed N`, `--quiet`.
+//!
+//! The checkpoint holds the offset below which every event is settled (accepted, in the
+//! dead-letter file, or rejected for good); it is replaced atomically (temporary file, fsync,
+//! rename) after each settled batch. On start the job skips that many events of its source
+//! and sends the rest. Event ids are derived from each event and its offset, so the batches
+//! that were in flight at a crash are sent again with the same ids and can be removed
+//! downstream. Batches that still fail after the retries go to the dead-letter file and are
+//! replayed at the end of each run.
 
 use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use std::path::PathBuf;
-
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tower_outbound::dead_letter::StoredBody;
 use tower_outbound::lehnz::sim::{Chaos, Simulator};
-use tower_outbound::lehnz::{Client, Event, LehnzError};
+use tower_outbound::lehnz::{Client, Event, IngestOptions, EVENT_ID_NAMESPACE};
 use tower_outbound::{JsonLinesSink, Sink};
 
-struct Args {
-    events: usize,
-    seed: u64,
-    base_url: Option<String>,
-    chunk: usize,
-    dead_letters: Option<String>,
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The job's settings, from its command line.
+#[derive(Clone, Debug)]
+pub(crate) struct Args {
+    pub(crate) events: usize,
+    pub(crate) seed: u64,
+    pub(crate) base_url: Option<String>,
+    pub(crate) input: Option<PathBuf>,
+    pub(crate) checkpoint: Option<PathBuf>,
+    pub(crate) dead_letters: Option<PathBuf>,
+    pub(crate) window: Option<(u32, Duration)>,
+    pub(crate) concurrency: usize,
+    pub(crate) batch: usize,
+    pub(crate) quiet: bool,
 }
 
-fn args() -> Result<Args, String> {
-    let mut args = Args {
-        events: 100_000,
-        seed: 7,
-        base_url: None,
-        chunk: 20_000,
-        dead_letters: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match flag.as_str() {
-            "--events" => {
-                args.events = value("--events")?
-                    .parse()
-                    .map_err(|e| format!("--events: {e}"))?
+impl Args {
+    pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Args, String> {
+        let mut parsed = Args {
+            events: 100_000,
+            seed: 7,
+            base_url: None,
+            input: None,
+            checkpoint: None,
+            dead_letters: None,
+            window: None,
+            concurrency: 8,
+            batch: 500,
+            quiet: false,
+        };
+        let mut it = args.into_iter();
+        while let Some(flag) = it.next() {
+            let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+            let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+            match flag.as_str() {
+                "--events" => parsed.events = number(value()?)? as usize,
+                "--seed" => parsed.seed = number(value()?)?,
+                "--concurrency" => parsed.concurrency = (number(value()?)? as usize).max(1),
+                "--batch" => parsed.batch = (number(value()?)? as usize).max(1),
+                "--base-url" => parsed.base_url = Some(value()?),
+                "--input" => parsed.input = Some(value()?.into()),
+                "--checkpoint" => parsed.checkpoint = Some(value()?.into()),
+                "--dead-letters" => parsed.dead_letters = Some(value()?.into()),
+                "--window" => {
+                    let v = value()?;
+                    let (limit, secs) = v
+                        .split_once('/')
+                        .ok_or(format!("--window: {v:?} is not LIMIT/SECONDS"))?;
+                    let limit = limit.parse().map_err(|e| format!("--window: {e}"))?;
+                    let secs: u64 = secs.parse().map_err(|e| format!("--window: {e}"))?;
+                    if limit == 0 || secs == 0 {
+                        return Err("--window: limit and seconds must be over 0".to_owned());
+                    }
+                    parsed.window = Some((limit, Duration::from_secs(secs)));
+                }
+                "--quiet" => parsed.quiet = true,
+                other => return Err(format!("unknown flag {other}")),
             }
-            "--seed" => {
-                args.seed = value("--seed")?
-                    .parse()
-                    .map_err(|e| format!("--seed: {e}"))?
-            }
-            "--base-url" => args.base_url = Some(value("--base-url")?),
-            "--dead-letters" => args.dead_letters = Some(value("--dead-letters")?),
-            "--chunk" => {
-                args.chunk = value("--chunk")?
-                    .parse::<usize>()
-                    .map_err(|e| format!("--chunk: {e}"))?
-                    .max(1)
-            }
-            other => return Err(format!("unknown flag {other}")),
         }
+        Ok(parsed)
     }
-    Ok(args)
 }
 
-fn generate(n: usize) -> Vec<Event> {
+/// The generated source: the same event at the same offset on every run, made as needed.
+pub(crate) fn generated(i: usize) -> Event {
     let kinds = ["view", "view", "view", "click", "add_to_cart", "purchase"];
-    (0..n)
-        .map(|i| {
-            Event::new(
-                format!("user-{}", (i * 7919) % 5_000),
-                format!("item-{}", (i * 104_729) % 20_000),
-                kinds[i % kinds.len()],
-            )
-            .at(format!("2026-11-24T12:{:02}:{:02}Z", (i / 60) % 60, i % 60))
-        })
-        .collect()
+    Event::new(
+        format!("user-{}", i.wrapping_mul(7919) % 5_000),
+        format!("item-{}", i.wrapping_mul(104_729) % 20_000),
+        kinds[i % kinds.len()],
+    )
+    .at(format!("2026-11-24T12:{:02}:{:02}Z", (i / 60) % 60, i % 60))
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = args()?;
+/// Reads the checkpoint: 0 when the file does not exist.
+pub(crate) fn read_checkpoint(path: &Path) -> Result<usize, BoxError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map_err(|e| format!("checkpoint {} is not an offset: {e}", path.display()).into()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(err) => Err(format!("reading checkpoint {}: {err}", path.display()).into()),
+    }
+}
+
+/// Replaces the checkpoint atomically: a temporary file beside it, fsynced, renamed over it,
+/// and the directory fsynced, so a crash leaves the old offset or the new one, never a mix.
+pub(crate) fn write_checkpoint(path: &Path, offset: usize) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut file = File::create(&tmp)?;
+    writeln!(file, "{offset}")?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+/// The job's peak resident memory (`VmHWM`), in bytes, where `/proc` has it.
+fn peak_memory() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb.saturating_mul(1024))
+}
+
+/// Lines of a file, counted without keeping them.
+fn count_lines(path: &Path) -> Result<usize, BoxError> {
+    let mut reader = BufReader::new(File::open(path)?);
+    let mut count = 0;
+    loop {
+        let buf = reader.fill_buf()?;
+        if buf.is_empty() {
+            return Ok(count);
+        }
+        count += buf.iter().filter(|&&b| b == b'\n').count();
+        let len = buf.len();
+        reader.consume(len);
+    }
+}
+
+/// Runs the job to the end of its source.
+pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     let (sim, key, base_url) = match &args.base_url {
         Some(url) => {
             let key = std::env::var("LEHNZ_API_KEY")
-                .map_err(|_| "set LEHNZ_API_KEY to talk to a real endpoint")?;
+                .map_err(|_| "set LEHNZ_API_KEY to talk to a running server")?;
             (None, key, url.clone())
         }
         None => {
@@ -108,80 +195,153 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             (Some(sim), key, url)
         }
     };
-    let dead_letter_path = args
-        .dead_letters
-        .clone()
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("lehnz-sync-{}.jsonl", std::process::id()))
-        });
+    let window = args.window.unwrap_or(if sim.is_some() {
+        (100, Duration::from_secs(5))
+    } else {
+        (1000, Duration::from_secs(15 * 60))
+    });
+    let dead_letter_path = args.dead_letters.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("lehnz-sync-{}.jsonl", std::process::id()))
+    });
     let client = Client::builder(&key)
         .base_url(&base_url)
-        .concurrency(8)
+        .concurrency(args.concurrency)
+        .event_batch(args.batch, tower_outbound::lehnz::MAX_BODY_BYTES)
         .stack(|s| {
-            let s = s.retry_seed(args.seed).dead_letter_file(&dead_letter_path);
-            if sim.is_some() {
-                // The simulator's scaled-down window.
-                s.throttle(Some((100, Duration::from_secs(5))))
-            } else {
-                s
-            }
+            s.retry_seed(args.seed)
+                .dead_letter_file(&dead_letter_path)
+                .throttle(Some(window))
         })
         .build()?;
 
-    let mut events = generate(args.events);
-    println!(
-        "ingesting {} events into {base_url}{}",
-        events.len(),
-        if sim.is_some() {
-            " (simulator, chaos on)"
-        } else {
-            ""
+    let start = match &args.checkpoint {
+        Some(path) => read_checkpoint(path)?,
+        None => 0,
+    };
+    // The source, read lazily from its start offset; a bad line stops it, and is reported.
+    let bad_line: Arc<Mutex<Option<String>>> = Arc::default();
+    let (total, source): (usize, Box<dyn Iterator<Item = Event> + Send>) = match &args.input {
+        Some(path) => {
+            let total = count_lines(path)?;
+            let bad = bad_line.clone();
+            let lines = BufReader::new(File::open(path)?)
+                .lines()
+                .enumerate()
+                .skip(start);
+            let events = lines.map_while(move |(number, line)| {
+                let parsed = line
+                    .map_err(|e| e.to_string())
+                    .and_then(|l| serde_json::from_str::<Event>(&l).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(event) => Some(event),
+                    Err(err) => {
+                        *bad.lock().unwrap_or_else(|e| e.into_inner()) =
+                            Some(format!("line {}: {err}", number + 1));
+                        None
+                    }
+                }
+            });
+            (total, Box::new(events))
         }
-    );
-    let bar = ProgressBar::new(events.len() as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} events  {elapsed} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let started = Instant::now();
-    let (mut accepted, mut requests, mut failed_records) = (0usize, 0usize, 0usize);
-    let mut dead_lettered = 0usize;
-    let mut errors: Vec<LehnzError> = Vec::new();
-    for chunk in events.chunks_mut(args.chunk) {
-        let summary = client.ingest_events(chunk).await?;
-        accepted += summary.accepted;
-        requests += summary.requests;
-        failed_records += summary.rejected.len();
-        dead_lettered += summary.dead_lettered;
-        errors.extend(summary.errors);
-        bar.inc(chunk.len() as u64);
-        bar.set_message(format!("{failed_records} not accepted"));
+        None => (args.events, Box::new((start..args.events).map(generated))),
+    };
+
+    if !args.quiet {
+        println!(
+            "ingesting {} events into {base_url}{}{}",
+            total.saturating_sub(start),
+            if sim.is_some() {
+                " (simulator, chaos on)"
+            } else {
+                ""
+            },
+            if start > 0 {
+                format!(", resuming after offset {start}")
+            } else {
+                String::new()
+            }
+        );
     }
+    let bar = ProgressBar::new(total as u64);
+    if args.quiet {
+        bar.set_draw_target(ProgressDrawTarget::hidden());
+    }
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} events  {per_sec}  eta {eta}  {elapsed} {msg}",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_position(start as u64);
+    bar.reset_eta();
+    let started = Instant::now();
+    let mut checkpoint_error = None;
+    let mut last_written = start;
+    let options = IngestOptions::new().start_offset(start).on_progress(|p| {
+        bar.set_position(p.settled as u64);
+        bar.set_message(format!(
+            "{} dead-lettered, {} not accepted",
+            p.dead_lettered, p.rejected
+        ));
+        if let (Some(path), true) = (&args.checkpoint, p.settled > last_written) {
+            match write_checkpoint(path, p.settled) {
+                Ok(()) => last_written = p.settled,
+                Err(err) => {
+                    checkpoint_error.get_or_insert(err);
+                }
+            }
+        }
+    });
+    let summary = client.ingest_iter(source, options).await?;
     bar.finish();
     let elapsed = started.elapsed();
+    if let Some(err) = checkpoint_error {
+        return Err(format!("writing the checkpoint failed: {err}").into());
+    }
+    if let Some(line) = bad_line.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        return Err(format!(
+            "stopped at a bad input {line}; every event before it is settled (checkpoint {})",
+            summary.settled
+        )
+        .into());
+    }
 
     // What still failed is in the dead-letter file: send it once more.
     let sink = JsonLinesSink::new(&dead_letter_path);
     let replay = client.replay_dead_letters(&sink).await?;
     let still_dead = sink.read_all().await?;
 
+    if args.quiet {
+        return Ok(());
+    }
+    let sent = summary.settled.saturating_sub(start);
+    let rate = sent as f64 / elapsed.as_secs_f64().max(1e-9);
+    let window_rate = f64::from(window.0) / window.1.as_secs_f64() * args.batch as f64;
     println!();
     println!("report");
-    println!("  events                 {}", events.len());
-    println!("  accepted               {accepted}");
-    println!("  not accepted           {failed_records}");
+    println!("  events                 {total} ({sent} this run, from offset {start})");
+    println!("  accepted               {}", summary.accepted);
     println!(
-        "  dead-lettered          {dead_lettered} (file {})",
-        dead_letter_path.display()
+        "  not accepted           {}",
+        summary.rejected.len() + summary.rejected_unlisted
+    );
+    println!("  unaccounted by a 2xx   {}", summary.unaccounted);
+    println!(
+        "  dead-lettered          {} (file {}; {} not stored)",
+        summary.dead_lettered,
+        dead_letter_path.display(),
+        summary.dead_letter_failed
     );
     println!(
-        "  replayed at the end    {} batches, {} delivered, {} still dead",
+        "  replayed at the end    {} batches, {} delivered, {} still dead, {} refused (other hosts), {} skipped",
         replay.replayed,
         replay.succeeded,
-        still_dead.len()
+        still_dead.len(),
+        replay.refused,
+        replay.skipped
     );
-    println!("  batches (requests)     {requests}");
+    println!("  settled offset         {}", summary.settled);
+    println!("  batches (requests)     {}", summary.requests);
     if let Some(stats) = client.stats() {
         let retry = stats.retry();
         println!("  retries                {}", retry.retries());
@@ -210,20 +370,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     println!("  wall time              {elapsed:.1?}");
-    let mut kinds: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
+    println!(
+        "  rate                   {rate:.0} events/s of {window_rate:.0} the window allows \
+         ({} per {}s at {} per batch): {:.0} %",
+        window.0,
+        window.1.as_secs(),
+        args.batch,
+        rate / window_rate * 100.0
+    );
+    match peak_memory() {
+        Some(bytes) => println!(
+            "  peak memory            {:.1} MB{}",
+            bytes as f64 / 1e6,
+            if sim.is_some() {
+                " (job and in-process simulator)"
+            } else {
+                " (job)"
+            }
+        ),
+        None => println!("  peak memory            unknown (no /proc/self/status)"),
+    }
+    let mut kinds: Vec<String> = summary.errors.iter().map(|e| e.to_string()).collect();
     kinds.sort();
     kinds.dedup();
     for kind in kinds.iter().take(5) {
         println!("  batch error            {kind}");
     }
-    if let Some(sim) = sim {
+    if let (Some(sim), None) = (sim, &args.input) {
         let stats = sim.stats();
-        let ids: HashSet<&str> = events.iter().filter_map(Event::client_event_id).collect();
-        let stored: HashSet<String> = sim
-            .events()
-            .iter()
-            .filter_map(|e| e["context"]["client_event_id"].as_str().map(str::to_owned))
-            .collect();
         let dead: HashSet<String> = still_dead
             .iter()
             .filter_map(|letter| match &letter.body {
@@ -233,9 +407,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .flatten()
             .filter_map(|e| e.client_event_id().map(str::to_owned))
             .collect();
-        let lost = ids
-            .iter()
-            .filter(|id| !stored.contains(**id) && !dead.contains(**id))
+        // The ids are derived, so they can be computed again instead of kept.
+        let lost = (start..args.events)
+            .map(|i| generated(i).derived_id(&EVENT_ID_NAMESPACE, i).to_string())
+            .filter(|id| !sim.has_event_id(id) && !dead.contains(id))
             .count();
         println!("simulator");
         println!("  events stored          {}", stats.events);
@@ -253,4 +428,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = Args::parse(std::env::args().skip(1))?;
+    run(args).await
 }

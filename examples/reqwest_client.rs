@@ -49,7 +49,9 @@ impl Service<Request<ReplayBody>> for Reqwest {
                 None => body.collect().await?.to_bytes(),
             };
             let request = reqwest::Request::try_from(Request::from_parts(parts, bytes))?;
-            let response = client.execute(request).await?;
+            // reqwest's errors print the whole URL, query secrets included: drop it, so the
+            // stack's errors and logs stay redacted.
+            let response = client.execute(request).await.map_err(|e| e.without_url())?;
             Ok(Response::from(response))
         })
     }

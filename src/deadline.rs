@@ -54,9 +54,14 @@ use crate::error::{BoxError, Error, Kind};
 pub struct Deadline(pub Instant);
 
 impl Deadline {
-    /// The deadline `timeout` from now.
+    /// The deadline `timeout` from now. A `timeout` past what the clock can represent
+    /// (`Duration::MAX`) is about thirty years: never, in practice.
     pub fn after(timeout: Duration) -> Self {
-        Deadline(Instant::now() + timeout)
+        let now = Instant::now();
+        Deadline(
+            now.checked_add(timeout)
+                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
+        )
     }
 
     /// Time left until the deadline (zero once it passed).
@@ -72,7 +77,8 @@ pub struct DeadlineLayer {
 }
 
 impl DeadlineLayer {
-    /// Every call must be over within `timeout` of its start.
+    /// Every call must be over within `timeout` of its start. Any value is accepted: one past
+    /// what the clock can represent means no deadline in practice (see [`Deadline::after`]).
     pub fn new(timeout: Duration) -> Self {
         DeadlineLayer { timeout }
     }
@@ -120,7 +126,10 @@ where
                 ours
             }
         };
-        let upstream = request.uri().authority().cloned();
+        let upstream = request
+            .uri()
+            .authority()
+            .map(crate::redact::authority_without_userinfo);
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: tokio::time::sleep_until(deadline.0),

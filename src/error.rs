@@ -35,6 +35,8 @@ use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 
+use crate::dead_letter::Recorded;
+
 /// A type-erased error, as tower uses them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -80,6 +82,7 @@ struct Inner {
     attempts: u32,
     waited: Duration,
     upstream: Option<Authority>,
+    dead_letter: Option<Recorded>,
     source: Option<BoxError>,
 }
 
@@ -92,6 +95,7 @@ impl Error {
                 attempts: 1,
                 waited: Duration::ZERO,
                 upstream: None,
+                dead_letter: None,
                 source: None,
             }),
         }
@@ -135,9 +139,32 @@ impl Error {
         self.inner.waited
     }
 
-    /// The upstream (host and port) the failed call was for, when a layer knew it.
+    /// The upstream (host and port) the failed call was for, when a layer knew it. Never holds
+    /// the URI's userinfo.
     pub fn upstream(&self) -> Option<&Authority> {
         self.inner.upstream.as_ref()
+    }
+
+    /// The dead letter a [`DeadLetterLayer`](crate::DeadLetterLayer) recorded for this failed
+    /// call, when there was one: its id, and whether the sink confirmed the write
+    /// ([`Recorded::stored`]). `None` when no dead-letter layer recorded the call.
+    pub fn dead_letter(&self) -> Option<&Recorded> {
+        self.inner.dead_letter.as_ref()
+    }
+
+    pub(crate) fn set_dead_letter(&mut self, recorded: Recorded) {
+        self.inner.dead_letter = Some(recorded);
+    }
+
+    /// Whether the call was refused by a layer of this crate before it reached the upstream:
+    /// throttled, circuit open, or held back by the Retry-After gate. A refusal says nothing
+    /// about the upstream's health, so a circuit breaker counts it neither as a success nor
+    /// as a failure.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self.inner.kind,
+            Kind::Throttled { .. } | Kind::CircuitOpen { .. } | Kind::RateLimited { .. }
+        )
     }
 
     /// How long to wait before trying again, when the error says so: the upstream's wait for
@@ -191,10 +218,11 @@ impl Error {
         self.inner.waited = waited;
     }
 
-    /// Records which upstream the call was for, unless a layer closer to it already did.
+    /// Records which upstream the call was for, unless a layer closer to it already did. The
+    /// userinfo of `upstream` (`user:password@`) is dropped: errors are displayed and logged.
     pub fn set_upstream(&mut self, upstream: Option<&Authority>) {
         if self.inner.upstream.is_none() {
-            self.inner.upstream = upstream.cloned();
+            self.inner.upstream = upstream.map(crate::redact::authority_without_userinfo);
         }
     }
 
@@ -214,11 +242,23 @@ impl fmt::Debug for Error {
         if let Some(upstream) = &self.inner.upstream {
             d.field("upstream", upstream);
         }
+        if let Some(recorded) = &self.inner.dead_letter {
+            d.field("dead_letter", recorded);
+        }
         if let Some(source) = &self.inner.source {
             d.field("source", source);
         }
         d.finish()
     }
+}
+
+/// The wall-clock time `wait` from now, saturating at a far-future time instead of panicking
+/// when `wait` is beyond what `SystemTime` can hold.
+pub(crate) fn system_time_after(wait: Duration) -> SystemTime {
+    let now = SystemTime::now();
+    now.checked_add(wait)
+        .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 24 * 3600)))
+        .unwrap_or(now)
 }
 
 /// Writes a duration the way people read one: `250ms`, `2s`, `1.5s`, `12m5s`.
@@ -371,6 +411,15 @@ mod tests {
             err.to_string(),
             "circuit open for upstream api.example.com; next probe in 12s"
         );
+    }
+
+    #[test]
+    fn error_text_never_shows_userinfo() {
+        let authority: Authority = "bob:hunter2@api.example.com:8443".parse().unwrap();
+        let err = Error::new(Kind::Timeout).for_upstream(Some(&authority));
+        assert_eq!(err.upstream().unwrap().as_str(), "api.example.com:8443");
+        let text = format!("{err} {err:?}");
+        assert!(!text.contains("hunter2") && !text.contains("bob"), "{text}");
     }
 
     #[test]

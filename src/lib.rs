@@ -62,6 +62,7 @@ pub mod lehnz;
 pub mod outbound;
 pub mod partition;
 pub mod rate_limit;
+pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod retry;

@@ -1,19 +1,26 @@
 //! How requests are split among independent rate-limit buckets and circuit breakers.
 //!
-//! A throttle or a breaker keeps one state per partition. By default ([`Global`]) all requests
-//! through a layer share one; [`ByAuthority`] keeps one per upstream host and port; any closure
-//! `Fn(&RequestHead<'_>) -> Option<PartitionKey>` can choose its own (say, per API key).
-//! Requests for which a partition returns `None` share the layer's default state.
+//! A throttle, a gate or a breaker keeps one state per partition. [`ByUpstream`] keeps one per
+//! upstream (scheme, host and port: one bad host never changes what happens to calls to
+//! another); [`Global`] shares one for all requests through a layer; [`Scope`] chooses either
+//! at run time (it is what [`Outbound`](crate::Outbound) takes); [`ByAuthority`] keys on host
+//! and port alone; any closure `Fn(&RequestHead<'_>) -> Option<PartitionKey>` can choose its
+//! own (say, per API key). Requests for which a partition returns `None` share the layer's
+//! default state.
+//!
+//! Partition keys never hold the URI's userinfo: a password in
+//! `https://user:password@host/` does not reach a map key, a log line or a metric label.
 //!
 //! # Example
 //!
 //! ```
 //! use http::Request;
-//! use tower_outbound::partition::{ByAuthority, Partition, PartitionKey, RequestHead};
+//! use tower_outbound::partition::{ByAuthority, ByUpstream, Partition, PartitionKey, RequestHead};
 //!
 //! let request = Request::get("https://api.example.com/v1/items").body(()).unwrap();
 //! let head = RequestHead::of(&request);
 //! assert_eq!(ByAuthority.key(&head), Some(PartitionKey::from("api.example.com")));
+//! assert_eq!(ByUpstream.key(&head), Some(PartitionKey::from("https://api.example.com:443")));
 //!
 //! // One partition per tenant header.
 //! let by_tenant = |head: &RequestHead<'_>| {
@@ -130,15 +137,203 @@ impl Partition for Global {
     }
 }
 
-/// One partition per URI authority (host and port). Requests without an authority share the
-/// default partition.
+/// One partition per URI authority (host and port, as written; never the userinfo). Requests
+/// without an authority share the default partition. Prefer [`ByUpstream`], which also tells
+/// `http://` from `https://` and `host` from `host:443`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ByAuthority;
 
 impl Partition for ByAuthority {
     fn key(&self, head: &RequestHead<'_>) -> Option<PartitionKey> {
-        head.uri
-            .authority()
-            .map(|a| PartitionKey::from(Bytes::copy_from_slice(a.as_str().as_bytes())))
+        let authority = head.uri.authority()?;
+        let text = authority.as_str();
+        // `user:password@host:port`: keep what follows the last `@`.
+        let host_port = text.rsplit_once('@').map_or(text, |(_, rest)| rest);
+        Some(PartitionKey::from(host_port))
+    }
+}
+
+/// One partition per upstream: `scheme://host:port`, with the host lowercased and the port
+/// made explicit (80 for `http`, 443 for `https`), so `https://API.example.com/` and
+/// `https://api.example.com:443/x` share one state and `http://` and `https://` to the same
+/// host do not. The userinfo is never part of the key. Requests without an authority (a
+/// relative URI) share the default partition.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ByUpstream;
+
+impl ByUpstream {
+    /// The upstream of a URI, as [`ByUpstream`] names it; `None` without an authority.
+    pub fn of(uri: &Uri) -> Option<PartitionKey> {
+        upstream_key(uri).map(PartitionKey::from)
+    }
+}
+
+/// `scheme://host:port` of a URI, lowercased, with the default port made explicit. Linear in
+/// the authority's length, one allocation (the key itself).
+pub(crate) fn upstream_key(uri: &Uri) -> Option<String> {
+    let authority = uri.authority()?.as_str();
+    // `user:password@host:port`: what follows the last `@`.
+    let host_port = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, rest)| rest);
+    let (host, port) = if host_port.starts_with('[') {
+        // An IPv6 literal: `[::1]` or `[::1]:8080`.
+        match host_port.split_once(']') {
+            Some((inside, rest)) => (inside, rest.strip_prefix(':')),
+            None => (host_port, None),
+        }
+    } else {
+        match host_port.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (host_port, None),
+        }
+    };
+    let scheme = uri.scheme_str().unwrap_or("http");
+    let port = port.and_then(|p| p.parse::<u16>().ok()).or(match scheme {
+        "https" | "wss" => Some(443),
+        "http" | "ws" => Some(80),
+        _ => None,
+    });
+    let mut key = String::with_capacity(scheme.len() + host.len() + 10);
+    key.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
+    key.push_str("://");
+    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    if host_port.starts_with('[') {
+        key.push(']');
+    }
+    if let Some(port) = port {
+        key.push(':');
+        push_u16(&mut key, port);
+    }
+    Some(key)
+}
+
+fn push_u16(out: &mut String, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits.iter().skip(i).map(|&d| char::from(d)));
+}
+
+/// The upstream of a request, worked out once per logical call by the outermost layer that
+/// keys its state by upstream (the retry layer's budget), and read by the layers inside it.
+#[derive(Clone, Debug)]
+pub(crate) struct UpstreamOf(pub(crate) PartitionKey);
+
+/// Whether `partition` keys by upstream, so that a key already in the request's extensions
+/// can be used.
+fn keys_by_upstream<P: Partition>(partition: &P) -> bool {
+    let any = partition as &dyn std::any::Any;
+    any.downcast_ref::<Scope>() == Some(&Scope::Upstream) || any.is::<ByUpstream>()
+}
+
+/// The partition key of a request: `None` for a global partition, the upstream already worked
+/// out for this call when there is one, else what the partition says.
+pub(crate) fn key_of<P: Partition, B>(partition: &P, request: &Request<B>) -> Option<PartitionKey> {
+    if partition.is_global() {
+        return None;
+    }
+    if keys_by_upstream(partition) {
+        if let Some(UpstreamOf(key)) = request.extensions().get::<UpstreamOf>() {
+            return Some(key.clone());
+        }
+    }
+    partition.key(&RequestHead::of(request))
+}
+
+impl Partition for ByUpstream {
+    fn key(&self, head: &RequestHead<'_>) -> Option<PartitionKey> {
+        ByUpstream::of(head.uri)
+    }
+}
+
+/// Per upstream or global, chosen at run time: the partition [`Outbound`](crate::Outbound)
+/// gives its gate, breaker and throttle.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Scope {
+    /// One state per upstream, as [`ByUpstream`] (the default).
+    #[default]
+    Upstream,
+    /// One state for every request, as [`Global`]: for an API whose limits span several hosts.
+    Global,
+}
+
+impl Partition for Scope {
+    fn key(&self, head: &RequestHead<'_>) -> Option<PartitionKey> {
+        match self {
+            Scope::Upstream => ByUpstream.key(head),
+            Scope::Global => None,
+        }
+    }
+
+    fn is_global(&self) -> bool {
+        *self == Scope::Global
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key_of<P: Partition>(partition: P, uri: &str) -> Option<String> {
+        let request = Request::get(uri).body(()).unwrap();
+        partition
+            .key(&RequestHead::of(&request))
+            .map(|k| k.to_string())
+    }
+
+    #[test]
+    fn partition_keys_never_hold_userinfo() {
+        let uri = "https://bob:hunter2@api.example.com:8443/x";
+        assert_eq!(
+            key_of(ByAuthority, uri).as_deref(),
+            Some("api.example.com:8443")
+        );
+        assert_eq!(
+            key_of(ByUpstream, uri).as_deref(),
+            Some("https://api.example.com:8443")
+        );
+    }
+
+    #[test]
+    fn ipv6_and_explicit_ports_are_kept_apart() {
+        assert_eq!(
+            key_of(ByUpstream, "http://[::1]:8080/").as_deref(),
+            Some("http://[::1]:8080")
+        );
+        assert_eq!(
+            key_of(ByUpstream, "https://u:p@[::1]/").as_deref(),
+            Some("https://[::1]:443")
+        );
+        assert_eq!(
+            key_of(ByUpstream, "https://h:0443/").as_deref(),
+            Some("https://h:443")
+        );
+    }
+
+    #[test]
+    fn upstreams_are_normalised() {
+        assert_eq!(
+            key_of(ByUpstream, "https://API.Example.com/a").as_deref(),
+            Some("https://api.example.com:443")
+        );
+        assert_eq!(
+            key_of(ByUpstream, "http://api.example.com/a").as_deref(),
+            Some("http://api.example.com:80")
+        );
+        assert_eq!(key_of(ByUpstream, "/relative"), None);
+        assert_eq!(key_of(Scope::Global, "https://h/"), None);
+        assert_eq!(
+            key_of(Scope::Upstream, "https://h/").as_deref(),
+            Some("https://h:443")
+        );
     }
 }

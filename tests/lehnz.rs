@@ -271,6 +271,7 @@ async fn under_chaos_every_event_is_stored_once_after_dedup_or_is_a_dead_letter(
                 .drop_before_processing(0.05),
         )
         .seed(11)
+        .keep_bodies(true)
         .start()
         .await
         .unwrap();
@@ -418,4 +419,85 @@ async fn two_clients_on_one_org_key_stay_under_the_org_limit_together() {
         "{refused} requests refused: {:?}",
         sim.stats().responses_by_status
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn streamed_ingestion_reads_only_as_far_as_the_window_and_reports_settled_offsets() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use tower_outbound::lehnz::IngestOptions;
+
+    let sim = sim().await;
+    let keys = sim.keys("acme").unwrap();
+    let client = Client::builder(&keys.secret)
+        .base_url(sim.base_url())
+        .event_batch(10, 1_000_000)
+        .concurrency(3)
+        .build()
+        .unwrap();
+    let pulled = Arc::new(AtomicUsize::new(0));
+    let source = {
+        let pulled = pulled.clone();
+        events(1_000).into_iter().inspect(move |_| {
+            pulled.fetch_add(1, Ordering::SeqCst);
+        })
+    };
+    let mut seen = Vec::new();
+    let options = IngestOptions::new().start_offset(100).on_progress(|p| {
+        let read = pulled.load(Ordering::SeqCst) + 100;
+        // Outstanding: at most three batches of ten, plus the one being packed.
+        assert!(read - p.settled <= 40, "read {read}, settled {}", p.settled);
+        assert!(p.in_flight <= 3);
+        seen.push(p.settled);
+    });
+
+    let summary = client.ingest_iter(source, options).await.unwrap();
+
+    assert!(summary.is_complete(), "{summary:?}");
+    assert_eq!((summary.accepted, summary.settled), (1_000, 1_100));
+    assert_eq!(seen.len(), 100, "one report per batch");
+    assert!(seen.windows(2).all(|w| w[1] == w[0] + 10), "{seen:?}");
+    assert_eq!(sim.stats().events, 1_000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_job_sends_the_same_derived_ids_and_keeps_caller_ids() {
+    let sim = sim().await;
+    let keys = sim.keys("acme").unwrap();
+    let source = || {
+        let mut events = events(300);
+        events[5].context.insert(
+            "client_event_id".to_owned(),
+            serde_json::Value::from("mine-5"),
+        );
+        events
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let feeder = tokio::spawn(async move {
+        for event in source() {
+            tx.send(event).await.unwrap();
+        }
+    });
+    let first = client(&sim, &keys.secret)
+        .ingest_channel(rx, Default::default())
+        .await
+        .unwrap();
+    feeder.await.unwrap();
+    // A new process: a new client, the same source from the start.
+    let second = client(&sim, &keys.secret)
+        .ingest_iter(source(), Default::default())
+        .await
+        .unwrap();
+
+    assert_eq!((first.accepted, second.accepted), (300, 300));
+    let stats = sim.stats();
+    assert_eq!(stats.distinct_event_ids, 300);
+    assert_eq!(
+        stats.duplicate_event_ids, 300,
+        "every resent event kept its id"
+    );
+    assert!(sim.has_event_id("mine-5"), "the caller's id is kept");
+    // Equal events at different positions still get different ids (events(300) repeats).
+    let expected = events(300)[0].derived_id(&tower_outbound::lehnz::EVENT_ID_NAMESPACE, 0);
+    assert!(sim.has_event_id(&expected.to_string()));
 }

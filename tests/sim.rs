@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
-use tower_outbound::lehnz::sim::{Chaos, KeyKind, Simulator};
+use tower_outbound::lehnz::sim::{Chaos, KeyKind, SimStats, Simulator};
 
 const EVENTS: &str = "/api/v1/events/ingest";
 const ITEMS: &str = "/api/v1/items/upsert";
@@ -91,8 +91,14 @@ fn body(value: &Value) -> Bytes {
     Bytes::from(value.to_string())
 }
 
+/// A simulator for `acme` that keeps the stored records, for the tests that read them.
 async fn acme() -> (Simulator, String, String) {
-    let sim = Simulator::builder().org("acme").start().await.unwrap();
+    let sim = Simulator::builder()
+        .org("acme")
+        .keep_bodies(true)
+        .start()
+        .await
+        .unwrap();
     let keys = sim.keys("acme").unwrap();
     (sim, keys.secret, keys.publishable)
 }
@@ -498,6 +504,106 @@ async fn unknown_paths_get_404_and_other_methods_405() {
     assert_eq!(reply.header("allow"), Some("POST"));
     let stats = sim.stats();
     assert_eq!((stats.responses(404), stats.responses(405)), (1, 1));
+}
+
+#[tokio::test]
+async fn by_default_only_ids_and_counts_are_kept() {
+    let sim = Simulator::builder().org("acme").start().await.unwrap();
+    let sk = sim.keys("acme").unwrap().secret;
+    let key = [("x-api-key", sk.as_str())];
+    let uuid = "6f1c2b9e-4d3a-4c55-9a10-2b7e8d9f0a11";
+    let no_id = json!({"user_id": "u", "item_id": "i", "event_type": "view"});
+    let first = json!([event("u", "i", "e-1"), event("u", "i", uuid), no_id]);
+    assert_eq!(
+        call(&sim, post(EVENTS, &key, body(&first))).await.status,
+        202
+    );
+    // e-1 twice more, the UUID once more; the same UUID in capitals is another id.
+    let again = json!([
+        event("u", "i", "e-1"),
+        event("u", "i", "e-1"),
+        event("u", "i", uuid),
+        event("u", "i", &uuid.to_uppercase()),
+    ]);
+    assert_eq!(
+        call(&sim, post(EVENTS, &key, body(&again))).await.status,
+        202
+    );
+    let items = json!([{"item_id": "a", "status": "inactive"}, {"item_id": "b"}]);
+    assert_eq!(
+        call(&sim, post(ITEMS, &key, body(&items))).await.status,
+        200
+    );
+
+    let stats = sim.stats();
+    assert_eq!(stats.events, 7);
+    assert_eq!(stats.distinct_event_ids, 3);
+    assert_eq!(stats.duplicate_event_ids, 2, "e-1 and the UUID");
+    assert_eq!(stats.duplicate_events, 3, "every extra copy");
+    assert_eq!(stats.events_without_id, 1);
+    assert_eq!((stats.items, stats.inactive_items), (2, 1));
+    assert!(sim.has_event_id("e-1") && sim.has_event_id(uuid));
+    assert!(sim.has_event_id(&uuid.to_uppercase()));
+    assert!(!sim.has_event_id("e-2"));
+    assert!(sim.events().is_empty() && sim.items().is_empty() && sim.users().is_empty());
+}
+
+#[tokio::test]
+async fn stats_are_served_as_json_for_a_client_in_another_process() {
+    let (sim, sk, _) = acme().await;
+    let batch = json!([event("u", "i", "e-1"), event("u", "i", "e-1")]);
+    call(&sim, post(EVENTS, &[("x-api-key", &sk)], body(&batch))).await;
+    let get = Request::get("/_sim/stats")
+        .header("host", "127.0.0.1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let reply = call(&sim, get).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let served: SimStats = serde_json::from_value(reply.body).unwrap();
+    assert_eq!(served.events, 2);
+    assert_eq!(served.duplicate_events, 1);
+    assert_eq!(served.responses(202), 1);
+
+    let post_stats = call(&sim, post("/_sim/stats", &[], "")).await;
+    assert_eq!(post_stats.status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(post_stats.header("allow"), Some("GET"));
+}
+
+#[tokio::test]
+async fn odd_api_key_bytes_get_401_not_a_panic() {
+    let (sim, _, _) = acme().await;
+    let odd: [&[u8]; 5] = [
+        b"B",
+        b"bearer",
+        b"Bearer\xff",
+        b"\xe2\x82\xac\xe2\x82\xacab",
+        b"\xff\xfe",
+    ];
+    for key in odd {
+        let request = Request::post(EVENTS)
+            .header("host", "127.0.0.1")
+            .header("x-api-key", http::HeaderValue::from_bytes(key).unwrap())
+            .body(Full::new(Bytes::from_static(b"[]")))
+            .unwrap();
+        let reply = call(&sim, request).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "key {key:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_non_loopback_address_is_refused() {
+    let err = Simulator::builder()
+        .addr(SocketAddr::from(([0, 0, 0, 0], 0)))
+        .start()
+        .await
+        .expect_err("not loopback");
+    assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    let sim = Simulator::builder()
+        .addr(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .start()
+        .await
+        .unwrap();
+    assert!(sim.addr().ip().is_loopback());
 }
 
 #[tokio::test(start_paused = true)]

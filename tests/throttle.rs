@@ -338,3 +338,68 @@ fn zero_rates_are_typed_errors() {
     assert!(ThrottleLayer::try_new(1, Duration::ZERO).is_err());
     assert!(ThrottleLayer::try_new(1, Duration::from_secs(1)).is_ok());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_period_of_duration_max_holds_the_second_request_instead_of_letting_all_through() {
+    let start = Instant::now();
+    let (upstream, arrivals) = upstream(start, vec![]);
+    // One slot per Duration::MAX, waiting as long as it takes. (A saturated interval once
+    // made the burst's tolerance as large as the arrival time, and every request went at once.)
+    let throttle = ThrottleLayer::new(1, Duration::MAX)
+        .burst(1)
+        .max_wait(Duration::MAX);
+    let stats = throttle.stats();
+    let svc = ServiceBuilder::new().layer(throttle).service(upstream);
+    svc.clone().oneshot(get("/first")).await.unwrap();
+    // The second waits for centuries: still waiting after a simulated hour, then dropped.
+    let second = tokio::time::timeout(Duration::from_secs(3600), svc.clone().oneshot(get("/")));
+    assert!(second.await.is_err(), "still waiting");
+    assert_eq!(stats.delayed(), 1);
+    assert!(stats.waited() > Duration::from_secs(50 * 365 * 24 * 3600));
+    assert_eq!(times(&arrivals).len(), 1);
+
+    // The same quota with no wait allowed: refused at once, with the wait it would take.
+    let (upstream, _) = self::upstream(start, vec![]);
+    let svc = ServiceBuilder::new()
+        .layer(ThrottleLayer::new(1, Duration::MAX).max_wait(Duration::ZERO))
+        .service(upstream);
+    svc.clone().oneshot(get("/")).await.unwrap();
+    let err = svc.clone().oneshot(get("/")).await.unwrap_err();
+    assert!(err.is_throttled());
+    assert!(err.retry_after().unwrap() > Duration::from_secs(50 * 365 * 24 * 3600));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_of_duration_max_from_a_store_caller_is_bounded_not_a_panic() {
+    use tower_outbound::throttle::{Acquire, BucketStore, Decision, Quota};
+    let store = LocalStore::new();
+    let quota = Quota::new(10, Duration::from_secs(1)).unwrap();
+    store.adopt(None, &quota, 0, Duration::MAX);
+    store.adopt(None, &quota, u64::MAX, Duration::MAX);
+    let Acquire::Ready(Ok(decision)) = store.acquire(None, &quota, Duration::from_secs(1)) else {
+        panic!("the local store decides at once");
+    };
+    assert!(matches!(decision, Decision::Reject { wait } if wait > Duration::from_secs(3600)));
+    let Acquire::Ready(Ok(decision)) = store.acquire(None, &quota, Duration::MAX) else {
+        panic!("the local store decides at once");
+    };
+    assert!(matches!(decision, Decision::Wait { .. }));
+}
+
+#[test]
+fn a_zero_burst_is_raised_to_one_and_a_huge_one_is_kept() {
+    let quota = ThrottleLayer::new(5, Duration::from_secs(1))
+        .burst(0)
+        .quota();
+    assert_eq!(quota.burst(), 1);
+    let quota = ThrottleLayer::new(5, Duration::from_secs(1))
+        .burst(u32::MAX)
+        .quota();
+    assert_eq!(quota.burst(), u32::MAX);
+    assert!(
+        tower_outbound::throttle::Quota::new(5, Duration::from_secs(1))
+            .unwrap()
+            .with_burst(0)
+            .is_err()
+    );
+}

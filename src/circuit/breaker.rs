@@ -72,7 +72,7 @@ impl Breaker {
     pub(crate) fn state(&self) -> CircuitState {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         match inner.state {
-            CircuitState::Open if Instant::now() >= inner.opened_at + inner.open_for => {
+            CircuitState::Open if Instant::now() >= Self::reopens_at(&inner) => {
                 CircuitState::HalfOpen
             }
             state => state,
@@ -83,6 +83,14 @@ impl Breaker {
     pub(crate) fn is_idle(&self) -> bool {
         let inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         inner.state == CircuitState::Closed && inner.ring.tally().failures == 0
+    }
+
+    /// When an open breaker lets the next probe through.
+    fn reopens_at(inner: &Inner) -> Instant {
+        inner
+            .opened_at
+            .checked_add(inner.open_for)
+            .unwrap_or_else(|| inner.opened_at + super::MAX_DURATION)
     }
 
     fn set(&self, inner: &mut Inner, to: CircuitState, changes: &mut Vec<StateChange>) {
@@ -116,7 +124,7 @@ impl Breaker {
         let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         if inner.state == CircuitState::Open {
-            let until = inner.opened_at + inner.open_for;
+            let until = Self::reopens_at(&inner);
             if now < until {
                 return Admission::Reject {
                     retry_in: until - now,
@@ -182,7 +190,11 @@ impl Breaker {
                     None => {}
                     Some(true) => {
                         let next = match settings.open_backoff {
-                            Some((factor, max)) => inner.open_for.mul_f32(factor).min(max),
+                            Some((factor, max)) => Duration::try_from_secs_f64(
+                                inner.open_for.as_secs_f64() * f64::from(factor),
+                            )
+                            .unwrap_or(max)
+                            .min(max),
                             None => settings.open_duration,
                         };
                         inner.open_for = next;

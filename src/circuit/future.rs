@@ -145,7 +145,12 @@ where
         };
         let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
         if let (Some(mut permit), Some(classify)) = (this.permit.take(), this.classify.as_ref()) {
-            permit.finish(classify.classify(Attempt::of(&result)), *this.started);
+            // A call refused before it reached the upstream says nothing of its health.
+            let outcome = match &result {
+                Err(error) if error.is_refusal() => Outcome::Rejected,
+                result => classify.classify(Attempt::of(result)),
+            };
+            permit.finish(outcome, *this.started);
         }
         Poll::Ready(result)
     }

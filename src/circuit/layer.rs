@@ -3,17 +3,24 @@ use std::time::Duration;
 
 use tower_layer::Layer;
 
-use super::{CircuitBreaker, CircuitState, CircuitStats, Registry, Settings, StateChange, Window};
+use super::{
+    CircuitBreaker, CircuitState, CircuitStats, Registry, Settings, StateChange, Window,
+    MAX_DURATION,
+};
 use crate::classify::{Classify, DefaultClassifier};
-use crate::partition::{Global, Partition, PartitionKey};
+use crate::partition::{Partition, PartitionKey, Scope};
 
 /// Fails fast while the upstream is failing. See the [module docs](super) for the rules and
 /// defaults.
 ///
 /// The breakers are created with the layer; every clone of it, and every service it makes,
-/// shares them. Setters called after a clone was taken give that layer breakers of its own.
+/// shares them: one per upstream by default. Setters called after a clone was taken give that
+/// layer breakers of its own.
+///
+/// Every setting accepts any value; out-of-range ones are clamped as each setter says, so a
+/// breaker never panics later on a configured value.
 #[derive(Clone, Debug)]
-pub struct CircuitBreakerLayer<C = DefaultClassifier, P = Global> {
+pub struct CircuitBreakerLayer<C = DefaultClassifier, P = Scope> {
     registry: Arc<Registry>,
     classify: C,
     partition: P,
@@ -31,7 +38,7 @@ impl CircuitBreakerLayer {
         CircuitBreakerLayer {
             registry: Arc::new(Registry::new(Settings::default())),
             classify: DefaultClassifier,
-            partition: Global,
+            partition: Scope::Upstream,
         }
     }
 }
@@ -55,9 +62,10 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     }
 
     /// The window the rates are computed over (default the last 20 calls). A zero count or
-    /// bucket number is raised to 1.
+    /// bucket number is raised to 1; a count over 10,000 is lowered to 10,000, buckets over
+    /// 1,000 to 1,000, and a length over a year to a year.
     pub fn window(self, window: Window) -> Self {
-        self.update(|s| s.window = window)
+        self.update(|s| s.window = window.clamped())
     }
 
     /// Calls the window must hold before the circuit may open (default 10).
@@ -65,21 +73,23 @@ impl<C, P> CircuitBreakerLayer<C, P> {
         self.update(|s| s.minimum_calls = calls.max(1))
     }
 
-    /// How long the circuit stays open before probing (default 30 s).
+    /// How long the circuit stays open before probing (default 30 s; over a year is lowered to
+    /// a year).
     pub fn open_duration(self, duration: Duration) -> Self {
-        self.update(|s| s.open_duration = duration)
+        self.update(|s| s.open_duration = duration.min(MAX_DURATION))
     }
 
     /// Lengthens the open time by `factor` each time a probe fails, up to `max`; it returns to
-    /// `open_duration` once the circuit closes (default off). A factor below 1 is raised to 1.
+    /// `open_duration` once the circuit closes (default off). A factor below 1 (or NaN) is
+    /// raised to 1, over 1,000 lowered to 1,000; a `max` over a year is lowered to a year.
     pub fn open_backoff(self, factor: f32, max: Duration) -> Self {
         self.update(|s| {
             let factor = if factor.is_nan() {
                 1.0
             } else {
-                factor.max(1.0)
+                factor.clamp(1.0, 1000.0)
             };
-            s.open_backoff = Some((factor, max));
+            s.open_backoff = Some((factor, max.min(MAX_DURATION)));
         })
     }
 
@@ -90,7 +100,8 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     }
 
     /// Also opens the circuit when at least `rate` (0.0 to 1.0) of the calls in the window took
-    /// longer than `duration` (default off).
+    /// longer than `duration` (default off). A rate outside 0.0–1.0 is clamped, NaN is 1.0; any `duration`
+    /// is accepted.
     pub fn slow_call(self, duration: Duration, rate: f32) -> Self {
         self.update(|s| {
             let rate = if rate.is_nan() {
@@ -103,7 +114,8 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     }
 
     /// The most per-partition breakers kept (default 1,024). At the cap, idle closed breakers
-    /// are dropped first; if none is idle, a new key shares the default breaker.
+    /// are dropped first; if none is idle, a new key shares the default breaker. Zero makes every
+    /// key share the default breaker.
     pub fn max_partitions(self, max: usize) -> Self {
         self.update(|s| s.max_partitions = max)
     }
@@ -124,7 +136,9 @@ impl<C, P> CircuitBreakerLayer<C, P> {
         }
     }
 
-    /// One breaker per partition (default [`Global`]: one for the whole service).
+    /// One breaker per partition (default [`Scope::Upstream`]: one per scheme, host and port;
+    /// [`Global`](crate::partition::Global) or [`Scope::Global`] for one for the whole
+    /// service).
     pub fn partition<P2: Partition>(self, partition: P2) -> CircuitBreakerLayer<C, P2> {
         CircuitBreakerLayer {
             registry: self.registry,
@@ -133,9 +147,11 @@ impl<C, P> CircuitBreakerLayer<C, P> {
         }
     }
 
-    /// The state of the default breaker.
+    /// The worst state of any breaker of this layer: open if one is open, else half-open if one
+    /// is probing, else closed. With one breaker (a global partition) that is its state; see
+    /// [`state_of`](Self::state_of) for one upstream.
     pub fn state(&self) -> CircuitState {
-        self.registry.state_of(None)
+        self.registry.worst_state()
     }
 
     /// The state of the breaker of `key` (closed when there is none).

@@ -35,7 +35,7 @@
 //! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | off (each trip opens for `open_duration`) |
 //! | [`half_open_probes`](CircuitBreakerLayer::half_open_probes) | 3 |
 //! | [`slow_call`](CircuitBreakerLayer::slow_call) | off |
-//! | [`partition`](CircuitBreakerLayer::partition) | one breaker for the whole service |
+//! | [`partition`](CircuitBreakerLayer::partition) | one breaker per upstream (scheme, host, port) |
 //!
 //! Every state change is logged (`warn` on open, `info` otherwise) and reaches the listener set
 //! with [`on_state_change`](CircuitBreakerLayer::on_state_change). Clones of the layer and its
@@ -72,7 +72,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use crate::partition::PartitionKey;
@@ -122,6 +122,9 @@ pub struct StateChange {
 }
 
 type Listener = Arc<dyn Fn(&StateChange) + Send + Sync>;
+
+/// The longest duration a breaker setting can hold: a year.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// The settings of every breaker of one layer.
 #[derive(Clone)]
@@ -208,7 +211,7 @@ impl CircuitStats {
 pub(crate) struct Registry {
     pub(crate) settings: Settings,
     default: Arc<Breaker>,
-    keyed: Mutex<HashMap<PartitionKey, Arc<Breaker>>>,
+    keyed: RwLock<HashMap<PartitionKey, Arc<Breaker>>>,
     pub(crate) stats: CircuitStats,
 }
 
@@ -225,7 +228,7 @@ impl Registry {
         Registry {
             default: Arc::new(Breaker::new(&settings, None)),
             settings,
-            keyed: Mutex::new(HashMap::new()),
+            keyed: RwLock::new(HashMap::new()),
             stats: CircuitStats::default(),
         }
     }
@@ -236,7 +239,15 @@ impl Registry {
         let Some(key) = key else {
             return self.default.clone();
         };
-        let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(breaker) = self
+            .keyed
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            return breaker.clone();
+        }
+        let mut map = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
         if let Some(breaker) = map.get(key) {
             return breaker.clone();
         }
@@ -256,16 +267,31 @@ impl Registry {
             None => self.default.state(),
             Some(key) => self
                 .keyed
-                .lock()
+                .read()
                 .unwrap_or_else(PoisonError::into_inner)
                 .get(key)
                 .map_or(CircuitState::Closed, |b| b.state()),
         }
     }
 
+    /// Open if any breaker is open, else half-open if any is, else closed.
+    pub(crate) fn worst_state(&self) -> CircuitState {
+        let rank = |state: CircuitState| match state {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        };
+        let map = self.keyed.read().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .map(|b| b.state())
+            .max_by_key(|s| rank(*s))
+            .unwrap_or(CircuitState::Closed)
+    }
+
     pub(crate) fn partitions(&self) -> usize {
         self.keyed
-            .lock()
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
             .len()
     }

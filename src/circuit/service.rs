@@ -10,7 +10,7 @@ use super::future::{Permit, ResponseFuture};
 use super::{CircuitState, Registry};
 use crate::classify::Classify;
 use crate::error::{BoxError, Error, Kind};
-use crate::partition::{Partition, RequestHead};
+use crate::partition::Partition;
 
 /// The service made by [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
 ///
@@ -64,11 +64,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let key = if self.partition.is_global() {
-            None
-        } else {
-            self.partition.key(&RequestHead::of(&request))
-        };
+        let key = crate::partition::key_of(&self.partition, &request);
         let breaker = self.registry.breaker(key.as_ref());
         let mut changes = Vec::new();
         let admission = breaker.admit(&self.registry.settings, &mut changes);

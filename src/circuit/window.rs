@@ -19,6 +19,19 @@ pub enum Window {
     },
 }
 
+impl Window {
+    /// The window with every figure inside what a breaker accepts.
+    pub(crate) fn clamped(self) -> Window {
+        match self {
+            Window::Count(n) => Window::Count(n.clamp(1, 10_000)),
+            Window::Time { length, buckets } => Window::Time {
+                length: length.min(super::MAX_DURATION),
+                buckets: buckets.clamp(1, 1000),
+            },
+        }
+    }
+}
+
 /// Calls, failures and slow calls over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Tally {
@@ -78,18 +91,20 @@ impl Ring {
     pub(crate) fn new(window: Window) -> Self {
         match window {
             Window::Count(n) => {
-                let size = n.max(1) as usize;
+                let size = n.clamp(1, 10_000) as usize;
                 Ring::Count {
                     size,
-                    outcomes: VecDeque::with_capacity(size),
+                    // Grows as calls come: a breaker of an upstream called twice stays small.
+                    outcomes: VecDeque::with_capacity(size.min(32)),
                     tally: Tally::default(),
                 }
             }
             Window::Time { length, buckets } => {
-                let len = buckets.max(1) as usize;
+                let len = buckets.clamp(1, 1000) as usize;
                 Ring::Time {
-                    slice: (length / len as u32).max(Duration::from_millis(1)),
-                    slices: VecDeque::with_capacity(len),
+                    slice: (length.min(super::MAX_DURATION) / len as u32)
+                        .max(Duration::from_millis(1)),
+                    slices: VecDeque::with_capacity(len.min(32)),
                     len,
                     tally: Tally::default(),
                 }
@@ -132,7 +147,9 @@ impl Ring {
             } => {
                 let Some(now) = now else { return };
                 match slices.back_mut() {
-                    Some((start, t)) if now < *start + *slice => t.add(failure, slow),
+                    Some((start, t)) if now.saturating_duration_since(*start) < *slice => {
+                        t.add(failure, slow)
+                    }
                     _ => {
                         let mut t = Tally::default();
                         t.add(failure, slow);

@@ -11,14 +11,12 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::record::{millis, store_headers, unix_ms, DeadLetter, FinalOutcome, StoredBody};
-use super::sink::{BoxFuture, SinkError};
-use super::Config;
+use super::record::{millis, new_id, outcome_of, store_headers, unix_ms, DeadLetter, StoredBody};
+use super::sink::BoxFuture;
+use super::{Config, Recorded};
 use crate::body::{Buffer, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
 use crate::error::{BoxError, Error, Kind};
-use crate::idempotency::{MakeKey, UuidV4};
-use crate::retry::Attempts;
 
 pin_project! {
     /// The response future of [`DeadLetterService`](super::DeadLetterService): reads the body,
@@ -49,9 +47,65 @@ pin_project! {
         Buffering { #[pin] buffer: Buffer<B> },
         Calling { #[pin] future: F },
         Recording {
-            write: BoxFuture<'static, Result<(), SinkError>>,
+            write: Write,
             result: Option<Result<R, Error>>,
         },
+    }
+}
+
+/// A dead letter on its way to the sink.
+///
+/// On a tokio runtime the write runs in a task of its own, so it finishes even when the caller
+/// drops this future (a `select!`, a timeout, a client that went away); the future only waits
+/// for the receipt. Without a runtime the write runs here, inside the caller's future.
+pub(crate) struct Write {
+    id: String,
+    how: How,
+}
+
+enum How {
+    Task(tokio::task::JoinHandle<bool>),
+    Inline(BoxFuture<'static, bool>),
+}
+
+impl Write {
+    fn start(config: &Arc<Config>, letter: DeadLetter) -> Self {
+        let id = letter.id.clone();
+        let guard = config.writer.start();
+        let sink = config.sink.clone();
+        let stats = config.stats.clone();
+        let write = async move {
+            let stored = match sink.write(letter).await {
+                Ok(()) => {
+                    stats.count(0);
+                    true
+                }
+                Err(err) => {
+                    stats.count(1);
+                    tracing::error!(error = %err, "could not write a dead letter; the failed call is returned to the caller");
+                    false
+                }
+            };
+            drop(guard);
+            stored
+        };
+        let how = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => How::Task(handle.spawn(write)),
+            Err(_) => How::Inline(Box::pin(write)),
+        };
+        Write { id, how }
+    }
+
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Recorded> {
+        let stored = match &mut self.how {
+            // A task that panicked or was cancelled (runtime shutdown) did not store the letter.
+            How::Task(handle) => ready!(Pin::new(handle).poll(cx)).unwrap_or(false),
+            How::Inline(write) => ready!(write.as_mut().poll(cx)),
+        };
+        Poll::Ready(Recorded {
+            id: self.id.clone(),
+            stored,
+        })
     }
 }
 
@@ -145,26 +199,25 @@ where
                     result
                 }
                 StateProj::Recording { write, result } => {
-                    if let Err(err) = ready!(write.as_mut().poll(cx)) {
-                        // The caller's outcome is never replaced by the sink's failure.
-                        this.config.stats.count(1);
-                        tracing::error!(error = %err, "could not write a dead letter; the failed call is returned to the caller");
-                    } else {
-                        this.config.stats.count(0);
+                    let recorded = ready!(write.poll(cx));
+                    let mut result = result.take().expect("future polled after completion");
+                    match &mut result {
+                        Ok(response) => {
+                            response.extensions_mut().insert(recorded);
+                        }
+                        Err(error) => error.set_dead_letter(recorded),
                     }
-                    return Poll::Ready(result.take().expect("future polled after completion"));
+                    return Poll::Ready(result);
                 }
             };
-            match record(
-                this.config,
-                this.parts,
-                this.body,
-                this.started,
-                &result,
-                *this.record,
-            ) {
-                Some(write) => this.state.set(State::Recording {
-                    write,
+            let refused = matches!(&result, Err(e) if e.is_refusal());
+            let record = *this.record && (this.config.record_refusals || !refused);
+            match record
+                .then(|| letter(this.config, this.parts, this.body, this.started, &result))
+                .flatten()
+            {
+                Some(letter) => this.state.set(State::Recording {
+                    write: Write::start(this.config, letter),
                     result: Some(result),
                 }),
                 None => return Poll::Ready(result),
@@ -173,47 +226,28 @@ where
     }
 }
 
-/// Builds the dead letter for a failed call and starts writing it, when recording is on.
-fn record<R>(
+/// The dead letter of a failed call.
+fn letter<R>(
     config: &Arc<Config>,
     parts: &mut Option<Parts>,
     body: &Option<Bytes>,
     started: &SystemTime,
     result: &Result<Response<R>, Error>,
-    record: bool,
-) -> Option<BoxFuture<'static, Result<(), SinkError>>> {
-    if !record {
-        return None;
-    }
+) -> Option<DeadLetter> {
     let parts = parts.take()?;
-    let (outcome, attempts, waited) = match result {
-        Ok(response) => {
-            let attempts = response.extensions().get::<Attempts>();
-            (
-                FinalOutcome {
-                    status: Some(response.status().as_u16()),
-                    error_kind: None,
-                    error: None,
-                },
-                attempts.map_or(1, |a| a.count),
-                attempts.map_or(std::time::Duration::ZERO, |a| a.waited),
-            )
-        }
-        Err(error) => (
-            FinalOutcome {
-                status: None,
-                error_kind: Some(kind_name(error.kind()).to_owned()),
-                error: Some(error.to_string()),
-            },
-            error.attempts(),
-            error.waited(),
-        ),
+    let (outcome, attempts, waited) = outcome_of(result);
+    let uri_redacted = !config.keep_secret_uris && config.redactor.has_secrets(&parts.uri);
+    let uri = if config.keep_secret_uris {
+        parts.uri.to_string()
+    } else {
+        config.redactor.uri(&parts.uri)
     };
     let letter = DeadLetter {
         version: 1,
-        id: UuidV4.make_key().to_str().unwrap_or_default().to_owned(),
+        id: new_id(),
         method: parts.method.to_string(),
-        uri: parts.uri.to_string(),
+        uri,
+        uri_redacted,
         headers: store_headers(&parts.headers, &config.redact),
         body: body.as_ref().map(StoredBody::from_bytes),
         body_kept: body.is_some(),
@@ -228,18 +262,11 @@ fn record<R>(
         first_attempt_at_ms: unix_ms(*started),
         last_attempt_at_ms: unix_ms(SystemTime::now()),
     };
-    tracing::warn!(id = %letter.id, method = %letter.method, uri = %letter.uri, "recording a dead letter");
-    let sink = config.sink.clone();
-    Some(Box::pin(async move { sink.write(letter).await }))
-}
-
-fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Transport => "transport",
-        Kind::Timeout => "timeout",
-        Kind::Body => "body",
-        Kind::RateLimited { .. } => "rate_limited",
-        Kind::Throttled { .. } => "throttled",
-        Kind::CircuitOpen { .. } => "circuit_open",
-    }
+    let logged_uri = if config.keep_secret_uris {
+        config.redactor.uri(&parts.uri)
+    } else {
+        letter.uri.clone()
+    };
+    tracing::warn!(id = %letter.id, method = %letter.method, uri = %logged_uri, "recording a dead letter");
+    Some(letter)
 }

@@ -64,16 +64,17 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use http::{HeaderName, Request, Response};
+use tokio::sync::Notify;
 use tower::ServiceExt;
 use tower_service::Service;
 
 use crate::body::ReplayBody;
-use crate::classify::{classify_status, Outcome};
-use crate::error::BoxError;
+use crate::error::{BoxError, Error};
+use crate::redact::Redactor;
 
 mod file;
 mod future;
@@ -95,8 +96,12 @@ pub(crate) struct Config {
     pub(crate) sink: Arc<dyn Sink>,
     pub(crate) max_body: usize,
     pub(crate) redact: Vec<HeaderName>,
+    pub(crate) redactor: Redactor,
+    pub(crate) keep_secret_uris: bool,
+    pub(crate) record_refusals: bool,
     pub(crate) idempotency_header: HeaderName,
     pub(crate) stats: DeadLetterStats,
+    pub(crate) writer: Arc<Writer>,
 }
 
 impl std::fmt::Debug for Config {
@@ -104,8 +109,78 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("max_body", &self.max_body)
             .field("redact", &self.redact)
+            .field("keep_secret_uris", &self.keep_secret_uris)
+            .field("record_refusals", &self.record_refusals)
             .finish_non_exhaustive()
     }
+}
+
+/// Letters handed to a write that has not finished yet, and a way to wait until none are.
+#[derive(Debug, Default)]
+pub(crate) struct Writer {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl Writer {
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Counts one write as started; the guard counts it as finished when dropped, even if the
+    /// task writing it is cancelled.
+    pub(crate) fn start(self: &Arc<Self>) -> WriteGuard {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+        WriteGuard(self.clone())
+    }
+
+    async fn flush(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.pending() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// One write in progress. See [`Writer::start`].
+#[derive(Debug)]
+pub(crate) struct WriteGuard(Arc<Writer>);
+
+impl Drop for WriteGuard {
+    fn drop(&mut self) {
+        if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The receipt of a dead letter, on the failed call it records: a response extension on a
+/// failed response, and [`Error::dead_letter`] on an error.
+///
+/// ```
+/// # use tower_outbound::dead_letter::Recorded;
+/// fn check(recorded: Option<&Recorded>) {
+///     match recorded {
+///         Some(r) if r.stored => println!("kept as dead letter {}", r.id),
+///         Some(r) => eprintln!("dead letter {} could NOT be stored: the call is lost unless retried", r.id),
+///         None => {}
+///     }
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Recorded {
+    /// The letter's id in the sink.
+    pub id: String,
+    /// Whether the sink confirmed the write. `false`: the sink failed (disk full, Redis down,
+    /// memory sink at capacity): the record is not kept, and the failure was logged at ERROR
+    /// and counted in [`DeadLetterStats::write_failures`].
+    pub stored: bool,
 }
 
 /// Counters of a [`DeadLetterLayer`] and every service it made. Cheap to clone.
@@ -155,40 +230,89 @@ pub struct Replaying;
 pub struct ReplayReport {
     /// Letters sent again.
     pub replayed: usize,
-    /// Letters that succeeded and were removed from the sink.
+    /// Letters that succeeded (a 2xx) and were removed from the sink.
     pub succeeded: usize,
-    /// Letters that failed again and were kept.
+    /// Letters that failed again and were kept, with the new outcome recorded.
     pub still_failing: usize,
-    /// Letters that could not be sent (body not kept, or a damaged record); kept.
+    /// Letters that could not be sent (body not kept, URI redacted, or a damaged record); kept.
     pub skipped: usize,
+    /// Letters the filter of [`replay_matching`] refused (say, for a host the replaying
+    /// client does not own); kept, not sent.
+    pub refused: usize,
 }
 
 /// Sends every letter in `sink` again through `service`, one at a time, and removes exactly
-/// those that now succeed (a 1xx–3xx response); the rest stay for the next replay. Calling it
-/// twice never sends a removed letter again, and the idempotency key of each letter goes with
-/// it. Requests carry the [`Replaying`] extension, so the same stack can be used.
+/// those that now succeed: a **2xx** response. Anything else (an error, a 1xx or 3xx — a
+/// redirect to a login page is not delivery —, a 4xx or 5xx) keeps the letter, with its
+/// outcome, attempts and time updated to the replay's. Calling it twice never sends a removed
+/// letter again, and the idempotency key of each letter goes with it. Requests carry the
+/// [`Replaying`] extension, so the same stack can be used.
+///
+/// A letter is sent to the URI it holds: replay only sinks whose letters come from your own
+/// clients, or use [`replay_matching`] to restrict the hosts.
 pub async fn replay<S, ResB>(sink: &dyn Sink, service: S) -> Result<ReplayReport, sink::SinkError>
 where
     S: Service<Request<ReplayBody>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
 {
+    replay_matching(sink, service, |_: &DeadLetter| true).await
+}
+
+/// As [`replay`], sending only the letters `filter` accepts; the others are kept and counted
+/// in [`ReplayReport::refused`]. Use it to send credentials only to the hosts they belong to:
+///
+/// ```
+/// # use tower_outbound::dead_letter::DeadLetter;
+/// let own_host = |letter: &DeadLetter| letter.uri.starts_with("https://api.example.com/");
+/// # let _ = own_host;
+/// ```
+pub async fn replay_matching<S, ResB, F>(
+    sink: &dyn Sink,
+    service: S,
+    filter: F,
+) -> Result<ReplayReport, sink::SinkError>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    F: Fn(&DeadLetter) -> bool,
+{
     let letters = sink.read_all().await?;
     let mut report = ReplayReport::default();
-    let mut done = Vec::new();
+    let mut delivered = Vec::new();
+    let mut failed_again = Vec::new();
     for letter in letters {
+        if !filter(&letter) {
+            report.refused += 1;
+            continue;
+        }
         let Some(mut request) = letter.to_request() else {
             report.skipped += 1;
             continue;
         };
         request.extensions_mut().insert(Replaying);
         report.replayed += 1;
-        match service.clone().oneshot(request).await {
-            Ok(response) if classify_status(response.status()) == Outcome::Success => {
-                done.push(letter.id);
+        let started = std::time::SystemTime::now();
+        let result = service
+            .clone()
+            .oneshot(request)
+            .await
+            .map_err(|e| Error::from_box(e.into()));
+        match result {
+            Ok(response) if response.status().is_success() => delivered.push(letter.id),
+            result => {
+                report.still_failing += 1;
+                failed_again.push(letter.replayed(&result, started));
             }
-            Ok(_) | Err(_) => report.still_failing += 1,
         }
     }
-    report.succeeded = sink.remove(&done).await?;
+    report.succeeded = sink.remove(&delivered).await?;
+    // The new outcome is written before the old record goes: a crash in between leaves the
+    // letter twice, never not at all.
+    let mut superseded = Vec::with_capacity(failed_again.len());
+    for (old_id, letter) in failed_again {
+        sink.write(letter).await?;
+        superseded.push(old_id);
+    }
+    sink.remove(&superseded).await?;
     Ok(report)
 }

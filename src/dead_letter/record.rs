@@ -9,6 +9,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use serde::{Deserialize, Serialize};
 
 use crate::body::ReplayBody;
+use crate::error::{Error, Kind};
+use crate::idempotency::{MakeKey, UuidV4};
+use crate::retry::Attempts;
 
 /// The value stored in place of a secret header.
 pub const REDACTED: &str = "[redacted]";
@@ -98,8 +101,14 @@ pub struct DeadLetter {
     pub id: String,
     /// The request method.
     pub method: String,
-    /// The request URI.
+    /// The request URI, without userinfo and with secret-looking query values replaced by
+    /// `[redacted]` (see [`redact`](crate::redact)) unless the layer was told to
+    /// [`keep_secret_uris`](crate::DeadLetterLayer::keep_secret_uris).
     pub uri: String,
+    /// Whether `uri` lost something to redaction; such a letter cannot be replayed as it is
+    /// ([`to_request`](Self::to_request) is `None`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub uri_redacted: bool,
     /// The request headers, secrets redacted.
     pub headers: Vec<StoredHeader>,
     /// The request body; `None` when it could not be kept (larger than the layer's limit, or
@@ -161,7 +170,7 @@ impl DeadLetter {
     /// replaying service adds credentials itself), and the body. `None` when the body was not
     /// kept or the record is damaged.
     pub fn to_request(&self) -> Option<Request<ReplayBody>> {
-        if !self.body_kept {
+        if !self.body_kept || self.uri_redacted {
             return None;
         }
         let body = match &self.body {
@@ -176,5 +185,72 @@ impl DeadLetter {
             request.headers_mut().append(name, header.to_value()?);
         }
         Some(request)
+    }
+}
+
+/// A new letter id (UUID v4).
+pub(crate) fn new_id() -> String {
+    UuidV4.make_key().to_str().unwrap_or_default().to_owned()
+}
+
+/// How a call ended, as a record keeps it: the outcome, the attempts and the time waited.
+pub(crate) fn outcome_of<R>(
+    result: &Result<http::Response<R>, Error>,
+) -> (FinalOutcome, u32, Duration) {
+    match result {
+        Ok(response) => {
+            let attempts = response.extensions().get::<Attempts>();
+            (
+                FinalOutcome {
+                    status: Some(response.status().as_u16()),
+                    error_kind: None,
+                    error: None,
+                },
+                attempts.map_or(1, |a| a.count),
+                attempts.map_or(Duration::ZERO, |a| a.waited),
+            )
+        }
+        Err(error) => (
+            FinalOutcome {
+                status: None,
+                error_kind: Some(kind_name(error.kind()).to_owned()),
+                error: Some(error.to_string()),
+            },
+            error.attempts(),
+            error.waited(),
+        ),
+    }
+}
+
+pub(crate) fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Transport => "transport",
+        Kind::Timeout => "timeout",
+        Kind::Body => "body",
+        Kind::RateLimited { .. } => "rate_limited",
+        Kind::Throttled { .. } => "throttled",
+        Kind::CircuitOpen { .. } => "circuit_open",
+    }
+}
+
+impl DeadLetter {
+    /// This letter after a replay that failed again: the same request under a new id, with the
+    /// replay's outcome and times. Returns the old id with it.
+    pub(crate) fn replayed<R>(
+        self,
+        result: &Result<http::Response<R>, Error>,
+        started: SystemTime,
+    ) -> (String, DeadLetter) {
+        let (outcome, attempts, waited) = outcome_of(result);
+        let old_id = self.id.clone();
+        let letter = DeadLetter {
+            id: new_id(),
+            outcome,
+            attempts: self.attempts.saturating_add(attempts),
+            waited_ms: self.waited_ms.saturating_add(millis(waited)),
+            last_attempt_at_ms: unix_ms(SystemTime::now()).max(unix_ms(started)),
+            ..self
+        };
+        (old_id, letter)
     }
 }

@@ -8,17 +8,17 @@ use http::uri::{Authority, Scheme};
 use http::{HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::BodyExt;
-use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use super::batch::{self, Batch, Rejected};
+use super::batch::Rejected;
 use super::error::LehnzError;
 use super::key::{ApiKey, KeyKind};
 use super::model::{Event, Item, Record, User};
 use super::response::interpret;
+use super::stream::{ChannelSource, IngestOptions, IterSource, Outcome};
 use crate::body::ReplayBody;
+use crate::dead_letter::Recorded;
 use crate::error::{BoxError, Error};
 use crate::idempotency::{MakeKey, UuidV4};
 
@@ -43,10 +43,25 @@ const MAX_REPLY_BYTES: usize = 256 * 1024;
 pub struct Summary {
     /// Records Lehnz accepted (events queued, items or users upserted).
     pub accepted: usize,
-    /// Records not accepted, each with its position, id and why.
+    /// Records not accepted, each with its position, id and why (a streamed call lists the
+    /// first [`IngestOptions::listed_rejections`](super::IngestOptions::listed_rejections)).
     pub rejected: Vec<Rejected>,
-    /// Records whose batch failed and was written to the dead-letter sink, to be replayed.
+    /// Rejected records counted but not listed in [`rejected`](Self::rejected).
+    pub rejected_unlisted: usize,
+    /// Records whose batch failed and that the dead-letter sink confirmed it stored, to be
+    /// replayed. A batch the sink failed to store is not counted here but in
+    /// [`dead_letter_failed`](Self::dead_letter_failed).
     pub dead_lettered: usize,
+    /// Records whose batch failed and whose dead letter the sink failed to store (disk
+    /// full, Redis down): neither delivered nor kept. Each such batch is also in
+    /// [`errors`](Self::errors).
+    pub dead_letter_failed: usize,
+    /// Records of batches Lehnz answered with a 2xx but counted fewer of as accepted than
+    /// were sent: their fate is unknown.
+    pub unaccounted: usize,
+    /// Every record below this offset (a position in the input, counted from the call's
+    /// start offset) is settled: accepted, stored as a dead letter, or rejected for good.
+    pub settled: usize,
     /// Requests sent (batches), not counting retries.
     pub requests: usize,
     /// The error of each batch that failed.
@@ -54,10 +69,61 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Whether every record was accepted.
+    /// Whether every record was accepted: nothing rejected, no batch failed, and every 2xx
+    /// accounted for every record it was sent.
     pub fn is_complete(&self) -> bool {
-        self.rejected.is_empty() && self.errors.is_empty()
+        self.rejected.is_empty()
+            && self.rejected_unlisted == 0
+            && self.errors.is_empty()
+            && self.unaccounted == 0
+            && self.dead_letter_failed == 0
     }
+}
+
+/// How the client gives an event without one its id.
+#[derive(Clone)]
+enum EventIds {
+    /// Derived from the event and its position: [`Event::derived_id`].
+    Derived(uuid::Uuid),
+    /// Made by the caller's [`MakeKey`], independent of the event.
+    Made(Arc<dyn MakeKey>),
+}
+
+impl EventIds {
+    /// Stamps an event of a stream at `position` in its source.
+    fn stamp(&self, position: usize, event: &mut Event) {
+        if event.client_event_id().is_some() {
+            return;
+        }
+        let id = match self {
+            EventIds::Derived(namespace) => event
+                .derived_id(namespace, position)
+                .hyphenated()
+                .to_string(),
+            EventIds::Made(make) => made(&**make),
+        };
+        event.stamp_id(|| id);
+    }
+
+    /// Stamps an event of a slice. A slice has no position in a larger source: an index
+    /// would give equal events at the same index of two calls the same id, and removing
+    /// duplicates would then drop real events. So slices get random ids (or the caller's
+    /// generator), written into the slice so sending it again keeps them.
+    fn stamp_unpositioned(&self, event: &mut Event) {
+        if event.client_event_id().is_some() {
+            return;
+        }
+        let id = match self {
+            EventIds::Derived(_) => made(&UuidV4),
+            EventIds::Made(make) => made(&**make),
+        };
+        event.stamp_id(|| id);
+    }
+}
+
+fn made(make: &dyn MakeKey) -> String {
+    let key = make.make_key();
+    key.to_str().map(str::to_owned).unwrap_or_default()
 }
 
 /// Builds a [`Client`]. See [`Client::builder`].
@@ -70,7 +136,7 @@ pub struct ClientBuilder {
     event_batch: (usize, usize),
     upsert_batch: (usize, usize),
     concurrency: usize,
-    make_event_id: Arc<dyn MakeKey>,
+    event_ids: EventIds,
 }
 
 impl fmt::Debug for ClientBuilder {
@@ -122,9 +188,24 @@ impl ClientBuilder {
         self
     }
 
-    /// Makes the stable client-side event ids (default: UUID v4).
+    /// Makes the client-side ids of events that have none with `make` instead of deriving
+    /// them (see [`event_id_namespace`](Self::event_id_namespace)). Ids made this way are
+    /// not stable across runs unless `make` makes them so.
     pub fn event_ids(mut self, make: impl MakeKey) -> Self {
-        self.make_event_id = Arc::new(make);
+        self.event_ids = EventIds::Made(Arc::new(make));
+        self
+    }
+
+    /// The namespace of derived event ids (default [`EVENT_ID_NAMESPACE`]). An event of a
+    /// stream ([`Client::ingest_iter`], [`Client::ingest_channel`]) without a
+    /// `client_event_id` gets [`Event::derived_id`] over this namespace and its offset in the
+    /// source, so the same source sent again carries the same ids. Give each source its own
+    /// namespace (for example `Uuid::new_v5(&EVENT_ID_NAMESPACE, file_name)`) when equal
+    /// events at equal positions of two sources must not share an id.
+    ///
+    /// [`EVENT_ID_NAMESPACE`]: super::EVENT_ID_NAMESPACE
+    pub fn event_id_namespace(mut self, namespace: uuid::Uuid) -> Self {
+        self.event_ids = EventIds::Derived(namespace);
         self
     }
 
@@ -183,7 +264,7 @@ impl ClientBuilder {
                 event_batch: self.event_batch,
                 upsert_batch: self.upsert_batch,
                 concurrency: self.concurrency,
-                make_event_id: self.make_event_id,
+                event_ids: self.event_ids,
             }),
         })
     }
@@ -207,11 +288,7 @@ fn parse_base(url: &str) -> Result<Base, LehnzError> {
             "{url:?} needs a scheme and a host, such as https://api.lehnz.com"
         )));
     };
-    let loopback = matches!(
-        authority.host(),
-        "localhost" | "127.0.0.1" | "[::1]" | "::1"
-    ) || authority.host().starts_with("127.");
-    if scheme == Scheme::HTTP && !loopback {
+    if scheme == Scheme::HTTP && !is_loopback(authority.host()) {
         return Err(LehnzError::InvalidUrl(format!(
             "{url:?} is plain http: Lehnz takes https only (http is allowed for loopback simulators)"
         )));
@@ -228,7 +305,50 @@ fn parse_base(url: &str) -> Result<Base, LehnzError> {
     })
 }
 
+/// Whether `host` (as in a URI authority) is this machine: an IP literal in 127.0.0.0/8,
+/// `[::1]`, or `localhost`. Nothing else: `127.attacker.example` is a name that resolves
+/// wherever its owner wants.
+fn is_loopback(host: &str) -> bool {
+    if host.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>() == Ok(std::net::Ipv6Addr::LOCALHOST);
+    }
+    host.parse::<std::net::Ipv4Addr>()
+        .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The port a URI goes to, its scheme's default when it names none.
+fn uri_port(uri: &Uri) -> Option<u16> {
+    uri.port_u16()
+        .or_else(|| uri.scheme().and_then(default_port))
+}
+
+fn port_of(scheme: &Scheme, authority: &Authority) -> Option<u16> {
+    authority.port_u16().or_else(|| default_port(scheme))
+}
+
+fn default_port(scheme: &Scheme) -> Option<u16> {
+    if *scheme == Scheme::HTTPS {
+        Some(443)
+    } else if *scheme == Scheme::HTTP {
+        Some(80)
+    } else {
+        None
+    }
+}
+
 impl Base {
+    /// Whether `uri` goes to this base's scheme, host and port.
+    fn same_origin(&self, uri: &Uri) -> bool {
+        uri.scheme() == Some(&self.scheme)
+            && uri
+                .host()
+                .is_some_and(|h| h.eq_ignore_ascii_case(self.authority.host()))
+            && uri_port(uri) == port_of(&self.scheme, &self.authority)
+    }
+
     fn uri(&self, path: &str) -> Result<Uri, LehnzError> {
         Uri::builder()
             .scheme(self.scheme.clone())
@@ -248,7 +368,7 @@ struct Inner {
     event_batch: (usize, usize),
     upsert_batch: (usize, usize),
     concurrency: usize,
-    make_event_id: Arc<dyn MakeKey>,
+    event_ids: EventIds,
 }
 
 /// A client for the Lehnz API. Cheap to clone: clones share the stack, and with it the
@@ -268,12 +388,6 @@ impl fmt::Debug for Client {
     }
 }
 
-/// The outcome of one batch.
-struct BatchResult {
-    indices: Vec<usize>,
-    result: Result<usize, LehnzError>,
-}
-
 impl Client {
     /// Starts building a client with this API key. The key is checked when the client is
     /// built: white space around it is trimmed, anything else wrong is a
@@ -288,7 +402,7 @@ impl Client {
             event_batch: (500, MAX_BODY_BYTES),
             upsert_batch: (1000, MAX_BODY_BYTES),
             concurrency: 4,
-            make_event_id: Arc::new(UuidV4),
+            event_ids: EventIds::Derived(super::EVENT_ID_NAMESPACE),
         }
     }
 
@@ -299,110 +413,144 @@ impl Client {
 
     /// Sends events to `POST /api/v1/events/ingest` on the ingestion host, in batches.
     ///
-    /// Each event without one first gets a stable id in `context.client_event_id`, written into
-    /// the slice, so sending the same slice again (or replaying a dead letter) keeps the ids and
-    /// duplicates can be removed downstream. A publishable key may ingest events; upserts need
-    /// a secret key.
+    /// Each event without one first gets an id in `context.client_event_id`, written into the
+    /// slice, so sending the same slice again (or replaying a dead letter) keeps the ids and
+    /// duplicates can be removed downstream. A slice has no position in a larger source, so
+    /// these ids are random (UUID v4, or the [`event_ids`](ClientBuilder::event_ids)
+    /// generator): a job that must send the same ids after a restart streams its source with
+    /// [`ingest_iter`](Self::ingest_iter), whose ids are derived from each event and its
+    /// offset. A publishable key may ingest events; upserts need a secret key.
     ///
     /// Returns `Err` only when nothing can be sent (401 or 403: the key is wrong); failures of
     /// single batches are in [`Summary::errors`], with their records in [`Summary::rejected`]
-    /// or counted in [`Summary::dead_lettered`].
+    /// or counted in [`Summary::dead_lettered`]. A thin wrapper over
+    /// [`ingest_iter`](Self::ingest_iter) that lists every rejection.
     pub async fn ingest_events(&self, events: &mut [Event]) -> Result<Summary, LehnzError> {
         for event in events.iter_mut() {
-            event.stamp_id(|| {
-                let key = self.inner.make_event_id.make_key();
-                key.to_str().map(str::to_owned).unwrap_or_default()
-            });
+            self.inner.event_ids.stamp_unpositioned(event);
         }
-        let (max_records, max_bytes) = self.inner.event_batch;
         let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
-        self.send_all(&*events, uri, max_records, max_bytes).await
+        let options = IngestOptions::new().listed_rejections(usize::MAX);
+        self.run_stream(
+            IterSource(events.iter()),
+            uri,
+            self.inner.event_batch,
+            options,
+            |_, _| {},
+        )
+        .await
+    }
+
+    /// Streams events to `POST /api/v1/events/ingest`: reads `events` one at a time, packs
+    /// them into batches as they come, and keeps at most `concurrency` batches outstanding,
+    /// reading the iterator only when a batch may go (backpressure). Memory is independent of
+    /// how many events pass: the outstanding batches and the counters, nothing per event once
+    /// its batch is settled.
+    ///
+    /// Each event without a `client_event_id` gets one derived from its content and its
+    /// offset (see [`ClientBuilder::event_id_namespace`]); an id already there is kept.
+    /// [`IngestOptions::on_progress`] reports, batch by batch, the offset below which every
+    /// event is settled: checkpoint it, and after a crash resume with
+    /// [`IngestOptions::start_offset`] on the rest of the source. The iterator is pulled on
+    /// the task that awaits this call; a source that blocks (a file) should be quick to
+    /// read, or go through [`ingest_channel`](Self::ingest_channel).
+    ///
+    /// ```
+    /// # #[cfg(feature = "sim")]
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use tower_outbound::lehnz::sim::Simulator;
+    /// use tower_outbound::lehnz::{Client, Event, IngestOptions};
+    ///
+    /// let sim = Simulator::builder().org("acme").start().await?;
+    /// let client = Client::builder(&sim.keys("acme").unwrap().secret)
+    ///     .base_url(sim.base_url())
+    ///     .build()?;
+    /// let events = (0..1_200).map(|i| Event::new(format!("user-{i}"), "item-1", "view"));
+    /// let mut checkpoint = 0;
+    /// let options = IngestOptions::new().on_progress(|p| checkpoint = p.settled);
+    /// let summary = client.ingest_iter(events, options).await?;
+    /// assert_eq!((summary.accepted, summary.requests), (1_200, 3));
+    /// assert_eq!(checkpoint, 1_200);
+    /// # Ok(())
+    /// # }
+    /// # #[cfg(not(feature = "sim"))]
+    /// # fn main() {}
+    /// ```
+    pub async fn ingest_iter<I>(
+        &self,
+        events: I,
+        options: IngestOptions<'_>,
+    ) -> Result<Summary, LehnzError>
+    where
+        I: IntoIterator<Item = Event>,
+    {
+        let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
+        let ids = self.inner.event_ids.clone();
+        self.run_stream(
+            IterSource(events.into_iter()),
+            uri,
+            self.inner.event_batch,
+            options,
+            |position, event: &mut Event| ids.stamp(position, event),
+        )
+        .await
+    }
+
+    /// As [`ingest_iter`](Self::ingest_iter), from a channel: the call ends when every
+    /// sender is dropped and the channel is empty. A full channel holds its senders back
+    /// while the window is full.
+    pub async fn ingest_channel(
+        &self,
+        events: tokio::sync::mpsc::Receiver<Event>,
+        options: IngestOptions<'_>,
+    ) -> Result<Summary, LehnzError> {
+        let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
+        let ids = self.inner.event_ids.clone();
+        self.run_stream(
+            ChannelSource(events),
+            uri,
+            self.inner.event_batch,
+            options,
+            |position, event: &mut Event| ids.stamp(position, event),
+        )
+        .await
     }
 
     /// Upserts items (keyed on `item_id`) with `POST /api/v1/items/upsert`, in batches.
     pub async fn upsert_items(&self, items: &[Item]) -> Result<Summary, LehnzError> {
-        let (max_records, max_bytes) = self.inner.upsert_batch;
         let uri = self.inner.api.uri(ITEMS_PATH)?;
-        self.send_all(items, uri, max_records, max_bytes).await
+        self.send_all(items, uri).await
     }
 
     /// Upserts users (keyed on `user_id`) with `POST /api/v1/users/upsert`, in batches.
     pub async fn upsert_users(&self, users: &[User]) -> Result<Summary, LehnzError> {
-        let (max_records, max_bytes) = self.inner.upsert_batch;
         let uri = self.inner.api.uri(USERS_PATH)?;
-        self.send_all(users, uri, max_records, max_bytes).await
+        self.send_all(users, uri).await
     }
 
-    async fn send_all<T: Record>(
+    async fn send_all<T: Record + Sync>(
         &self,
         records: &[T],
         uri: Uri,
-        max_records: usize,
-        max_bytes: usize,
     ) -> Result<Summary, LehnzError> {
-        let (batches, rejected) = batch::split(records, max_records, max_bytes);
-        let mut summary = Summary {
-            rejected,
-            requests: batches.len(),
-            ..Summary::default()
-        };
-        let semaphore = Arc::new(Semaphore::new(self.inner.concurrency));
-        let mut tasks = JoinSet::new();
-        for batch in batches {
-            let permit = semaphore.clone().acquire_owned().await.map_err(|_| {
-                LehnzError::InvalidConfig("the batch limiter was closed".to_owned())
-            })?;
-            let (client, uri) = (self.clone(), uri.clone());
-            tasks.spawn(async move {
-                let _permit = permit;
-                client.send_batch(uri, batch).await
-            });
-        }
-        // A wrong key fails every batch alike: stop at the first and say so.
-        let mut fatal = None;
-        while let Some(joined) = tasks.join_next().await {
-            let Ok(BatchResult { indices, result }) = joined else {
-                continue;
-            };
-            match result {
-                Ok(accepted) => summary.accepted += accepted,
-                Err(err @ (LehnzError::Unauthorized { .. } | LehnzError::Forbidden { .. })) => {
-                    tasks.abort_all();
-                    fatal.get_or_insert(err);
-                }
-                Err(err) => {
-                    if err.is_transient() && self.dead_letters_enabled() {
-                        summary.dead_lettered += indices.len();
-                    }
-                    let reason = err.to_string();
-                    summary
-                        .rejected
-                        .extend(indices.into_iter().map(|index| Rejected {
-                            index,
-                            id: records.get(index).and_then(Record::id).map(str::to_owned),
-                            reason: reason.clone(),
-                        }));
-                    summary.errors.push(err);
-                }
-            }
-        }
-        if let Some(err) = fatal {
-            return Err(err);
-        }
-        summary.rejected.sort_by_key(|r| r.index);
-        Ok(summary)
+        let options = IngestOptions::new().listed_rejections(usize::MAX);
+        self.run_stream(
+            IterSource(records.iter()),
+            uri,
+            self.inner.upsert_batch,
+            options,
+            |_, _| {},
+        )
+        .await
     }
 
-    async fn send_batch(&self, uri: Uri, batch: Batch) -> BatchResult {
-        let sent = batch.indices.len();
-        let result = self.send(uri, batch.body, sent).await;
-        BatchResult {
-            indices: batch.indices,
-            result,
-        }
+    pub(crate) fn concurrency(&self) -> usize {
+        self.inner.concurrency
     }
 
-    async fn send(&self, uri: Uri, body: Bytes, sent: usize) -> Result<usize, LehnzError> {
+    /// Sends one batch and reads what became of it.
+    pub(crate) async fn send(&self, uri: Uri, body: Bytes, sent: usize) -> Outcome {
         let mut request = Request::new(ReplayBody::from_bytes(body));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = uri;
@@ -412,26 +560,35 @@ impl Client {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        let response = self
-            .inner
-            .service
-            .clone()
-            .oneshot(request)
-            .await
-            .map_err(LehnzError::from_layers)?;
+        let response = match self.inner.service.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                let stored = err.dead_letter().map(|r| r.stored);
+                let result = Err(LehnzError::from_layers(err));
+                return Outcome { result, stored };
+            }
+        };
         let (parts, body) = response.into_parts();
-        let body = read_reply(body)
-            .await
-            .map_err(|problem| LehnzError::UnexpectedResponse {
+        let recorded = parts.extensions.get::<Recorded>().map(|r| r.stored);
+        let result = match read_reply(body).await {
+            Ok(body) => interpret(parts.status, &parts.headers, &body, sent),
+            Err(problem) => Err(LehnzError::UnexpectedResponse {
                 status: parts.status,
                 problem,
-            })?;
-        interpret(parts.status, &parts.headers, &body, sent)
+            }),
+        };
+        // A receipt only counts for a batch that failed.
+        let stored = if result.is_err() { recorded } else { None };
+        Outcome { result, stored }
     }
 
     /// Sends the dead letters in `sink` again through the client's stack, with the client's
-    /// key (the stored copies have it redacted), and removes those Lehnz now accepts. See
-    /// [`replay`](crate::dead_letter::replay).
+    /// key (the stored copies have it redacted), and removes those Lehnz now accepts (a 2xx).
+    ///
+    /// Only letters addressed to one of the client's own hosts (the scheme, host and port of
+    /// its base URL or ingestion URL) are sent: the key never goes to a URI a letter names
+    /// otherwise. The others are kept, not sent, and counted in the report's `refused`. See
+    /// [`replay_matching`](crate::dead_letter::replay_matching).
     pub async fn replay_dead_letters(
         &self,
         sink: &dyn crate::Sink,
@@ -443,14 +600,15 @@ impl Client {
                 request
             })
             .service(self.inner.service.clone());
-        crate::dead_letter::replay(sink, service).await
+        crate::dead_letter::replay_matching(sink, service, |letter| self.is_own_host(letter)).await
     }
 
-    fn dead_letters_enabled(&self) -> bool {
-        self.inner
-            .stats
-            .as_ref()
-            .is_some_and(super::stack::StackStats::dead_letters_enabled)
+    /// Whether a dead letter is addressed to one of this client's hosts.
+    fn is_own_host(&self, letter: &crate::DeadLetter) -> bool {
+        letter.uri.parse::<Uri>().is_ok_and(|uri| {
+            uri.authority().is_some_and(|a| !a.as_str().contains('@'))
+                && (self.inner.api.same_origin(&uri) || self.inner.ingestion.same_origin(&uri))
+        })
     }
 
     /// The kind of key the client uses.
@@ -465,7 +623,7 @@ async fn read_reply(mut body: UnsyncBoxBody<Bytes, BoxError>) -> Result<Bytes, S
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| format!("reading the reply failed: {e}"))?;
         if let Ok(chunk) = frame.into_data() {
-            if data.len() + chunk.len() > MAX_REPLY_BYTES {
+            if data.len().saturating_add(chunk.len()) > MAX_REPLY_BYTES {
                 return Err(format!("reply is over {MAX_REPLY_BYTES} bytes"));
             }
             data.extend_from_slice(&chunk);
@@ -487,6 +645,31 @@ mod tests {
         assert!(err.to_string().contains("https only"));
         assert!(parse_base("api.lehnz.com").is_err());
         assert!(parse_base("ftp://127.0.0.1").is_err());
+    }
+
+    #[test]
+    fn host_starting_with_127_is_not_loopback() {
+        for url in [
+            "http://127.attacker.example",
+            "http://127.0.0.1.attacker.example:8080",
+            "http://127.1",
+            "http://0x7f.0.0.1",
+            "http://[::ffff:127.0.0.1]",
+            "http://[::2]",
+            "http://localhost.attacker.example",
+            "http://user@attacker.example",
+        ] {
+            let err = parse_base(url).unwrap_err();
+            assert!(err.to_string().contains("https only"), "{url}: {err}");
+        }
+        for url in [
+            "http://127.0.0.1:1",
+            "http://127.255.255.254",
+            "http://[::1]:8080",
+            "http://LOCALHOST:9",
+        ] {
+            assert!(parse_base(url).is_ok(), "{url}");
+        }
     }
 
     #[test]

@@ -71,7 +71,13 @@ impl ApiKey {
         if key.is_empty() {
             return Err(KeyError::Empty);
         }
-        if key.len() >= 7 && key[..7].eq_ignore_ascii_case("bearer ") {
+        // Bytes, not a `str` slice: a multi-byte character in the first seven bytes must not
+        // split a char boundary.
+        if key
+            .as_bytes()
+            .get(..7)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"bearer "))
+        {
             return Err(KeyError::BearerPrefix);
         }
         if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -149,6 +155,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("remove the prefix"));
+    }
+
+    #[test]
+    fn multibyte_key_prefix_does_not_panic() {
+        // Each of these has a multi-byte character across byte 7.
+        for raw in [
+            "béarer x",
+            "lehnz_ä_key",
+            "ééééééé",
+            "bearer\u{e9}x",
+            "日本語のキー",
+        ] {
+            let expected = if raw.contains(' ') {
+                KeyError::InnerWhitespace
+            } else {
+                KeyError::NotVisibleAscii
+            };
+            assert_eq!(ApiKey::parse(raw).unwrap_err(), expected, "{raw:?}");
+        }
+        assert_eq!(
+            ApiKey::parse("BEARER lehnz_sk_x").unwrap_err(),
+            KeyError::BearerPrefix
+        );
     }
 
     #[test]

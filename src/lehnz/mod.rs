@@ -53,6 +53,8 @@ mod response;
 pub mod sim;
 #[cfg(feature = "lehnz")]
 mod stack;
+#[cfg(feature = "lehnz")]
+mod stream;
 
 /// Lehnz's API host.
 pub const DEFAULT_BASE_URL: &str = "https://api.lehnz.com";
@@ -68,6 +70,8 @@ pub use error::{FieldError, LehnzError};
 #[cfg(feature = "lehnz")]
 pub use key::{ApiKey, KeyError, KeyKind};
 #[cfg(feature = "lehnz")]
-pub use model::{Event, Item, ItemStatus, User, CLIENT_EVENT_ID};
+pub use model::{Event, Item, ItemStatus, User, CLIENT_EVENT_ID, EVENT_ID_NAMESPACE};
 #[cfg(feature = "lehnz")]
 pub use stack::{StackConfig, StackStats};
+#[cfg(feature = "lehnz")]
+pub use stream::{IngestOptions, Progress, DEFAULT_LISTED_REJECTIONS};

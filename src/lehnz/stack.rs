@@ -14,6 +14,7 @@ use crate::body::ReplayBody;
 use crate::circuit::CircuitStats;
 use crate::dead_letter::{DeadLetterStats, Sink};
 use crate::outbound::Outbound;
+use crate::partition::Scope;
 use crate::retry::RetryStats;
 use crate::retry_after::GateStats;
 use crate::throttle::{BucketStore, ThrottleStats};
@@ -139,7 +140,7 @@ impl StackConfig {
         let mut retry = RetryLayer::new()
             .max_attempts(self.max_attempts)
             .max_retry_after(self.max_retry_after)
-            .max_total_delay(self.max_retry_after + Duration::from_secs(60))
+            .max_total_delay(self.max_retry_after.saturating_add(Duration::from_secs(60)))
             // Upserts are keyed on the record's id, and events carry a client id: resending
             // either is safe.
             .retry_non_idempotent(true);
@@ -168,7 +169,10 @@ impl StackConfig {
             breaker: breaker.as_ref().map(CircuitBreakerLayer::stats),
             dead_letters: dead_letters.as_ref().map(DeadLetterLayer::stats),
         };
+        // Lehnz's limits are per organization, across the API and the ingestion hosts: one
+        // gate, breaker and budget for both.
         let stack = Outbound::new()
+            .partition(Scope::Global)
             .idempotency(None)
             .deadline(None)
             .retry(retry)
@@ -225,9 +229,5 @@ impl StackStats {
     /// The dead-letter counters, when dead letters are on.
     pub fn dead_letters(&self) -> Option<&DeadLetterStats> {
         self.dead_letters.as_ref()
-    }
-
-    pub(crate) fn dead_letters_enabled(&self) -> bool {
-        self.dead_letters.is_some()
     }
 }

@@ -25,6 +25,17 @@
 //! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on      | off          |
 //! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on      | on (memory)  |
 //!
+//! Every preset keeps its state **per upstream** (scheme, host and port): the Retry-After gate,
+//! the circuit breaker, the throttle and the retry budget of one host never change what
+//! happens to calls to another ([`partition`](Outbound::partition) with [`Scope::Global`]
+//! shares one state for an API whose limits span several hosts). No server can close a gate
+//! for longer than 15 minutes ([`RetryAfterLayer::max_pause`]). A [`RetryBudget`] caps retries
+//! at 20 % of calls per upstream (plus 5 per second), so an outage does not multiply the load
+//! on the failing upstream. `background()` keeps dead letters in a bounded [`MemorySink`]
+//! (see [`dead_letters`](Outbound::dead_letters) for a durable file or a shared stream);
+//! refused calls (circuit open, throttled or gated past their wait) get a letter too, since
+//! their caller may not try again — see [`DeadLetterLayer::record_refusals`].
+//!
 //! No preset throttles: the rate belongs to the upstream; add
 //! [`throttle`](Outbound::throttle) with its limit.
 //!
@@ -62,8 +73,8 @@ use crate::dead_letter::{DeadLetterService, MemorySink};
 use crate::deadline::{DeadlineLayer, DeadlineService};
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
-use crate::partition::Global;
-use crate::retry::{Jitter, Retry};
+use crate::partition::Scope;
+use crate::retry::{Jitter, Retry, RetryBudget};
 use crate::retry_after::RetryAfter;
 use crate::throttle::Throttle;
 use crate::{
@@ -77,18 +88,20 @@ use maybe::MaybeLayer;
 pub use maybe::{Maybe, MaybeFuture};
 
 /// The composed stack. Configure it, then wrap a client with [`service`](Outbound::service)
-/// or use it as a [`Layer`]. Clones share the state of the layers they hold (the retry
-/// counters, the gate).
+/// or use it as a [`Layer`]. Clones, and every service made from it, share the state of the
+/// layers they hold (the gates, breakers, buckets, retry budgets and counters).
 #[derive(Clone, Debug)]
 pub struct Outbound {
     idempotency: Option<IdempotencyKeyLayer>,
     dead_letters: Option<DeadLetterLayer>,
     deadline: Option<Duration>,
     retry: RetryLayer,
+    retry_budget: Option<RetryBudget>,
     circuit_breaker: Option<CircuitBreakerLayer>,
     gate: RetryAfterLayer,
-    throttle: Option<ThrottleLayer>,
+    throttle: Option<ThrottleLayer<Scope>>,
     attempt_timeout: Option<Duration>,
+    scope: Scope,
 }
 
 impl Default for Outbound {
@@ -105,10 +118,12 @@ impl Outbound {
             dead_letters: None,
             deadline: Some(Duration::from_secs(30)),
             retry: RetryLayer::new(),
+            retry_budget: Some(RetryBudget::new()),
             circuit_breaker: Some(CircuitBreakerLayer::new()),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(10)),
+            scope: Scope::Upstream,
         }
     }
 
@@ -130,17 +145,20 @@ impl Outbound {
                 .max_delay(Duration::from_secs(1))
                 .max_total_delay(Duration::from_secs(2))
                 .max_retry_after(Duration::from_secs(2)),
+            retry_budget: Some(RetryBudget::new()),
             circuit_breaker: Some(CircuitBreakerLayer::new()),
             gate: RetryAfterLayer::new().max_wait(Duration::ZERO),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(2)),
+            scope: Scope::Upstream,
         }
     }
 
     /// For work no person waits on (sync jobs, webhooks, queues): more attempts, a longer
-    /// budget and deadline, and dead letters for what still fails. They go to a
+    /// budget and deadline, and dead letters for what still fails. They go to a bounded
     /// [`MemorySink`] (see [`dead_letters`](Self::dead_letters) for a durable file or a shared
-    /// stream).
+    /// stream); a letter the full sink refuses is reported on the call's receipt
+    /// ([`Recorded::stored`](crate::dead_letter::Recorded)) and counted, never dropped silently.
     pub fn background() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
@@ -150,22 +168,47 @@ impl Outbound {
                 .max_attempts(5)
                 .base_delay(Duration::from_millis(500))
                 .jitter(Jitter::Full),
+            retry_budget: Some(RetryBudget::new()),
             circuit_breaker: Some(CircuitBreakerLayer::new()),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(20)),
+            scope: Scope::Upstream,
         }
     }
 
-    /// The retry layer (default [`RetryLayer::new`]).
+    /// The retry layer (default [`RetryLayer::new`]). Its retry budget is the one set with
+    /// [`retry_budget`](Self::retry_budget).
     pub fn retry(mut self, retry: RetryLayer) -> Self {
         self.retry = retry;
         self
     }
 
-    /// The Retry-After gate (default [`RetryAfterLayer::new`]).
+    /// Caps retries at a share of calls, per upstream, or `None` for no cap (default
+    /// [`RetryBudget::new`]: 20 % of calls over 10 s plus 5 retries per second). It replaces any
+    /// budget set on the [`retry`](Self::retry) layer.
+    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.retry_budget = budget.map(|b| b.partition(self.scope));
+        self
+    }
+
+    /// Whether the gate, the breaker, the throttle and the retry budget keep one state per
+    /// upstream (default [`Scope::Upstream`]: scheme, host and port) or one for every call
+    /// ([`Scope::Global`]: for an API whose limits span several hosts). It applies to the
+    /// layers set before and after it.
+    pub fn partition(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self.gate = self.gate.partition(scope);
+        self.circuit_breaker = self.circuit_breaker.map(|b| b.partition(scope));
+        self.throttle = self.throttle.map(|t| t.partition(scope));
+        self.retry_budget = self.retry_budget.map(|b| b.partition(scope));
+        self
+    }
+
+    /// The Retry-After gate (default [`RetryAfterLayer::new`]: hold up to 60 s, never closed
+    /// longer than 15 minutes). Its partition is the stack's [`partition`](Self::partition).
     pub fn gate(mut self, gate: RetryAfterLayer) -> Self {
-        self.gate = gate;
+        self.gate = gate.partition(self.scope);
         self
     }
 
@@ -184,14 +227,17 @@ impl Outbound {
     }
 
     /// The circuit breaker, or `None` to leave it out (default [`CircuitBreakerLayer::new`]).
+    /// Its partition is the stack's [`partition`](Self::partition).
     pub fn circuit_breaker(mut self, layer: Option<CircuitBreakerLayer>) -> Self {
-        self.circuit_breaker = layer;
+        self.circuit_breaker = layer.map(|b| b.partition(self.scope));
         self
     }
 
-    /// The throttle, or `None` to leave it out (default: none).
+    /// The throttle, or `None` to leave it out (default: none). Its partition is the stack's
+    /// [`partition`](Self::partition): with the default, each upstream gets its own bucket of
+    /// the given rate.
     pub fn throttle(mut self, layer: Option<ThrottleLayer>) -> Self {
-        self.throttle = layer;
+        self.throttle = layer.map(|t| t.partition(self.scope));
         self
     }
 
@@ -206,19 +252,20 @@ impl Outbound {
     }
 
     /// The throttle, when there is one (to read its counters).
-    pub fn throttle_layer(&self) -> Option<&ThrottleLayer> {
+    pub fn throttle_layer(&self) -> Option<&ThrottleLayer<Scope>> {
         self.throttle.as_ref()
     }
 
     /// The deadline of one logical call, attempts and waits together, or `None` for none
-    /// (default 30 s).
+    /// (default 30 s; any value is accepted, see [`DeadlineLayer::new`]).
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
         self
     }
 
     /// The time limit of one attempt, or `None` for none (default 10 s). A timed-out attempt
-    /// is a transient failure: retried.
+    /// is a transient failure: retried. Any value is accepted (tokio's timer treats one past
+    /// what it can represent as never).
     pub fn attempt_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.attempt_timeout = timeout;
         self
@@ -242,10 +289,10 @@ impl Outbound {
 
 /// Each attempt: the breaker, the gate, the throttle and the attempt timeout.
 type Attempt<S> = Maybe<
-    CircuitBreaker<RetryAfter<Throttled<S>>, DefaultClassifier, Global>,
+    CircuitBreaker<RetryAfter<Throttled<S>>, DefaultClassifier, Scope>,
     RetryAfter<Throttled<S>>,
 >;
-type Throttled<S> = Maybe<Throttle<Timed<S>, Global>, Timed<S>>;
+type Throttled<S> = Maybe<Throttle<Timed<S>, Scope>, Timed<S>>;
 type Timed<S> = Maybe<Timeout<S>, S>;
 /// The logical call: the deadline around the retries.
 type Call<S> = Maybe<
@@ -266,7 +313,11 @@ impl<S> Layer<S> for Outbound {
         let attempt = MaybeLayer(self.throttle.clone()).layer(attempt);
         let attempt = self.gate.layer(attempt);
         let attempt = MaybeLayer(self.circuit_breaker.clone()).layer(attempt);
-        let call = self.retry.layer(attempt);
+        let call = self
+            .retry
+            .clone()
+            .retry_budget(self.retry_budget.clone())
+            .layer(attempt);
         let call = MaybeLayer(self.deadline.map(DeadlineLayer::new)).layer(call);
         let call = MaybeLayer(self.dead_letters.clone()).layer(call);
         let call = MaybeLayer(self.idempotency.clone()).layer(call);

@@ -3,7 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use http::uri::Authority;
 use http::{request::Parts, Request, Response};
@@ -19,6 +19,7 @@ use crate::classify::{Attempt, Classify, Outcome};
 use crate::deadline::Deadline;
 use crate::error::{BoxError, Error, Kind};
 use crate::rate_limit::RateLimitInfo;
+use tower::retry::budget::{Budget, TpsBudget};
 
 pin_project! {
     /// The response future of [`Retry`](super::Retry): reads the body once, then runs attempts
@@ -36,6 +37,7 @@ pin_project! {
         parts: Option<Parts>,
         body: Option<Buffered>,
         may_retry: bool,
+        budget: Option<Arc<TpsBudget>>,
         upstream: Option<Authority>,
         deadline: Option<Instant>,
         attempts: u32,
@@ -65,8 +67,12 @@ where
         parts: Parts,
         buffer: Buffer<B>,
         may_retry: bool,
+        budget: Option<Arc<TpsBudget>>,
     ) -> Self {
-        let upstream = parts.uri.authority().cloned();
+        let upstream = parts
+            .uri
+            .authority()
+            .map(crate::redact::authority_without_userinfo);
         let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
         ResponseFuture {
             state: State::Buffering { buffer },
@@ -78,6 +84,7 @@ where
             parts: Some(parts),
             body: None,
             may_retry,
+            budget,
             attempts: 0,
             waited: Duration::ZERO,
             previous_delay: Duration::ZERO,
@@ -108,6 +115,8 @@ enum GiveUp {
     Budget,
     /// The server asked for a longer wait than the layer sleeps.
     TooLong(Duration),
+    /// The upstream's retry budget is spent.
+    RetryBudget,
 }
 
 impl<S, C, B, ResB> Future for ResponseFuture<S, C, B>
@@ -186,10 +195,13 @@ where
                             this.config,
                             this.parts.is_some(),
                             *this.deadline,
-                            *this.attempts,
-                            *this.waited,
-                            *this.previous_delay,
+                            Progress {
+                                attempts: *this.attempts,
+                                waited: *this.waited,
+                                previous_delay: *this.previous_delay,
+                            },
                             hint,
+                            this.budget.as_deref(),
                         ) {
                             Ok(delay) => {
                                 log_retry(
@@ -201,7 +213,7 @@ where
                                 drop(response);
                                 schedule(this.state.as_mut(), this.config, delay, hint.is_some());
                                 *this.previous_delay = delay;
-                                *this.waited += delay;
+                                *this.waited = this.waited.saturating_add(delay);
                             }
                             Err(give_up) => {
                                 if *this.may_retry {
@@ -210,7 +222,9 @@ where
                                 let retry_after = match give_up {
                                     GiveUp::TooLong(wait) => Some(wait),
                                     GiveUp::Budget => hint,
-                                    GiveUp::NotRepeatable | GiveUp::Exhausted => None,
+                                    GiveUp::NotRepeatable
+                                    | GiveUp::Exhausted
+                                    | GiveUp::RetryBudget => None,
                                 };
                                 return Poll::Ready(Ok(finish(
                                     response,
@@ -236,16 +250,19 @@ where
                             this.config,
                             this.parts.is_some(),
                             *this.deadline,
-                            *this.attempts,
-                            *this.waited,
-                            *this.previous_delay,
+                            Progress {
+                                attempts: *this.attempts,
+                                waited: *this.waited,
+                                previous_delay: *this.previous_delay,
+                            },
                             hint,
+                            this.budget.as_deref(),
                         ) {
                             Ok(delay) => {
                                 log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
                                 schedule(this.state.as_mut(), this.config, delay, hint.is_some());
                                 *this.previous_delay = delay;
-                                *this.waited += delay;
+                                *this.waited = this.waited.saturating_add(delay);
                             }
                             Err(_) => {
                                 if *this.may_retry {
@@ -276,16 +293,28 @@ fn server_wait<ResB>(response: &mut Response<ResB>, outcome: Outcome) -> Option<
     })
 }
 
+/// Where a call stands: attempts made, time waited, the last delay.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    attempts: u32,
+    waited: Duration,
+    previous_delay: Duration,
+}
+
 /// The delay before the next attempt, or why there is none.
 fn plan(
     config: &Config,
     repeatable: bool,
     deadline: Option<Instant>,
-    attempts: u32,
-    waited: Duration,
-    previous_delay: Duration,
+    progress: Progress,
     hint: Option<Duration>,
+    budget: Option<&TpsBudget>,
 ) -> Result<Duration, GiveUp> {
+    let Progress {
+        attempts,
+        waited,
+        previous_delay,
+    } = progress;
     if let Some(wait) = hint {
         if wait > config.max_retry_after {
             return Err(GiveUp::TooLong(wait));
@@ -298,11 +327,11 @@ fn plan(
         return Err(GiveUp::NotRepeatable);
     }
     let delay = match hint {
-        Some(wait) => {
-            wait + config
+        Some(wait) => wait.saturating_add(
+            config
                 .rng
-                .uniform(Duration::ZERO, config.retry_after_jitter)
-        }
+                .uniform(Duration::ZERO, config.retry_after_jitter),
+        ),
         None => config
             .rng
             .backoff(&config.backoff, attempts - 1, previous_delay),
@@ -312,11 +341,20 @@ fn plan(
     if let Some(deadline) = deadline {
         left = left.min(deadline.saturating_duration_since(Instant::now()));
     }
-    match hint {
-        Some(wait) if wait <= left => Ok(delay.min(left)),
-        None if delay <= left => Ok(delay),
-        _ => Err(GiveUp::Budget),
+    let delay = match hint {
+        Some(wait) if wait <= left => delay.min(left),
+        None if delay <= left => delay,
+        _ => return Err(GiveUp::Budget),
+    };
+    // Last, so that only a retry that would otherwise be made spends the budget.
+    if budget.is_some_and(|b| !b.withdraw()) {
+        config.stats.record_budget_exhausted();
+        if let Some(b) = &config.budget {
+            b.refused();
+        }
+        return Err(GiveUp::RetryBudget);
     }
+    Ok(delay)
 }
 
 fn schedule<F, B>(
@@ -336,6 +374,7 @@ fn log_retry(
     reason: &dyn fmt::Display,
     upstream: Option<&Authority>,
 ) {
+    // The upstream was stripped of its userinfo when the call started.
     let host = upstream.map(Authority::as_str).unwrap_or("");
     tracing::info!(
         attempt,
@@ -363,7 +402,7 @@ fn finish<ResB>(
         response.extensions_mut().insert(Attempts {
             count: attempts,
             waited,
-            retry_after: retry_after.map(|wait| (wait, SystemTime::now() + wait)),
+            retry_after: retry_after.map(|wait| (wait, crate::error::system_time_after(wait))),
         });
     }
     response

@@ -5,7 +5,7 @@ use http::{HeaderName, Method};
 use tower_layer::Layer;
 
 use super::backoff::{ExponentialBackoff, Jitter, RngSource};
-use super::{Retry, RetryStats};
+use super::{Retry, RetryBudget, RetryStats};
 use crate::body::DEFAULT_MAX_BUFFERED;
 use crate::classify::{Classify, DefaultClassifier};
 
@@ -22,9 +22,18 @@ pub(crate) struct Config {
     pub(crate) retry_non_idempotent: bool,
     pub(crate) rng: RngSource,
     pub(crate) stats: RetryStats,
+    pub(crate) budget: Option<RetryBudget>,
 }
 
 impl Config {
+    /// The retry budget of this request's upstream, with the call deposited into it.
+    pub(crate) fn retry_budget_of<B>(
+        &self,
+        request: &mut http::Request<B>,
+    ) -> Option<Arc<tower::retry::budget::TpsBudget>> {
+        self.budget.as_ref().map(|b| b.deposit(request))
+    }
+
     /// Whether a request with this method (and these headers) may be sent more than once.
     pub(crate) fn may_retry(&self, method: &Method, headers: &http::HeaderMap) -> bool {
         match *method {
@@ -80,6 +89,7 @@ impl RetryLayer {
                 retry_non_idempotent: false,
                 rng: RngSource::Thread,
                 stats: RetryStats::default(),
+                budget: None,
             },
             classify: DefaultClassifier,
         }
@@ -94,14 +104,16 @@ impl<C> RetryLayer<C> {
         self
     }
 
-    /// The ceiling of the first backoff delay, doubled on each retry (default 200 ms).
+    /// The ceiling of the first backoff delay, doubled on each retry (default 200 ms). Every
+    /// duration setting of this layer accepts any value: sums saturate, and a delay past what
+    /// the timer can represent waits until the end of the wait budget or the deadline.
     pub fn base_delay(mut self, delay: Duration) -> Self {
         let b = self.config.backoff;
         self.config.backoff = ExponentialBackoff::new(delay, b.max(), b.jitter());
         self
     }
 
-    /// The cap on any one backoff delay (default 30 s).
+    /// The cap on any one backoff delay (default 30 s; any value, `Duration::MAX` included).
     pub fn max_delay(mut self, delay: Duration) -> Self {
         let b = self.config.backoff;
         self.config.backoff = ExponentialBackoff::new(b.base(), delay, b.jitter());
@@ -110,7 +122,7 @@ impl<C> RetryLayer<C> {
 
     /// The budget of time spent waiting between attempts of one logical call, backoff and
     /// server-requested waits together (default 60 s). A retry whose wait would overrun it is
-    /// not made: the last outcome is returned.
+    /// not made: the last outcome is returned. Any value is accepted; sums saturate.
     pub fn max_total_delay(mut self, budget: Duration) -> Self {
         self.config.max_total_delay = budget;
         self
@@ -126,20 +138,23 @@ impl<C> RetryLayer<C> {
     /// The longest server-requested wait (`Retry-After`, or the reset of a used-up quota) that
     /// is slept on (default 60 s). A longer one ends the call at once: the response carries an
     /// [`Attempts`](super::Attempts) extension with the wait and the time a retry is allowed.
+    /// Any value is accepted (servers' waits are bounded to a year when parsed).
     pub fn max_retry_after(mut self, wait: Duration) -> Self {
         self.config.max_retry_after = wait;
         self
     }
 
     /// The most random time added to a server-requested wait, so clients that got the same
-    /// reset do not all come back in the same instant (default 250 ms; zero turns it off).
+    /// reset do not all come back in the same instant (default 250 ms; zero turns it off; the
+    /// jittered wait never runs past the wait budget or the deadline, whatever this is).
     pub fn retry_after_jitter(mut self, jitter: Duration) -> Self {
         self.config.retry_after_jitter = jitter;
         self
     }
 
     /// How much of a request body is held in memory to send it again (default 1 MiB). A larger
-    /// body is sent once, whole, and not retried; a warning is logged.
+    /// body is sent once, whole, and not retried; a warning is logged. Any value is accepted:
+    /// memory is only taken as the body arrives, never reserved from a size the body claims.
     pub fn max_buffered_body(mut self, bytes: usize) -> Self {
         self.config.max_buffered_body = bytes;
         self
@@ -157,6 +172,14 @@ impl<C> RetryLayer<C> {
     /// such as upserts keyed on the record's own id.
     pub fn retry_non_idempotent(mut self, yes: bool) -> Self {
         self.config.retry_non_idempotent = yes;
+        self
+    }
+
+    /// Caps retries at a share of calls per upstream, or `None` for no cap (default: none here;
+    /// [`Outbound`](crate::Outbound) and its presets use [`RetryBudget::new`]). Clones of the
+    /// budget share it, so one budget can span several layers.
+    pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
+        self.config.budget = budget;
         self
     }
 

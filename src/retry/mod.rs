@@ -34,6 +34,9 @@
 //!   up to 200 ms, 400 ms, 800 ms …, never over 30 s.
 //! - At most 4 attempts, and at most 60 s of waiting in all per call; a wait that would overrun
 //!   the budget is not started.
+//! - With a [`RetryBudget`] ([`RetryLayer::retry_budget`]; on in [`Outbound`](crate::Outbound) and its
+//!   presets), retries per upstream are at most a share of calls (20 % over 10 s, plus a
+//!   floor): during an outage the layer stops multiplying the load on the failing upstream.
 //!
 //! # Bodies
 //!
@@ -93,11 +96,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 mod backoff;
+mod budget;
 mod future;
 mod layer;
 mod service;
 
 pub use backoff::{ExponentialBackoff, Jitter};
+pub use budget::RetryBudget;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use service::Retry;
@@ -135,6 +140,7 @@ struct Counters {
     gave_up: AtomicU64,
     server_waits: AtomicU64,
     waited_nanos: AtomicU64,
+    budget_exhausted: AtomicU64,
 }
 
 impl RetryStats {
@@ -160,6 +166,18 @@ impl RetryStats {
         self.counters.gave_up.load(Ordering::Relaxed)
     }
 
+    /// Retries not made because the [`RetryBudget`] was spent: the last response or error was
+    /// returned at once.
+    pub fn budget_exhausted(&self) -> u64 {
+        self.counters.budget_exhausted.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn record_budget_exhausted(&self) {
+        self.counters
+            .budget_exhausted
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn record_call(&self) {
         self.counters.calls.fetch_add(1, Ordering::Relaxed);
     }
@@ -181,9 +199,13 @@ impl RetryStats {
             self.counters.server_waits.fetch_add(1, Ordering::Relaxed);
         }
         let nanos = u64::try_from(delay.as_nanos()).unwrap_or(u64::MAX);
-        self.counters
-            .waited_nanos
-            .fetch_add(nanos, Ordering::Relaxed);
+        // Saturating: a total that overflowed would read as a short wait.
+        let _ =
+            self.counters
+                .waited_nanos
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| {
+                    Some(w.saturating_add(nanos))
+                });
     }
 
     pub(crate) fn record_success_after_retry(&self) {

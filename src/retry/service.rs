@@ -62,11 +62,12 @@ where
             .map_err(|e| Error::from_box(e.into()))
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
         // The ready service goes with the call; this one keeps an unreserved clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         self.config.stats.record_call();
+        let budget = self.config.retry_budget_of(&mut request);
         let (parts, body) = request.into_parts();
         let may_retry =
             self.config.max_attempts > 1 && self.config.may_retry(&parts.method, &parts.headers);
@@ -78,6 +79,7 @@ where
             parts,
             buffer,
             may_retry,
+            budget,
         )
     }
 }

@@ -9,8 +9,9 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 use tower_service::Service;
 
-use super::{Gate, Pass};
+use super::{Gates, Pass};
 use crate::error::{BoxError, Error};
+use crate::partition::PartitionKey;
 
 pin_project! {
     /// The response future of [`RetryAfter`](super::RetryAfter).
@@ -24,7 +25,8 @@ pin_project! {
     {
         #[pin]
         state: State<S, B, S::Future>,
-        gate: Arc<Gate>,
+        gates: Arc<Gates>,
+        key: Option<PartitionKey>,
     }
 }
 
@@ -55,30 +57,39 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
-    pub(crate) fn calling(future: S::Future, gate: Arc<Gate>) -> Self {
+    pub(crate) fn calling(future: S::Future, gates: Arc<Gates>, key: Option<PartitionKey>) -> Self {
         ResponseFuture {
             state: State::Calling { future },
-            gate,
+            gates,
+            key,
         }
     }
 
-    pub(crate) fn waiting(until: Instant, inner: S, request: Request<B>, gate: Arc<Gate>) -> Self {
-        gate.stats.delayed_one();
+    pub(crate) fn waiting(
+        until: Instant,
+        inner: S,
+        request: Request<B>,
+        gates: Arc<Gates>,
+        key: Option<PartitionKey>,
+    ) -> Self {
+        gates.stats.delayed_one();
         ResponseFuture {
             state: State::Waiting {
                 sleep: tokio::time::sleep_until(until),
                 inner,
                 request: Some(request),
             },
-            gate,
+            gates,
+            key,
         }
     }
 
-    pub(crate) fn refused(error: Error, gate: Arc<Gate>) -> Self {
-        gate.stats.refused_one();
+    pub(crate) fn refused(error: Error, gates: Arc<Gates>) -> Self {
+        gates.stats.refused_one();
         ResponseFuture {
             state: State::Refused { error: Some(error) },
-            gate,
+            gates,
+            key: None,
         }
     }
 }
@@ -101,7 +112,7 @@ where
                 } => {
                     ready!(sleep.as_mut().poll(cx));
                     // Another response may have closed the gate again while this one slept.
-                    match this.gate.pass() {
+                    match this.gates.pass(this.key.as_ref()) {
                         Pass::Open => {}
                         Pass::Wait(until) => {
                             sleep.reset(until);
@@ -109,7 +120,7 @@ where
                         }
                         Pass::Refuse(mut error) => {
                             error.set_upstream(request.as_ref().and_then(|r| r.uri().authority()));
-                            this.gate.stats.refused_one();
+                            this.gates.stats.refused_one();
                             return Poll::Ready(Err(error));
                         }
                     }
@@ -121,7 +132,7 @@ where
                 StateProj::Calling { future } => {
                     let mut response =
                         ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()))?;
-                    this.gate.observe(&mut response);
+                    this.gates.observe(this.key.as_ref(), &mut response);
                     return Poll::Ready(Ok(response));
                 }
                 StateProj::Refused { error } => {

@@ -1,17 +1,28 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http::Uri;
 use tower_layer::Layer;
 
-use super::{Gate, RetryAfter};
+use super::{Gates, RetryAfter, Settings, MAX_SETTING};
+use crate::partition::{ByUpstream, Scope};
 
-/// Holds every request back while the upstream has asked for a pause. See the
+/// Holds requests back while their upstream has asked for a pause. See the
 /// [module docs](super).
 ///
-/// Clones of the layer, and every service it makes, share one gate.
+/// Clones of the layer, and every service it makes, share the gates: one per upstream by
+/// default.
+///
+/// | setting | default | out-of-range values |
+/// |---|---|---|
+/// | [`max_wait`](Self::max_wait) | 60 s | above a year: a year |
+/// | [`max_pause`](Self::max_pause) | 15 min | above a year: a year |
+/// | [`partition`](Self::partition) | [`Scope::Upstream`] | |
+/// | [`max_partitions`](Self::max_partitions) | 1,024 | |
 #[derive(Clone, Debug)]
 pub struct RetryAfterLayer {
-    gate: Arc<Gate>,
+    gates: Arc<Gates>,
+    scope: Scope,
 }
 
 impl Default for RetryAfterLayer {
@@ -21,30 +32,72 @@ impl Default for RetryAfterLayer {
 }
 
 impl RetryAfterLayer {
-    /// A gate that holds requests for up to 60 s and fails faster than that.
+    /// Gates per upstream that hold requests for up to 60 s, fail faster than that, and never
+    /// stay closed longer than 15 minutes whatever the server asks.
     pub fn new() -> Self {
         RetryAfterLayer {
-            gate: Arc::new(Gate::new(Duration::from_secs(60))),
+            gates: Arc::new(Gates::new(Settings::default())),
+            scope: Scope::Upstream,
         }
     }
 
-    /// The longest a request waits at the closed gate (default 60 s). When the gate stays
+    fn update(self, f: impl FnOnce(&mut Settings)) -> Self {
+        let mut settings = self.gates.settings;
+        f(&mut settings);
+        RetryAfterLayer {
+            gates: Arc::new(Gates::new(settings)),
+            scope: self.scope,
+        }
+    }
+
+    /// The longest a request waits at a closed gate (default 60 s). When the gate stays
     /// closed longer, requests fail at once with [`Kind::RateLimited`](crate::error::Kind)
     /// carrying the remaining wait. Zero makes every request fail fast while the gate is closed.
     pub fn max_wait(self, wait: Duration) -> Self {
-        RetryAfterLayer {
-            gate: Arc::new(Gate::new(wait)),
-        }
+        self.update(|s| s.max_wait = wait.min(MAX_SETTING))
     }
 
-    /// How long the gate stays closed from now, or `None` when it is open.
+    /// The longest a server can close the gate (default 15 minutes: the seeds' advice is never
+    /// to block on a `Retry-After` over 10–15 minutes). A longer pause closes it for this
+    /// long; calls meanwhile fail fast with the server's own retry time
+    /// ([`Error::retry_at`](crate::Error::retry_at)), and the first such pause per upstream is
+    /// logged at WARN. Zero means no server can close the gate.
+    pub fn max_pause(self, pause: Duration) -> Self {
+        self.update(|s| s.max_pause = pause.min(MAX_SETTING))
+    }
+
+    /// One gate per upstream ([`Scope::Upstream`], the default: a pause asked by one host never
+    /// holds calls to another) or one for every request ([`Scope::Global`]: for an API whose
+    /// limits span several hosts). The gates stay shared with clones of this layer.
+    pub fn partition(mut self, scope: Scope) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// The most per-upstream gates kept (default 1,024). At the cap, open gates are forgotten
+    /// first; if every gate is closed, a new upstream shares the default gate.
+    pub fn max_partitions(self, max: usize) -> Self {
+        self.update(|s| s.max_partitions = max)
+    }
+
+    /// How long the longest-closed gate stays closed from now, or `None` when every gate is
+    /// open.
     pub fn closed_for(&self) -> Option<Duration> {
-        self.gate.closed_for()
+        self.gates.longest_closed()
     }
 
-    /// The gate's counters.
+    /// How long the gate of `uri`'s upstream stays closed from now, or `None` when it is open.
+    pub fn closed_for_upstream(&self, uri: &Uri) -> Option<Duration> {
+        let key = match self.scope {
+            Scope::Global => None,
+            Scope::Upstream => ByUpstream::of(uri),
+        };
+        self.gates.closed_for(key.as_ref())
+    }
+
+    /// The gates' counters.
     pub fn stats(&self) -> super::GateStats {
-        self.gate.stats()
+        self.gates.stats()
     }
 }
 
@@ -52,6 +105,6 @@ impl<S> Layer<S> for RetryAfterLayer {
     type Service = RetryAfter<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RetryAfter::new(inner, self.gate.clone())
+        RetryAfter::new(inner, self.gates.clone(), self.scope)
     }
 }

@@ -12,11 +12,17 @@
 //!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
 //!   fails at once with [`Kind::RateLimited`], carrying the
 //!   remaining wait and the wall-clock time the upstream accepts requests again.
+//! - there is one gate per upstream (scheme, host and port) by default: a pause one host asks
+//!   for never holds calls to another ([`partition`](RetryAfterLayer::partition));
+//! - no server closes a gate for longer than [`max_pause`](RetryAfterLayer::max_pause) (15
+//!   minutes by default): a longer pause closes it for the cap, calls meanwhile fail fast
+//!   with the server's own retry time, and the first such pause per upstream is logged at
+//!   WARN. A hostile `Retry-After: 31536000` costs one upstream 15 minutes, not a year.
 //!
 //! The gate reads the response's [`RateLimitInfo`] (parsing the headers
 //! and inserting the extension if no layer did yet), so the retry layer outside it reads the same
-//! value without parsing again. When the gate is open, passing it costs one atomic load: no clock
-//! read, no lock.
+//! value without parsing again. While every gate is open, passing costs one atomic load: no
+//! clock read, no lock.
 //!
 //! Place it inside [`RetryLayer`](crate::RetryLayer): the retry layer then sees every attempt's
 //! wait, and retries pass the gate like any other request.
@@ -53,14 +59,16 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use http::{Response, StatusCode};
 use tokio::time::Instant;
 
-use crate::error::{Error, Kind};
+use crate::error::{Error, Human, Kind};
+use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
 
 mod future;
@@ -71,13 +79,52 @@ pub use future::ResponseFuture;
 pub use layer::RetryAfterLayer;
 pub use service::RetryAfter;
 
-/// The shared gate: the instant it opens again, as nanoseconds since `base` (0 = open).
+/// The longest any setting of the gate can be: a year.
+pub(crate) const MAX_SETTING: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The settings of every gate of one layer.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Settings {
+    pub(crate) max_wait: Duration,
+    pub(crate) max_pause: Duration,
+    pub(crate) max_partitions: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            max_wait: Duration::from_secs(60),
+            max_pause: Duration::from_secs(15 * 60),
+            max_partitions: 1024,
+        }
+    }
+}
+
+/// The gates of one layer: one per partition (per upstream by default), and a default one.
+///
+/// Times are nanoseconds since `base`, in atomics (0 = open). While no gate is closed, a
+/// request passes with one atomic load, without looking up its partition.
 #[derive(Debug)]
-pub(crate) struct Gate {
+pub(crate) struct Gates {
     base: Instant,
-    until: AtomicU64,
-    max_wait: Duration,
+    pub(crate) settings: Settings,
+    default: Arc<Gate>,
+    keyed: Mutex<HashMap<PartitionKey, Arc<Gate>>>,
+    /// Gates currently closed (an upper bound: a gate whose time passed counts until a
+    /// request finds it open).
+    closed: AtomicUsize,
     stats: GateStats,
+}
+
+/// One upstream's gate.
+#[derive(Debug, Default)]
+pub(crate) struct Gate {
+    /// When the gate opens again (the server's pause, capped at `max_pause`).
+    until: AtomicU64,
+    /// When the server said requests are welcome again (may be after `until`).
+    server_until: AtomicU64,
+    /// Whether the cap on pauses was already logged for this upstream.
+    cap_logged: AtomicBool,
 }
 
 /// What a request finds at the gate.
@@ -87,12 +134,14 @@ pub(crate) enum Pass {
     Refuse(Error),
 }
 
-impl Gate {
-    pub(crate) fn new(max_wait: Duration) -> Self {
-        Gate {
+impl Gates {
+    pub(crate) fn new(settings: Settings) -> Self {
+        Gates {
             base: Instant::now(),
-            until: AtomicU64::new(0),
-            max_wait,
+            settings,
+            default: Arc::default(),
+            keyed: Mutex::new(HashMap::new()),
+            closed: AtomicUsize::new(0),
             stats: GateStats::default(),
         }
     }
@@ -104,32 +153,94 @@ impl Gate {
             .max(1)
     }
 
-    pub(crate) fn pass(&self) -> Pass {
-        let until = self.until.load(Ordering::Acquire);
+    fn instant(&self, nanos: u64) -> Instant {
+        // `base` is a recent instant and `nanos` at most a year past now: this cannot overflow
+        // in practice, and saturates at a far-future instant if it ever would.
+        self.base
+            .checked_add(Duration::from_nanos(nanos))
+            .unwrap_or_else(|| self.base + MAX_SETTING)
+    }
+
+    /// The gate of `key`, made when `create` and there is none. At `max_partitions`, open
+    /// gates are forgotten first; if none is open, the key shares the default gate.
+    fn gate(&self, key: Option<&PartitionKey>, create: bool) -> Option<Arc<Gate>> {
+        let Some(key) = key else {
+            return Some(self.default.clone());
+        };
+        let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(gate) = map.get(key) {
+            return Some(gate.clone());
+        }
+        if !create {
+            return None;
+        }
+        if map.len() >= self.settings.max_partitions {
+            let now = self.nanos_since_base(Instant::now());
+            map.retain(|_, g| {
+                let until = g.until.load(Ordering::Acquire);
+                let keep = until != 0 && until > now;
+                if !keep && until != 0 {
+                    // A gate whose time passed still counted as closed.
+                    self.closed.fetch_sub(1, Ordering::AcqRel);
+                }
+                keep
+            });
+        }
+        if map.len() >= self.settings.max_partitions {
+            return Some(self.default.clone());
+        }
+        let gate = Arc::new(Gate::default());
+        map.insert(key.clone(), gate.clone());
+        Some(gate)
+    }
+
+    pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
+        if self.closed.load(Ordering::Acquire) == 0 {
+            return Pass::Open;
+        }
+        let Some(gate) = self.gate(key, false) else {
+            return Pass::Open;
+        };
+        let until = gate.until.load(Ordering::Acquire);
         if until == 0 {
             return Pass::Open;
         }
         let now = Instant::now();
-        let until_instant = self.base + Duration::from_nanos(until);
+        let until_instant = self.instant(until);
         if now >= until_instant {
             // Reopen, unless another response closed it again meanwhile.
-            let _ = self
+            let server_until = gate.server_until.load(Ordering::Acquire);
+            if gate
                 .until
-                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire);
+                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                let _ = gate.server_until.compare_exchange(
+                    server_until,
+                    0,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+                self.closed.fetch_sub(1, Ordering::AcqRel);
+            }
             return Pass::Open;
         }
+        let server_until = self.instant(gate.server_until.load(Ordering::Acquire).max(until));
+        let capped = server_until > until_instant;
         let wait = until_instant - now;
-        if wait > self.max_wait {
+        if capped || wait > self.settings.max_wait {
+            // The caller is told the server's own time, even when the gate opens earlier.
+            let wait = server_until - now;
             return Pass::Refuse(Error::new(Kind::RateLimited {
                 wait,
-                retry_at: SystemTime::now() + wait,
+                retry_at: crate::error::system_time_after(wait),
             }));
         }
         Pass::Wait(until_instant)
     }
 
-    /// Closes the gate when the response asks for a pause.
-    pub(crate) fn observe<B>(&self, response: &mut Response<B>) {
+    /// Closes the gate of `key` when the response asks for a pause.
+    pub(crate) fn observe<B>(&self, key: Option<&PartitionKey>, response: &mut Response<B>) {
         let Some(info) = RateLimitInfo::of_response(response) else {
             return;
         };
@@ -142,26 +253,63 @@ impl Gate {
         let Some(wait) = wait.filter(|w| !w.is_zero()) else {
             return;
         };
-        let until = self.nanos_since_base(Instant::now() + wait);
-        let previous = self.until.fetch_max(until, Ordering::AcqRel);
+        let Some(gate) = self.gate(key, true) else {
+            return;
+        };
+        let now = Instant::now();
+        let capped = wait.min(self.settings.max_pause);
+        if capped < wait && !gate.cap_logged.swap(true, Ordering::AcqRel) {
+            tracing::warn!(
+                upstream = %key.map(ToString::to_string).unwrap_or_default(),
+                asked_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                cap_ms = u64::try_from(self.settings.max_pause.as_millis()).unwrap_or(u64::MAX),
+                "upstream asked for a pause of {} (longer than the gate's cap of {}): the gate closes for the cap, and calls meanwhile fail with the upstream's own retry time",
+                Human(wait),
+                Human(self.settings.max_pause),
+            );
+        }
+        let until = self.nanos_since_base(now.checked_add(capped).unwrap_or(now + MAX_SETTING));
+        let server_until =
+            self.nanos_since_base(now.checked_add(wait).unwrap_or(now + MAX_SETTING));
+        gate.server_until.fetch_max(server_until, Ordering::AcqRel);
+        let previous = gate.until.fetch_max(until, Ordering::AcqRel);
+        if previous == 0 {
+            self.closed.fetch_add(1, Ordering::AcqRel);
+        }
         if previous < until {
             self.stats.closed();
             tracing::info!(
-                wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                upstream = %key.map(ToString::to_string).unwrap_or_default(),
+                wait_ms = u64::try_from(capped.as_millis()).unwrap_or(u64::MAX),
                 status = response.status().as_u16(),
                 "upstream asked for a pause: gate closed"
             );
         }
     }
 
-    pub(crate) fn closed_for(&self) -> Option<Duration> {
-        let until = self.until.load(Ordering::Acquire);
+    /// How long the gate of `key` stays closed from now.
+    pub(crate) fn closed_for(&self, key: Option<&PartitionKey>) -> Option<Duration> {
+        let gate = self.gate(key, false)?;
+        self.remaining(&gate)
+    }
+
+    fn remaining(&self, gate: &Gate) -> Option<Duration> {
+        let until = gate.until.load(Ordering::Acquire);
         if until == 0 {
             return None;
         }
-        let until = self.base + Duration::from_nanos(until);
+        let until = self.instant(until);
         let now = Instant::now();
         (until > now).then(|| until - now)
+    }
+
+    /// The longest any gate stays closed from now.
+    pub(crate) fn longest_closed(&self) -> Option<Duration> {
+        let map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .filter_map(|g| self.remaining(g))
+            .max()
     }
 
     pub(crate) fn stats(&self) -> GateStats {

@@ -5,24 +5,31 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::{Gate, Pass};
+use super::{Gates, Pass};
 use crate::error::{BoxError, Error};
+use crate::partition::Scope;
 
 /// The gate service made by [`RetryAfterLayer`](super::RetryAfterLayer).
 #[derive(Clone, Debug)]
 pub struct RetryAfter<S> {
     inner: S,
-    gate: Arc<Gate>,
+    gates: Arc<Gates>,
+    scope: Scope,
 }
 
 impl<S> RetryAfter<S> {
-    pub(crate) fn new(inner: S, gate: Arc<Gate>) -> Self {
-        RetryAfter { inner, gate }
+    pub(crate) fn new(inner: S, gates: Arc<Gates>, scope: Scope) -> Self {
+        RetryAfter {
+            inner,
+            gates,
+            scope,
+        }
     }
 
-    /// How long the gate stays closed from now, or `None` when it is open.
+    /// How long the longest-closed gate stays closed from now, or `None` when every gate is
+    /// open.
     pub fn closed_for(&self) -> Option<std::time::Duration> {
-        self.gate.closed_for()
+        self.gates.longest_closed()
     }
 
     /// The inner service.
@@ -47,20 +54,21 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        match self.gate.pass() {
+        let key = crate::partition::key_of(&self.scope, &request);
+        match self.gates.pass(key.as_ref()) {
             Pass::Open => {
                 let future = self.inner.call(request);
-                ResponseFuture::calling(future, self.gate.clone())
+                ResponseFuture::calling(future, self.gates.clone(), key)
             }
             Pass::Wait(until) => {
                 // The ready service goes with the request; this one keeps an unreserved clone.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(until, inner, request, self.gate.clone())
+                ResponseFuture::waiting(until, inner, request, self.gates.clone(), key)
             }
             Pass::Refuse(mut error) => {
                 error.set_upstream(request.uri().authority());
-                ResponseFuture::refused(error, self.gate.clone())
+                ResponseFuture::refused(error, self.gates.clone())
             }
         }
     }

@@ -232,18 +232,26 @@ where
     }
 }
 
-/// Adopts the server's view from the response, when it gave one.
+/// Adopts the server's view from the response, when it gave one: the window's count from
+/// `remaining` and `reset`, and a pause from a 429 that names a wait.
 fn adopt<ResB>(shared: &Shared, key: Option<&PartitionKey>, response: &mut Response<ResB>) {
     let Some(info) = RateLimitInfo::of_response(response) else {
         return;
     };
-    let view = match (info.remaining, info.reset) {
-        (Some(remaining), Some(reset)) => Some((remaining, reset)),
-        _ if response.status() == StatusCode::TOO_MANY_REQUESTS => info.wait().map(|w| (0, w)),
-        _ => None,
-    };
-    if let Some((remaining, reset)) = view {
+    let mut adopted = false;
+    if let (Some(remaining), Some(reset)) = (info.remaining, info.reset) {
         shared.store.adopt(key, &shared.quota, remaining, reset);
+        adopted = true;
+    }
+    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+        if let Some(wait) = info.wait().filter(|w| !w.is_zero()) {
+            if !(adopted && info.remaining == Some(0) && info.reset == Some(wait)) {
+                shared.store.adopt(key, &shared.quota, 0, wait);
+                adopted = true;
+            }
+        }
+    }
+    if adopted {
         shared.stats.count(4, 1);
     }
 }

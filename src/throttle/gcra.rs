@@ -42,10 +42,21 @@ pub(crate) fn step(tat: u64, now: u64, not_before: u64, cell: Cell, max_wait: u6
     }
 }
 
-/// The server's view of the quota: `left` more requests until `until`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The server's view of the quota: a pause, and the window's count.
+///
+/// The two are kept apart. A 429 (or any response saying nothing is left) names a pause: no
+/// request goes before it ends. A response with requests left describes the window: `left`
+/// more until `until`. A short pause in the middle of a window (a spurious 429, a burst
+/// limiter) must not be read as "nothing left until the window ends", or the rest of the
+/// window is lost; nor may it end the window's count, or the client overruns it after the
+/// pause.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct View {
+    /// No request goes before this instant (0: no pause).
+    pause_until: u64,
+    /// The end of the server's window (0: none known).
     until: u64,
+    /// Requests left in that window.
     left: u64,
 }
 
@@ -55,7 +66,7 @@ struct View {
 pub(crate) struct Bucket {
     tat: AtomicU64,
     viewing: AtomicBool,
-    view: Mutex<Option<View>>,
+    view: Mutex<View>,
 }
 
 impl Bucket {
@@ -64,27 +75,24 @@ impl Bucket {
             return self.reserve(now, now, cell, max_wait);
         }
         let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-        match *view {
-            Some(View { until, left }) if now < until => {
-                if left == 0 {
-                    // Nothing more until the reset: queue behind it.
-                    return self.reserve(now, until, cell, max_wait);
-                }
-                let verdict = self.reserve(now, now, cell, max_wait);
-                if let Verdict::Reserved { .. } = verdict {
-                    *view = Some(View {
-                        until,
-                        left: left - 1,
-                    });
-                }
-                verdict
-            }
-            _ => {
-                *view = None;
-                self.viewing.store(false, Ordering::Release);
-                self.reserve(now, now, cell, max_wait)
+        if now >= view.pause_until && now >= view.until {
+            *view = View::default();
+            self.viewing.store(false, Ordering::Release);
+            return self.reserve(now, now, cell, max_wait);
+        }
+        let mut not_before = now.max(view.pause_until);
+        let in_window = now < view.until;
+        if in_window && view.left == 0 {
+            // Nothing more until the reset: queue behind it.
+            not_before = not_before.max(view.until);
+        }
+        let verdict = self.reserve(now, not_before, cell, max_wait);
+        if let Verdict::Reserved { wait, .. } = verdict {
+            if in_window && view.left > 0 && now.saturating_add(wait) < view.until {
+                view.left -= 1;
             }
         }
+        verdict
     }
 
     fn reserve(&self, now: u64, not_before: u64, cell: Cell, max_wait: u64) -> Verdict {
@@ -116,23 +124,27 @@ impl Bucket {
             .is_ok()
     }
 
-    /// Adopts the server's view: `remaining` more requests until `now + reset`. Within one
-    /// window (resets within `slack` of each other) the view only tightens: the smaller
-    /// `remaining` wins. A view with another reset describes another window, and the newest
-    /// word of the server replaces the old one.
+    /// Adopts the server's view: `remaining` more requests until `now + reset`.
+    ///
+    /// With nothing remaining, it is a pause: no request goes before `now + reset` (the
+    /// longest pause named wins), and the window's count is left as it was. With requests
+    /// remaining, it is the window's count. Within one window (resets within `slack` of each
+    /// other) the count only tightens: the smaller `remaining` wins, and the earlier reset,
+    /// since a reset rounded up to whole seconds is never before the window's real end. A
+    /// reset further away describes another window, and the newest word of the server
+    /// replaces the old one.
     pub(crate) fn adopt(&self, now: u64, remaining: u64, reset: u64, slack: u64) {
         let until = now.saturating_add(reset);
         let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
-        *view = Some(match *view {
-            Some(old) if now < old.until && until.abs_diff(old.until) <= slack => View {
-                until: old.until.max(until),
-                left: old.left.min(remaining),
-            },
-            _ => View {
-                until,
-                left: remaining,
-            },
-        });
+        if remaining == 0 {
+            view.pause_until = view.pause_until.max(until);
+        } else if now < view.until && until.abs_diff(view.until) <= slack {
+            view.until = view.until.min(until);
+            view.left = view.left.min(remaining);
+        } else {
+            view.until = until;
+            view.left = remaining;
+        }
         self.viewing.store(true, Ordering::Release);
     }
 
@@ -243,6 +255,46 @@ mod tests {
             b.acquire(now + 6_000 * MS, c, 0),
             Verdict::Reserved { wait: 0, .. }
         ));
+    }
+
+    #[test]
+    fn a_short_pause_in_a_window_does_not_hold_the_rest_of_the_window() {
+        // 10 per second locally; the server's window has 62 left until it resets in 2 s,
+        // then a spurious 429 says "nothing left, reset in 1 s".
+        let c = cell(100, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        b.adopt(now, 62, 2_000 * MS, 1_000 * MS);
+        b.adopt(now, 0, 1_000 * MS, 1_000 * MS);
+        // Held for the pause...
+        assert_eq!(b.acquire(now, c, 0), Verdict::Rejected { wait: 1_000 * MS });
+        // ...then the rest of the window goes at once, and no more than the rest.
+        let later = now + 1_000 * MS;
+        let waits: Vec<u64> = (0..63)
+            .map(|_| match b.acquire(later, c, u64::MAX) {
+                Verdict::Reserved { wait, .. } => wait / MS,
+                Verdict::Rejected { .. } => unreachable!(),
+            })
+            .collect();
+        assert!(waits[..62].iter().all(|&w| w == 0), "{waits:?}");
+        assert_eq!(waits[62], 1_000, "the 63rd waits for the window's reset");
+    }
+
+    #[test]
+    fn the_earliest_reset_of_one_window_is_kept() {
+        // Resets are rounded up to whole seconds, so each is at or after the window's real
+        // end: the earliest one is the closest to it, and still safe.
+        let c = cell(100, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        b.adopt(now, 2, 3_000 * MS, 1_000 * MS);
+        b.adopt(now + 400 * MS, 1, 2_000 * MS, 1_000 * MS);
+        b.acquire(now + 400 * MS, c, u64::MAX);
+        // Nothing left until now + 2.4 s, not now + 3 s.
+        assert_eq!(
+            b.acquire(now + 400 * MS, c, 0),
+            Verdict::Rejected { wait: 2_000 * MS }
+        );
     }
 
     proptest! {

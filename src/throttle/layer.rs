@@ -19,6 +19,9 @@ pub struct ThrottleLayer<P = Global> {
 impl ThrottleLayer {
     /// `rate` requests per `per`, with a burst of `rate` and a `max_wait` of 30 s.
     ///
+    /// A very long `per` (up to [`Duration::MAX`]) is accepted; see [`Quota::new`] for how it
+    /// is bounded.
+    ///
     /// # Panics
     ///
     /// When `rate` or `per` is zero; [`try_new`](Self::try_new) returns the error instead.
@@ -30,11 +33,15 @@ impl ThrottleLayer {
     }
 
     /// As [`new`](Self::new), with a typed error for a zero rate or period.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroRate`] and [`QuotaError::ZeroPeriod`].
     pub fn try_new(rate: u32, per: Duration) -> Result<Self, QuotaError> {
         Ok(Self::with_quota(Quota::new(rate, per)?))
     }
 
-    /// A throttle for this quota.
+    /// A throttle for this quota (a [`Quota`] is valid by construction).
     pub fn with_quota(quota: Quota) -> Self {
         ThrottleLayer {
             shared: Arc::new(Shared {
@@ -56,7 +63,8 @@ impl<P> ThrottleLayer<P> {
         self
     }
 
-    /// The most requests let through at once (default: the rate). Zero is raised to 1.
+    /// The most requests let through at once (default: the rate). Zero is raised to 1; any
+    /// larger value is used as it is.
     pub fn burst(self, burst: u32) -> Self {
         self.update(|s| {
             s.quota = s.quota.with_burst(burst.max(1)).unwrap_or(s.quota);
@@ -65,6 +73,11 @@ impl<P> ThrottleLayer<P> {
 
     /// The longest a request waits for its slot (default 30 s). A request that would wait
     /// longer fails at once with `Kind::Throttled`, taking nothing.
+    ///
+    /// [`Duration::ZERO`] never waits: a request that cannot go at once fails at once. Waits are
+    /// counted in nanoseconds in a `u64`, so anything over about 584 years (up to
+    /// [`Duration::MAX`]) means "wait as long as it takes"; tokio's timer caps a single sleep
+    /// on its own, so nothing overflows or panics.
     pub fn max_wait(self, wait: Duration) -> Self {
         self.update(|s| s.max_wait = wait)
     }

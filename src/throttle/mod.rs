@@ -15,11 +15,15 @@
 //!   after it (otherwise that one slot stays used: the bucket is never looser than configured).
 //! - **Adaptive.** When a response carries a [`RateLimitInfo`](crate::RateLimitInfo) with
 //!   `remaining` and `reset`, the bucket adopts the server's view: if the server says 12 left
-//!   until a reset in 40 s, no more than 12 more go before then. A 429 that names a wait stops
-//!   the bucket until then. The server's view only ever makes the bucket slower, never faster
-//!   than configured. This is what keeps several clients that share one server-side quota
-//!   from overrunning it together. Requests already in flight when a view is adopted are not
-//!   counted against it.
+//!   until a reset in 40 s, no more than 12 more go before then. A pause and the window's count
+//!   are kept apart: a 429 (or any response with nothing remaining) stops the bucket until the
+//!   wait it names, and then the window's count goes on where it was, so a short spurious 429
+//!   in the middle of a window does not cost the rest of the window. Within one window the
+//!   smallest `remaining` and the earliest reset win (a reset is rounded up to whole seconds,
+//!   so the earliest is the closest to the real end, and never before it). The server's view
+//!   only ever makes the bucket slower, never faster than configured. This is what keeps
+//!   several clients that share one server-side quota from overrunning it together. Requests
+//!   already in flight when a view is adopted are not counted against it.
 //! - **Partitions.** One bucket for the whole service by default; one per upstream with
 //!   [`partition(ByAuthority)`](crate::partition::ByAuthority), or any
 //!   [`Partition`](crate::partition::Partition). Idle buckets are evicted, so memory stays
@@ -119,6 +123,14 @@ impl std::error::Error for QuotaError {}
 
 impl Quota {
     /// `rate` requests per `per`, with a burst of `rate`.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroRate`] and [`QuotaError::ZeroPeriod`]. Any other value is accepted:
+    /// the in-process bucket counts time in nanoseconds in a `u64`, and takes an interval
+    /// between slots (`per / rate`), or a burst's span (`burst · per / rate`), longer than
+    /// about 73 years as 73 years. A `per` of [`Duration::MAX`] is a bucket that lets its
+    /// burst through and then, in practice, nothing more. Nothing overflows or panics later.
     pub fn new(rate: u32, per: Duration) -> Result<Self, QuotaError> {
         if rate == 0 {
             return Err(QuotaError::ZeroRate);
@@ -133,7 +145,11 @@ impl Quota {
         })
     }
 
-    /// The same rate with another burst.
+    /// The same rate with another burst. Any burst from 1 to `u32::MAX` is accepted.
+    ///
+    /// # Errors
+    ///
+    /// [`QuotaError::ZeroBurst`].
     pub fn with_burst(self, burst: u32) -> Result<Self, QuotaError> {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
@@ -194,8 +210,12 @@ impl ThrottleStats {
         self.counters[4].load(Ordering::Relaxed)
     }
 
+    /// Adds `by` to a counter, stopping at `u64::MAX` (the summed wait can be that large with
+    /// waits of centuries).
     pub(crate) fn count(&self, index: usize, by: u64) {
-        self.counters[index].fetch_add(by, Ordering::Relaxed);
+        let _ = self.counters[index].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+            Some(n.saturating_add(by))
+        });
     }
 }
 

@@ -8,7 +8,7 @@ use super::future::ResponseFuture;
 use super::store::{Acquire, Decision};
 use super::Shared;
 use crate::error::{BoxError, Error, Kind};
-use crate::partition::{Partition, RequestHead};
+use crate::partition::Partition;
 
 /// The service made by [`ThrottleLayer`](super::ThrottleLayer).
 #[derive(Clone, Debug)]
@@ -50,11 +50,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let key = if self.partition.is_global() {
-            None
-        } else {
-            self.partition.key(&RequestHead::of(&request))
-        };
+        let key = crate::partition::key_of(&self.partition, &request);
         let shared = &self.shared;
         let acquire = shared
             .store

@@ -128,7 +128,8 @@ impl LocalStore {
 
     /// The most keyed buckets kept (default 4,096). When a new key arrives at the cap, idle
     /// buckets (full again: nothing to remember) are dropped first; if none is idle, the new
-    /// key shares the default bucket, which only makes it slower, never faster.
+    /// key shares the default bucket, which only makes it slower, never faster. Zero keeps no
+    /// keyed bucket: every key shares the default bucket.
     pub fn max_partitions(mut self, max: usize) -> Self {
         self.max_partitions = max;
         self
@@ -145,7 +146,7 @@ impl LocalStore {
     fn now(&self) -> u64 {
         // Offset by one second so that "now" is never zero and a fresh TAT of zero is in the
         // past.
-        nanos(Instant::now().saturating_duration_since(self.base)) + 1_000_000_000
+        nanos(Instant::now().saturating_duration_since(self.base)).saturating_add(1_000_000_000)
     }
 
     fn with_bucket<T>(
@@ -182,11 +183,18 @@ impl LocalStore {
     }
 }
 
+/// The longest interval and tolerance a bucket uses, 2^61 ns (about 73 years): far enough
+/// below `u64::MAX` that a theoretical arrival time never saturates into a tolerance as large
+/// as itself, which would let every request through at once.
+const MAX_SPAN: u64 = 1 << 61;
+
 pub(crate) fn cell(quota: &Quota) -> Cell {
-    let interval = nanos(quota.interval()).max(1);
+    let interval = nanos(quota.interval()).clamp(1, MAX_SPAN);
     Cell {
         interval,
-        tolerance: interval.saturating_mul(u64::from(quota.burst())),
+        tolerance: interval
+            .saturating_mul(u64::from(quota.burst()))
+            .min(MAX_SPAN),
     }
 }
 

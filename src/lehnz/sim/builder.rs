@@ -31,6 +31,8 @@ pub struct Builder {
     max_body: usize,
     chaos: Chaos,
     seed: u64,
+    keep_bodies: bool,
+    addr: SocketAddr,
 }
 
 impl Default for Builder {
@@ -50,6 +52,8 @@ impl Default for Builder {
             max_body: 1_000_000,
             chaos: Chaos::none(),
             seed: 0,
+            keep_bodies: false,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
         }
     }
 }
@@ -111,22 +115,47 @@ impl Builder {
         self
     }
 
-    /// Binds 127.0.0.1 on a free port and starts serving on the current tokio runtime (it must
+    /// Whether to keep every stored record as sent, for [`Simulator::events`],
+    /// [`Simulator::items`] and [`Simulator::users`] to return. Default `false`: the simulator
+    /// keeps only what [`SimStats`](super::SimStats) reports (the ids of stored events, 16 bytes
+    /// each, and counts), so a million events take tens of MB instead of gigabytes, and those
+    /// three methods return nothing. Turn it on in tests that inspect what was stored.
+    pub fn keep_bodies(mut self, keep: bool) -> Self {
+        self.keep_bodies = keep;
+        self
+    }
+
+    /// The address to listen on. It must be a loopback address (`127.0.0.0/8` or `::1`): the
+    /// simulator is a test server and never listens on a network. Port 0 picks a free port;
+    /// [`Simulator::addr`] tells which. Default `127.0.0.1:0`.
+    pub fn addr(mut self, addr: SocketAddr) -> Self {
+        self.addr = addr;
+        self
+    }
+
+    /// Binds the [address](Self::addr) (127.0.0.1 on a free port by default) and starts serving on the current tokio runtime (it must
     /// be awaited inside one, as tokio's own sockets must).
     ///
     /// # Errors
     ///
     /// [`io::ErrorKind::InvalidInput`] for a bad configuration (an invalid organization name or
     /// key, a key registered twice differently, a revoked key that was never registered, a
-    /// zero-length window, chaos probabilities out of range); otherwise the error of binding
-    /// the socket.
+    /// zero-length window, chaos probabilities out of range, an address that is not
+    /// loopback); otherwise the error of binding the socket.
     pub async fn start(self) -> io::Result<Simulator> {
+        let addr = self.addr;
         let shared = self.build()?;
-        let listener = TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
+        let listener = TcpListener::bind(addr).await?;
         Simulator::serve(listener, Arc::new(shared))
     }
 
     fn build(self) -> io::Result<Shared> {
+        if !self.addr.ip().is_loopback() {
+            return Err(invalid(format!(
+                "the simulator listens on loopback only (127.0.0.0/8 or ::1), not {}",
+                self.addr.ip()
+            )));
+        }
         for (name, quota) in [("window", self.window), ("auth_window", self.auth_window)] {
             if quota.period.is_zero() {
                 return Err(invalid(format!(
@@ -135,7 +164,7 @@ impl Builder {
             }
         }
         self.chaos.validate()?;
-        let mut state = State::new(SmallRng::seed_from_u64(self.seed));
+        let mut state = State::new(SmallRng::seed_from_u64(self.seed), self.keep_bodies);
         let mut keys = Vec::new();
         for name in &self.orgs {
             check_org_name(name)?;
@@ -232,6 +261,8 @@ mod tests {
         assert!(refused(b().org("acme").revoked_key("lehnz_sk_nope")).contains("not registered"));
         assert!(refused(b().window(5, Duration::ZERO)).contains("window period"));
         assert!(refused(b().chaos(Chaos::none().rate_limited(2.0))).contains("rate_limited"));
+        let public = SocketAddr::from(([192, 0, 2, 1], 8080));
+        assert!(refused(b().addr(public)).contains("loopback"));
     }
 
     #[test]

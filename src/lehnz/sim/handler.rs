@@ -27,6 +27,8 @@ pub(crate) const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
 const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+/// The simulator's own endpoint: its [`SimStats`](super::SimStats) as JSON.
+pub(crate) const STATS_PATH: &str = "/_sim/stats";
 
 /// Returned instead of a response when chaos closes the connection: hyper then drops the
 /// connection without writing anything.
@@ -46,6 +48,7 @@ impl std::error::Error for Dropped {}
 enum Route {
     Api(Collection),
     Account,
+    Stats,
 }
 
 /// Answers one request and counts the answer in the stats.
@@ -61,11 +64,26 @@ where
     let answer = match route(req.method(), req.uri().path()) {
         Err(answer) => Ok(*answer),
         Ok(Route::Account) => Ok(account(shared, peer, req).await),
+        Ok(Route::Stats) => Ok(json_answer(
+            StatusCode::OK,
+            &serde_json::to_value(shared.stats()).unwrap_or(Value::Null),
+        )),
         Ok(Route::Api(collection)) => api(shared, collection, req).await,
     };
     match &answer {
-        Ok(response) => shared.record_response(response.status()),
-        Err(Dropped) => shared.record_drop(),
+        Ok(response) => {
+            shared.record_response(response.status());
+            tracing::trace!(
+                status = response.status().as_u16(),
+                remaining = ?response.headers().get(REMAINING),
+                reset = ?response.headers().get(RESET),
+                "lehnz simulator: answered"
+            );
+        }
+        Err(Dropped) => {
+            shared.record_drop();
+            tracing::trace!("lehnz simulator: dropped the connection");
+        }
     }
     answer
 }
@@ -77,6 +95,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Box<Answer>> {
         "/api/v1/items/upsert" => Route::Api(Collection::Items),
         "/api/v1/users/upsert" => Route::Api(Collection::Users),
         "/auth/register" | "/auth/login" => Route::Account,
+        STATS_PATH => Route::Stats,
         _ => {
             return Err(Box::new(error(
                 StatusCode::NOT_FOUND,
@@ -85,15 +104,18 @@ fn route(method: &Method, path: &str) -> Result<Route, Box<Answer>> {
             )))
         }
     };
-    if method != Method::POST {
+    let (allowed, allow) = if route == Route::Stats {
+        (Method::GET, HeaderValue::from_static("GET"))
+    } else {
+        (Method::POST, HeaderValue::from_static("POST"))
+    };
+    if method != allowed {
         let mut answer = error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
-            format!("{path} accepts POST, not {method}"),
+            format!("{path} accepts {allowed}, not {method}"),
         );
-        answer
-            .headers_mut()
-            .insert(ALLOW, HeaderValue::from_static("POST"));
+        answer.headers_mut().insert(ALLOW, allow);
         return Err(Box::new(answer));
     }
     Ok(route)

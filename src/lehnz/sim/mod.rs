@@ -14,6 +14,7 @@
 //! | `POST /api/v1/items/upsert` | secret | `200 {"upserted": n}` |
 //! | `POST /api/v1/users/upsert` | secret | `200 {"upserted": n}` |
 //! | `POST /auth/register`, `POST /auth/login` | none | `200 {"ok": true}` |
+//! | `GET /_sim/stats` (the simulator's own, not Lehnz's) | none | `200` and [`SimStats`] as JSON |
 //!
 //! Batch bodies are a JSON array of records, or the same array wrapped under the endpoint's
 //! noun: `{"events": [...]}`, `{"items": [...]}`, `{"users": [...]}`.
@@ -21,7 +22,7 @@
 //! - An event is `{"user_id": str, "item_id": str, "event_type": str, "timestamp": str?,
 //!   "context": object?}`; the three ids are required and non-empty. A string
 //!   `context.client_event_id` identifies the event: the simulator counts ids stored more
-//!   than once ([`SimStats::duplicate_event_ids`]).
+//!   than once ([`SimStats::duplicate_event_ids`], [`SimStats::duplicate_events`]).
 //! - An item needs a non-empty string `item_id`, a user a non-empty `user_id`; other fields
 //!   are free and stored as sent. An upsert replaces the whole record with the same id in the
 //!   same organization; `"status": "inactive"` is counted in [`SimStats::inactive_items`].
@@ -68,6 +69,16 @@
 //! | [`Builder::max_body`] | 1,000,000 bytes |
 //! | [`Builder::chaos`] | [`Chaos::none`] |
 //! | [`Builder::seed`] | 0 |
+//! | [`Builder::keep_bodies`] | `false`: ids and counts only |
+//! | [`Builder::addr`] | `127.0.0.1:0` (loopback only) |
+//!
+//! # Memory
+//!
+//! By default the simulator keeps what [`SimStats`] reports and no more: for every stored
+//! event its `client_event_id` in 16 bytes (a canonical UUID as its own 128 bits, any other id
+//! as a 128-bit hash), and counts. A million stored events take about 35 MB, whatever their
+//! size. [`Builder::keep_bodies`] keeps every record as sent, for tests that read them back with
+//! [`Simulator::events`], [`Simulator::items`] and [`Simulator::users`].
 //!
 //! Windows and chaos latency run on [`tokio::time`], so tests under a paused clock
 //! (`#[tokio::test(start_paused = true)]`) are deterministic. All state sits behind one

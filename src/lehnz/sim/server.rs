@@ -79,19 +79,31 @@ impl Simulator {
         self.shared.stats()
     }
 
+    /// Whether an event with this `context.client_event_id` was stored, for any organization.
+    /// Works whether or not bodies are [kept](Builder::keep_bodies).
+    pub fn has_event_id(&self, client_event_id: &str) -> bool {
+        self.shared.has_event_id(client_event_id)
+    }
+
     /// The stored events, as sent, in the order they were stored (all organizations).
+    ///
+    /// Empty unless the simulator was built with [`Builder::keep_bodies`]`(true)`: by default
+    /// it keeps only ids and counts (see [`stats`](Self::stats) and
+    /// [`has_event_id`](Self::has_event_id)).
     pub fn events(&self) -> Vec<Value> {
         self.shared.events()
     }
 
     /// The stored items, one per organization and `item_id`, the latest upsert of each;
-    /// organization by organization, by `item_id`.
+    /// organization by organization, by `item_id`. Empty unless bodies are
+    /// [kept](Builder::keep_bodies).
     pub fn items(&self) -> Vec<Value> {
         self.shared.items()
     }
 
     /// The stored users, one per organization and `user_id`, the latest upsert of each;
-    /// organization by organization, by `user_id`.
+    /// organization by organization, by `user_id`. Empty unless bodies are
+    /// [kept](Builder::keep_bodies).
     pub fn users(&self) -> Vec<Value> {
         self.shared.users()
     }

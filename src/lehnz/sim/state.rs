@@ -1,7 +1,8 @@
 //! What the simulator remembers: keys, windows, stored records and counters, behind one mutex
 //! that is held only for short, synchronous steps.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -54,18 +55,28 @@ impl OrgKeys {
     }
 }
 
-/// A snapshot of what the simulator stored and answered, from [`Simulator::stats`].
+/// A snapshot of what the simulator stored and answered, from [`Simulator::stats`], or as JSON
+/// from `GET /_sim/stats` when the simulator runs in another process (it deserializes back
+/// into this type).
 ///
 /// [`Simulator::stats`]: super::Simulator::stats
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 #[non_exhaustive]
 pub struct SimStats {
     /// Events stored, every copy counted.
     pub events: usize,
     /// Distinct `context.client_event_id`s among the stored events (per organization).
     pub distinct_event_ids: usize,
-    /// `client_event_id`s that were stored more than once: each is a duplicate delivery.
+    /// `client_event_id`s that were stored more than once, each counted once: the ids with at
+    /// least one duplicate delivery.
     pub duplicate_event_ids: usize,
+    /// Events stored whose `client_event_id` was already stored: every extra copy counted, so
+    /// an id stored three times counts two. `events - duplicate_events` is the number of
+    /// events stored once, plus those sent without an id.
+    pub duplicate_events: usize,
+    /// Events stored without a string `context.client_event_id`.
+    pub events_without_id: usize,
     /// Items stored (one per organization and `item_id`).
     pub items: usize,
     /// Stored items whose `status` is `"inactive"`.
@@ -109,8 +120,13 @@ pub(crate) struct State {
     orgs: Vec<Org>,
     auth_windows: HashMap<IpAddr, FixedWindow>,
     rng: SmallRng,
+    keep_bodies: bool,
+    /// Events stored, every copy counted.
+    event_count: usize,
+    /// The stored events as sent, only with [`Builder::keep_bodies`](super::Builder::keep_bodies).
     events: Vec<Record>,
-    duplicate_event_ids: usize,
+    duplicate_events: usize,
+    events_without_id: usize,
     counters: Counters,
 }
 
@@ -126,9 +142,65 @@ struct Org {
     name: String,
     keys: Option<OrgKeys>,
     window: FixedWindow,
-    event_ids: HashMap<String, u32>,
-    items: BTreeMap<String, Record>,
-    users: BTreeMap<String, Record>,
+    event_ids: EventIds,
+    items: BTreeMap<String, Stored>,
+    users: BTreeMap<String, Stored>,
+}
+
+/// An upserted item or user: what the stats need, and the record itself only when bodies are
+/// kept.
+#[derive(Debug)]
+struct Stored {
+    inactive: bool,
+    body: Option<Record>,
+}
+
+/// The `client_event_id`s an organization stored, 16 bytes each (plus the hash table's own
+/// overhead): a million ids take about 35 MB.
+///
+/// An id in the canonical UUID form (36 characters, lowercase, hyphenated) is kept as its 128
+/// bits, exactly; any other string as a 128-bit hash of it, where a collision between two
+/// different ids is far less likely than a lost packet.
+#[derive(Debug, Default)]
+struct EventIds {
+    seen: HashSet<u128>,
+    /// The ids stored more than once; small unless a client resends a lot.
+    repeated: HashSet<u128>,
+}
+
+impl EventIds {
+    /// Records that an event with `id` was stored; true when the id was already stored.
+    fn insert(&mut self, id: &str) -> bool {
+        let key = id_key(id);
+        if self.seen.insert(key) {
+            false
+        } else {
+            self.repeated.insert(key);
+            true
+        }
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.seen.contains(&id_key(id))
+    }
+}
+
+/// The compact form of an event id: a canonical UUID's own bits, or a 128-bit hash.
+fn id_key(id: &str) -> u128 {
+    if id.len() == 36 && !id.bytes().any(|b| b.is_ascii_uppercase()) {
+        if let Ok(uuid) = uuid::Uuid::try_parse(id) {
+            return uuid.as_u128();
+        }
+    }
+    // std's hasher with its fixed keys, twice over different prefixes: the same in every
+    // run of one build, and unrelated between the two halves.
+    let half = |salt: u8| {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        salt.hash(&mut hasher);
+        id.hash(&mut hasher);
+        hasher.finish()
+    };
+    (u128::from(half(1)) << 64) | u128::from(half(2))
 }
 
 #[derive(Debug, Default)]
@@ -156,14 +228,17 @@ pub(crate) enum Unauthenticated {
 }
 
 impl State {
-    pub(crate) fn new(rng: SmallRng) -> Self {
+    pub(crate) fn new(rng: SmallRng, keep_bodies: bool) -> Self {
         State {
             keys: HashMap::new(),
             orgs: Vec::new(),
             auth_windows: HashMap::new(),
             rng,
+            keep_bodies,
+            event_count: 0,
             events: Vec::new(),
-            duplicate_event_ids: 0,
+            duplicate_events: 0,
+            events_without_id: 0,
             counters: Counters::default(),
         }
     }
@@ -177,7 +252,7 @@ impl State {
             name: name.to_owned(),
             keys: None,
             window: FixedWindow::default(),
-            event_ids: HashMap::new(),
+            event_ids: EventIds::default(),
             items: BTreeMap::new(),
             users: BTreeMap::new(),
         });
@@ -247,7 +322,11 @@ impl Shared {
     ) -> Result<Caller, Unauthenticated> {
         let key = match header.map(HeaderValue::as_bytes) {
             None | Some(b"") => return Err(Unauthenticated::Missing),
-            Some(raw) if raw.len() >= 7 && raw[..7].eq_ignore_ascii_case(b"bearer ") => {
+            Some(raw)
+                if raw
+                    .get(..7)
+                    .is_some_and(|p| p.eq_ignore_ascii_case(b"bearer ")) =>
+            {
                 return Err(Unauthenticated::Bearer)
             }
             Some(raw) => std::str::from_utf8(raw).map_err(|_| Unauthenticated::Unknown)?,
@@ -277,7 +356,8 @@ impl Shared {
         state.auth_windows.entry(ip).or_default().hit(quota, now)
     }
 
-    /// Stores a validated batch for `org`; returns how many records it held.
+    /// Stores a validated batch for `org`; returns how many records it held. Keeps the ids and
+    /// counts the stats report, and the records themselves only when bodies are kept.
     pub(crate) fn store(&self, org: usize, collection: Collection, records: Vec<Record>) -> usize {
         let n = records.len();
         let mut state = self.lock();
@@ -286,20 +366,16 @@ impl Shared {
             Collection::Events => {
                 let ids = &mut state.orgs[org].event_ids;
                 for event in &records {
-                    let Some(id) = client_event_id(event) else {
-                        continue;
-                    };
-                    // Look up before inserting, so an id seen before costs no allocation.
-                    if let Some(seen) = ids.get_mut(id) {
-                        *seen += 1;
-                        if *seen == 2 {
-                            state.duplicate_event_ids += 1;
-                        }
-                    } else {
-                        ids.insert(id.to_owned(), 1);
+                    match client_event_id(event) {
+                        Some(id) if ids.insert(id) => state.duplicate_events += 1,
+                        Some(_) => {}
+                        None => state.events_without_id += 1,
                     }
                 }
-                state.events.extend(records);
+                state.event_count += n;
+                if state.keep_bodies {
+                    state.events.extend(records);
+                }
             }
             Collection::Items | Collection::Users => {
                 let (field, table) = match collection {
@@ -307,9 +383,13 @@ impl Shared {
                     _ => ("user_id", &mut state.orgs[org].users),
                 };
                 for record in records {
-                    if let Some(id) = record.get(field).and_then(Value::as_str) {
-                        table.insert(id.to_owned(), record);
-                    }
+                    let Some(id) = record.get(field).and_then(Value::as_str) else {
+                        continue;
+                    };
+                    let id = id.to_owned();
+                    let inactive = record.get("status").and_then(Value::as_str) == Some("inactive");
+                    let body = state.keep_bodies.then_some(record);
+                    table.insert(id, Stored { inactive, body });
                 }
             }
         }
@@ -332,20 +412,28 @@ impl Shared {
         let state = self.lock();
         let orgs = &state.orgs;
         SimStats {
-            events: state.events.len(),
-            distinct_event_ids: orgs.iter().map(|o| o.event_ids.len()).sum(),
-            duplicate_event_ids: state.duplicate_event_ids,
+            events: state.event_count,
+            distinct_event_ids: orgs.iter().map(|o| o.event_ids.seen.len()).sum(),
+            duplicate_event_ids: orgs.iter().map(|o| o.event_ids.repeated.len()).sum(),
+            duplicate_events: state.duplicate_events,
+            events_without_id: state.events_without_id,
             items: orgs.iter().map(|o| o.items.len()).sum(),
             inactive_items: orgs
                 .iter()
                 .flat_map(|o| o.items.values())
-                .filter(|item| item.get("status").and_then(Value::as_str) == Some("inactive"))
+                .filter(|item| item.inactive)
                 .count(),
             users: orgs.iter().map(|o| o.users.len()).sum(),
             responses_by_status: state.counters.by_status.clone(),
             connections_dropped: state.counters.dropped,
             rate_limited: state.counters.rate_limited,
         }
+    }
+
+    /// Whether an event with this `client_event_id` was stored, for any organization.
+    pub(crate) fn has_event_id(&self, id: &str) -> bool {
+        let state = self.lock();
+        state.orgs.iter().any(|o| o.event_ids.contains(id))
     }
 
     pub(crate) fn events(&self) -> Vec<Value> {
@@ -356,17 +444,51 @@ impl Shared {
     pub(crate) fn items(&self) -> Vec<Value> {
         let state = self.lock();
         let items = state.orgs.iter().flat_map(|o| o.items.values());
-        items.cloned().map(Value::Object).collect()
+        items
+            .filter_map(|s| s.body.clone())
+            .map(Value::Object)
+            .collect()
     }
 
     pub(crate) fn users(&self) -> Vec<Value> {
         let state = self.lock();
         let users = state.orgs.iter().flat_map(|o| o.users.values());
-        users.cloned().map(Value::Object).collect()
+        users
+            .filter_map(|s| s.body.clone())
+            .map(Value::Object)
+            .collect()
     }
 
     pub(crate) fn org_keys(&self, org: &str) -> Option<OrgKeys> {
         let state = self.lock();
         state.orgs.iter().find(|o| o.name == org)?.keys.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_canonical_uuid_is_kept_as_its_own_bits() {
+        let id = "6f1c2b9e-4d3a-4c55-9a10-2b7e8d9f0a11";
+        assert_eq!(id_key(id), uuid::Uuid::parse_str(id).unwrap().as_u128());
+        // Other spellings of the same UUID are other strings, so other ids.
+        assert_ne!(id_key(&id.to_uppercase()), id_key(id));
+        assert_ne!(id_key(&id.replace('-', "")), id_key(id));
+        assert_eq!(id_key("e-1"), id_key("e-1"));
+        assert_ne!(id_key("e-1"), id_key("e-2"));
+    }
+
+    #[test]
+    fn ids_are_counted_once_and_repeats_apart() {
+        let mut ids = EventIds::default();
+        let repeats: Vec<bool> = ["a", "b", "a", "a", "€"]
+            .iter()
+            .map(|id| ids.insert(id))
+            .collect();
+        assert_eq!(repeats, [false, false, true, true, false]);
+        assert_eq!((ids.seen.len(), ids.repeated.len()), (3, 1));
+        assert!(ids.contains("€") && !ids.contains("c"));
     }
 }

@@ -62,11 +62,12 @@ impl FixedWindow {
     }
 }
 
-/// Whole seconds in `d`, rounded up, so a client never retries before the reset.
+/// Whole seconds in `d`, rounded up, so a client never retries before the reset; saturates at
+/// `u64::MAX` for the longest durations.
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     let secs = d.as_secs();
     if d.subsec_nanos() > 0 {
-        secs + 1
+        secs.saturating_add(1)
     } else {
         secs
     }
@@ -109,6 +110,17 @@ mod tests {
         assert!(window.is_expired(QUOTA, next));
         let s = window.hit(QUOTA, next);
         assert_eq!((s.allowed, s.remaining, s.reset_secs), (true, 2, 60));
+    }
+
+    #[test]
+    fn the_longest_window_does_not_overflow_the_reset() {
+        assert_eq!(ceil_secs(Duration::MAX), u64::MAX);
+        let quota = Quota {
+            limit: 1,
+            period: Duration::MAX,
+        };
+        let s = FixedWindow::default().hit(quota, Instant::now());
+        assert_eq!((s.allowed, s.reset_secs), (true, u64::MAX));
     }
 
     #[test]

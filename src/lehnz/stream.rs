@@ -1,0 +1,329 @@
+//! Streaming ingestion: records are packed into batches as they come from their source, at most
+//! `concurrency` batches are outstanding, and progress is reported batch by batch.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::batch::{Batch, Packer, Rejected};
+use super::client::{Client, Summary};
+use super::error::LehnzError;
+use super::model::Record;
+
+/// How many rejected records a streamed call lists in [`Summary::rejected`] by default; the
+/// others are counted in [`Summary::rejected_unlisted`].
+pub const DEFAULT_LISTED_REJECTIONS: usize = 10_000;
+
+/// Where a streamed call stands, reported after each batch is settled.
+///
+/// Offsets are positions in the source, counted from the
+/// [`start_offset`](IngestOptions::start_offset): the first record read has offset
+/// `start_offset`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Every record below this offset is settled: accepted by Lehnz, held by the dead-letter
+    /// sink, or rejected for good (too large, invalid: listed in [`Summary::rejected`]).
+    /// Resuming from here sends nothing twice but the batches that were outstanding.
+    pub settled: usize,
+    /// Records read from the source so far (offset of the next one).
+    pub read: usize,
+    /// Records Lehnz accepted so far.
+    pub accepted: usize,
+    /// Records whose batch failed and that the dead-letter sink stored.
+    pub dead_lettered: usize,
+    /// Records not accepted so far (whatever the reason).
+    pub rejected: usize,
+    /// Requests sent so far (batches, not counting retries).
+    pub requests: usize,
+    /// Batches sent and not yet settled.
+    pub in_flight: usize,
+}
+
+type ProgressFn<'a> = Box<dyn FnMut(&Progress) + Send + 'a>;
+
+/// Options of a streamed call ([`Client::ingest_iter`], [`Client::ingest_channel`]).
+pub struct IngestOptions<'a> {
+    pub(crate) start_offset: usize,
+    pub(crate) listed_rejections: usize,
+    pub(crate) on_progress: Option<ProgressFn<'a>>,
+}
+
+impl fmt::Debug for IngestOptions<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IngestOptions")
+            .field("start_offset", &self.start_offset)
+            .field("listed_rejections", &self.listed_rejections)
+            .field("on_progress", &self.on_progress.is_some())
+            .finish()
+    }
+}
+
+impl Default for IngestOptions<'_> {
+    fn default() -> Self {
+        IngestOptions {
+            start_offset: 0,
+            listed_rejections: DEFAULT_LISTED_REJECTIONS,
+            on_progress: None,
+        }
+    }
+}
+
+impl<'a> IngestOptions<'a> {
+    /// The defaults: offsets from 0, up to [`DEFAULT_LISTED_REJECTIONS`] rejections listed,
+    /// no progress callback.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The offset of the first record the source yields (default 0). A job that resumes
+    /// after a checkpoint skips that many records of its source and passes the checkpoint
+    /// here, so offsets, and the event ids derived from them, stay those of the first run.
+    pub fn start_offset(mut self, offset: usize) -> Self {
+        self.start_offset = offset;
+        self
+    }
+
+    /// How many rejected records to list in [`Summary::rejected`] (default
+    /// [`DEFAULT_LISTED_REJECTIONS`]); past that they are only counted, so a long outage
+    /// does not grow memory.
+    pub fn listed_rejections(mut self, max: usize) -> Self {
+        self.listed_rejections = max;
+        self
+    }
+
+    /// Called after each batch is settled, in source order. Write a checkpoint of
+    /// [`Progress::settled`] here to resume later. The call is synchronous and holds up the
+    /// next batch: keep it short.
+    pub fn on_progress(mut self, callback: impl FnMut(&Progress) + Send + 'a) -> Self {
+        self.on_progress = Some(Box::new(callback));
+        self
+    }
+}
+
+/// A source of records, polled as a stream.
+pub(crate) trait Source {
+    type Item;
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<Self::Item>>;
+}
+
+/// An iterator as a source: always ready.
+pub(crate) struct IterSource<I>(pub(crate) I);
+
+impl<I: Iterator> Source for IterSource<I> {
+    type Item = I::Item;
+    fn poll_next(&mut self, _: &mut Context<'_>) -> Poll<Option<I::Item>> {
+        Poll::Ready(self.0.next())
+    }
+}
+
+/// A channel as a source: ends when every sender is dropped.
+pub(crate) struct ChannelSource<T>(pub(crate) mpsc::Receiver<T>);
+
+impl<T> Source for ChannelSource<T> {
+    type Item = T;
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// What became of one batch.
+pub(crate) struct Outcome {
+    pub(crate) result: Result<usize, LehnzError>,
+    /// The dead-letter receipt of a failed batch: `Some(true)` stored, `Some(false)` the sink
+    /// failed, `None` no letter.
+    pub(crate) stored: Option<bool>,
+}
+
+/// A batch sent (or settled at once), in source order.
+struct Slot {
+    batch: Batch,
+    outcome: Option<Outcome>,
+}
+
+impl Client {
+    /// Packs records from `source` into batches and sends them, at most `concurrency` batches
+    /// outstanding (sent and not yet settled, in source order), pulling from the source only
+    /// when a batch may go. Memory holds the outstanding batches and the summary's counters,
+    /// nothing per record once its batch is settled.
+    pub(crate) async fn run_stream<S, T, F>(
+        &self,
+        mut source: S,
+        uri: Uri,
+        (max_records, max_bytes): (usize, usize),
+        mut options: IngestOptions<'_>,
+        mut prepare: F,
+    ) -> Result<Summary, LehnzError>
+    where
+        S: Source<Item = T>,
+        T: Record,
+        F: FnMut(usize, &mut T),
+    {
+        let window = self.concurrency();
+        let mut packer = Packer::new(options.start_offset, max_records, max_bytes);
+        let mut ready: Vec<Batch> = Vec::new();
+        let mut next_offset = options.start_offset;
+        let mut exhausted = false;
+        let mut slots: VecDeque<Slot> = VecDeque::with_capacity(window);
+        // Sequence number of `slots[0]`; tasks report theirs.
+        let mut front = 0usize;
+        let mut tasks: JoinSet<(usize, Outcome)> = JoinSet::new();
+        let mut summary = Summary {
+            settled: options.start_offset,
+            ..Summary::default()
+        };
+        let mut progress = Progress {
+            settled: options.start_offset,
+            read: options.start_offset,
+            ..Progress::default()
+        };
+
+        loop {
+            // Fill the window, reading the source only as far as a batch needs.
+            while slots.len() < window {
+                if ready.is_empty() {
+                    if exhausted {
+                        break;
+                    }
+                    match std::future::poll_fn(|cx| source.poll_next(cx)).await {
+                        Some(mut record) => {
+                            prepare(next_offset, &mut record);
+                            next_offset = next_offset.saturating_add(1);
+                            packer.push(&record, &mut ready);
+                        }
+                        None => {
+                            exhausted = true;
+                            ready.extend(packer.finish());
+                        }
+                    }
+                    continue;
+                }
+                let batch = ready.remove(0);
+                let seq = front.wrapping_add(slots.len());
+                let outcome = match batch.body.clone() {
+                    Some(body) => {
+                        let (client, uri, sent) = (self.clone(), uri.clone(), batch.len());
+                        tasks.spawn(async move { (seq, client.send(uri, body, sent).await) });
+                        summary.requests += 1;
+                        None
+                    }
+                    // Every record of the range was refused before sending.
+                    None => Some(Outcome {
+                        result: Ok(0),
+                        stored: None,
+                    }),
+                };
+                slots.push_back(Slot { batch, outcome });
+            }
+            progress.read = next_offset;
+            progress.requests = summary.requests;
+
+            // Settle, in source order, what is done.
+            while slots.front().is_some_and(|slot| slot.outcome.is_some()) {
+                let Some(Slot {
+                    batch,
+                    outcome: Some(outcome),
+                }) = slots.pop_front()
+                else {
+                    break;
+                };
+                front = front.wrapping_add(1);
+                summary.record(batch, outcome, options.listed_rejections)?;
+                progress.settled = summary.settled;
+                progress.accepted = summary.accepted;
+                progress.dead_lettered = summary.dead_lettered;
+                progress.rejected = summary.rejected.len() + summary.rejected_unlisted;
+                progress.in_flight = tasks.len();
+                if let Some(callback) = options.on_progress.as_mut() {
+                    callback(&progress);
+                }
+            }
+            if slots.is_empty() && exhausted && ready.is_empty() {
+                break;
+            }
+            // Every slot not done has its task: with none running, the window has room.
+            match tasks.join_next().await {
+                Some(Ok((seq, outcome))) => {
+                    if let Some(slot) = slots.get_mut(seq.wrapping_sub(front)) {
+                        slot.outcome = Some(outcome);
+                    }
+                }
+                Some(Err(err)) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+                // The set is owned here and never aborted: cancellation cannot happen.
+                Some(Err(_)) | None => {}
+            }
+        }
+        summary.rejected.sort_by_key(|r| r.index);
+        Ok(summary)
+    }
+}
+
+impl Summary {
+    /// Counts one batch's outcome, the next in source order, and moves `settled` past it if
+    /// it is settled (delivered, stored as a dead letter, or rejected for good) and every
+    /// batch before it was. A wrong key is the error that stops the whole call.
+    fn record(&mut self, batch: Batch, outcome: Outcome, listed: usize) -> Result<(), LehnzError> {
+        let sent = batch.len();
+        let (start, end) = (batch.start, batch.end);
+        for rejected in batch.refused {
+            self.reject(rejected, listed);
+        }
+        let settled = match outcome.result {
+            Ok(accepted) => {
+                self.accepted += accepted;
+                self.unaccounted += sent.saturating_sub(accepted);
+                true
+            }
+            // A wrong key fails every batch alike: stop at the first and say so.
+            Err(err @ (LehnzError::Unauthorized { .. } | LehnzError::Forbidden { .. })) => {
+                return Err(err)
+            }
+            Err(err) => {
+                let settled = match outcome.stored {
+                    Some(true) => {
+                        self.dead_lettered += sent;
+                        true
+                    }
+                    Some(false) => {
+                        self.dead_letter_failed += sent;
+                        false
+                    }
+                    // Not worth sending again as it is: rejected for good.
+                    None => !err.is_transient(),
+                };
+                let mut reason = err.to_string();
+                if outcome.stored == Some(false) {
+                    reason.push_str("; the dead-letter sink failed to store the batch");
+                }
+                for (index, id) in batch.indices.into_iter().zip(batch.ids) {
+                    self.reject(
+                        Rejected {
+                            index,
+                            id,
+                            reason: reason.clone(),
+                        },
+                        listed,
+                    );
+                }
+                self.errors.push(err);
+                settled
+            }
+        };
+        if settled && self.settled == start {
+            self.settled = end;
+        }
+        Ok(())
+    }
+
+    fn reject(&mut self, rejected: Rejected, listed: usize) {
+        if self.rejected.len() < listed {
+            self.rejected.push(rejected);
+        } else {
+            self.rejected_unlisted += 1;
+        }
+    }
+}
