@@ -1,5 +1,6 @@
 //! Acquire latency (p50, p99) of the Redis throttle store against a loopback `redis-server`,
-//! and acquires per second from one process with 64 concurrent tasks.
+//! beside the floor of one small script (`EVALSHA`) alternated with it, and acquires per second
+//! from one process with 64 concurrent tasks (pipelined on one multiplexed connection).
 //!
 //! ```text
 //! cargo bench --bench redis_acquire --features redis
@@ -87,19 +88,52 @@ fn main() {
             acquire(&store, &quota).await;
         }
 
+        // The floor beside it: one small script (`EVALSHA`) on a connection of the same kind,
+        // from the same runtime, alternated with the acquires so that both see the same load.
+        let client = redis::Client::open(url.as_str()).expect("a Redis URL");
+        let mut connection = redis::aio::ConnectionManager::new(client)
+            .await
+            .expect("a connection");
+        let script =
+            redis::Script::new("local t = redis.call('TIME') return {1, 0, tonumber(t[1])}");
+        let floor_call = |connection: &mut redis::aio::ConnectionManager| {
+            let mut connection = connection.clone();
+            let script = script.clone();
+            async move {
+                let _: (i64, i64, i64) = script
+                    .key("bench-floor")
+                    .invoke_async(&mut connection)
+                    .await
+                    .expect("the floor script");
+            }
+        };
+        for _ in 0..200 {
+            floor_call(&mut connection).await;
+        }
+
         let samples = if quick { 500 } else { 20_000 };
         let mut latencies = Vec::with_capacity(samples);
+        let mut floor = Vec::with_capacity(samples);
         for _ in 0..samples {
             let start = Instant::now();
             acquire(&store, &quota).await;
             latencies.push(start.elapsed());
+            let start = Instant::now();
+            floor_call(&mut connection).await;
+            floor.push(start.elapsed());
         }
         latencies.sort();
+        floor.sort();
+        let (p50, floor50) = (percentile(&latencies, 0.50), percentile(&floor, 0.50));
         println!(
-            "redis_acquire/latency  samples {samples}  p50 {:?}  p99 {:?}  max {:?}",
-            percentile(&latencies, 0.50),
+            "redis_acquire/latency  samples {samples}  p50 {p50:?}  p99 {:?}  max {:?}",
             percentile(&latencies, 0.99),
             latencies[latencies.len() - 1]
+        );
+        println!(
+            "redis_acquire/floor    samples {samples}  p50 {floor50:?}  p99 {:?}  (acquire p50 / floor p50 = {:.2})",
+            percentile(&floor, 0.99),
+            p50.as_secs_f64() / floor50.as_secs_f64()
         );
 
         let tasks = 64;

@@ -1,6 +1,7 @@
 //! Several workers, one budget: four workers, each with its own Redis connection and its own
-//! throttle, share 200 requests per second to a loopback upstream through Redis. Then Redis is
-//! stopped, and each worker falls back to its quarter of the budget.
+//! throttle, share 200 requests per second to a loopback upstream through Redis. Each worker
+//! registers itself in Redis, so all of them learn they are four. Then Redis is stopped, and
+//! each worker falls back to its quarter of the budget.
 //!
 //! ```text
 //! cargo run --example shared_budget --features redis [-- --redis redis://127.0.0.1:6379/]
@@ -149,6 +150,8 @@ fn report(phase: &str, per_worker: &[u64], arrivals: &[Instant], stats: &[RedisS
     let redis: u64 = stats.iter().map(RedisStoreStats::redis_decisions).sum();
     let fallback: u64 = stats.iter().map(RedisStoreStats::fallback_decisions).sum();
     println!("  decided by Redis       {redis}, by the fallback {fallback}");
+    let seen: Vec<u64> = stats.iter().map(RedisStoreStats::workers_seen).collect();
+    println!("  workers seen in Redis  {seen:?}");
 }
 
 #[tokio::main]
@@ -167,10 +170,11 @@ async fn main() -> Result<(), BoxError> {
     let stores: Vec<RedisStore> = (0..WORKERS)
         .map(|_| {
             RedisStore::open(&url).map(|s| {
+                // `Fallback::Learned` is the default; named here to show it. Workers register
+                // every 500 ms, so all of them see the four before Redis stops.
                 s.prefix(format!("shared-budget-{}", std::process::id()))
-                    .fallback(Fallback::Local {
-                        workers: WORKERS as u32,
-                    })
+                    .fallback(Fallback::Learned)
+                    .heartbeat(Duration::from_millis(500))
             })
         })
         .collect::<Result<_, _>>()?;

@@ -19,7 +19,9 @@ use support::redis::RedisServer;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_outbound::body::ReplayBody;
 use tower_outbound::dead_letter::replay;
+use tower_outbound::dead_letter::{DeadLetter, SinkErrorKind};
 use tower_outbound::redis::{Fallback, RedisBuckets, RedisDecision, RedisStore, RedisStreamSink};
+use tower_outbound::throttle::{Acquire, BucketStore, Decision, Quota};
 use tower_outbound::{DeadLetterLayer, Sink, ThrottleLayer};
 
 async fn manager(server: &RedisServer) -> redis::aio::ConnectionManager {
@@ -385,7 +387,7 @@ async fn four_processes_share_one_budget() {
             Command::new(&exe)
                 .args(["budget_worker_process", "--exact", "--ignored", "--quiet"])
                 .env(WORKER_ENV, format!("{} {addr} 3000", server.url()))
-                .stdout(Stdio::null())
+                .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
                 .unwrap()
@@ -395,7 +397,8 @@ async fn four_processes_share_one_budget() {
         let output = child.wait_with_output().unwrap();
         assert!(
             output.status.success(),
-            "a worker failed: {}",
+            "a worker failed: {}{}",
+            String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
     }
@@ -411,4 +414,256 @@ async fn four_processes_share_one_budget() {
         "{rate:.1} requests/s over {span:.2} s"
     );
     // The workers checked every answer: the upstream never had to say 429.
+}
+
+// ---- nothing silently lost, no share taken twice, no panics from settings ----
+
+fn letter(id: &str) -> DeadLetter {
+    serde_json::from_value(serde_json::json!({
+        "version": 1,
+        "id": id,
+        "method": "POST",
+        "uri": "https://api.example.com/v1/orders",
+        "headers": [],
+        "body": {"encoding": "text", "data": "{}"},
+        "body_kept": true,
+        "outcome": {"status": 503},
+        "attempts": 1,
+        "waited_ms": 0,
+        "first_attempt_at_ms": 0,
+        "last_attempt_at_ms": 0,
+    }))
+    .unwrap()
+}
+
+/// Calls of one Redis command since the last `CONFIG RESETSTAT`.
+async fn calls(connection: &mut redis::aio::ConnectionManager, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(connection)
+        .await
+        .unwrap();
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+async fn reset_stats(connection: &mut redis::aio::ConnectionManager) {
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(connection)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn full_dead_letter_stream_refuses_letters_instead_of_evicting_old_ones() {
+    let server = RedisServer::start();
+    let sink = RedisStreamSink::new(manager(&server).await, "capped", 3);
+    for id in ["a", "b", "c"] {
+        sink.write(letter(id)).await.unwrap();
+    }
+    let err = sink.write(letter("d")).await.unwrap_err();
+    assert_eq!(err.kind(), SinkErrorKind::Full, "{err}");
+    let kept: Vec<String> = sink
+        .read_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(kept, ["a", "b", "c"], "the oldest letters are kept");
+    // Replaying makes room.
+    assert_eq!(sink.remove(&["a".to_owned()]).await.unwrap(), 1);
+    sink.write(letter("d")).await.unwrap();
+    assert_eq!(sink.count().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn many_letters_are_read_in_pages_and_never_trimmed_below_the_cap() {
+    let server = RedisServer::start();
+    let mut admin = manager(&server).await;
+    // More than one page of letters, added in one pipeline (as earlier writes would have).
+    let n = 1_001;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        let letter = letter(&format!("l{i}"));
+        pipe.cmd("XADD")
+            .arg("many")
+            .arg("*")
+            .arg("id")
+            .arg(&letter.id)
+            .arg("letter")
+            .arg(serde_json::to_string(&letter).unwrap())
+            .ignore();
+    }
+    let _: () = pipe.query_async(&mut admin).await.unwrap();
+
+    let sink = RedisStreamSink::new(manager(&server).await, "many", n);
+    let letters = sink.read_all().await.unwrap();
+    assert_eq!(letters.len(), n);
+    assert_eq!(letters[0].id, "l0");
+    assert_eq!(letters[n - 1].id, "l1000");
+    assert!(sink.write(letter("over")).await.unwrap_err().is_full());
+    assert_eq!(sink.count().await.unwrap(), n);
+}
+
+#[tokio::test]
+async fn removing_read_letters_does_not_scan_the_stream() {
+    let server = RedisServer::start();
+    let mut admin = manager(&server).await;
+    let sink = RedisStreamSink::new(manager(&server).await, "replayed", 1_000);
+    for i in 0..50 {
+        sink.write(letter(&format!("l{i}"))).await.unwrap();
+    }
+    let letters = sink.read_all().await.unwrap();
+    reset_stats(&mut admin).await;
+    // A replay that removes each delivered letter as it goes: one XDEL each, no XRANGE.
+    for letter in &letters[..40] {
+        assert_eq!(
+            sink.remove(std::slice::from_ref(&letter.id)).await.unwrap(),
+            1
+        );
+    }
+    assert_eq!(calls(&mut admin, "xrange").await, 0);
+    assert_eq!(calls(&mut admin, "xdel").await, 40);
+    // Removing again removes nothing.
+    assert_eq!(sink.remove(&[letters[0].id.clone()]).await.unwrap(), 0);
+
+    // Another worker that did not read them still removes exactly the ones asked for.
+    let other = RedisStreamSink::new(manager(&server).await, "replayed", 1_000);
+    let ids: Vec<String> = letters[40..45].iter().map(|l| l.id.clone()).collect();
+    assert_eq!(other.remove(&ids).await.unwrap(), 5);
+    assert_eq!(sink.count().await.unwrap(), 5);
+}
+
+fn quota() -> Quota {
+    // Ten at once, then one every six minutes: within a test, only the burst counts.
+    Quota::new(10, Duration::from_secs(3600))
+        .unwrap()
+        .with_burst(10)
+        .unwrap()
+}
+
+/// How many of `n` acquires go at once (no wait allowed).
+async fn admitted(store: &RedisStore, n: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..n {
+        let decision = match store.acquire(None, &quota(), Duration::ZERO) {
+            Acquire::Ready(decision) => decision,
+            Acquire::Pending(future) => future.await,
+        };
+        if matches!(decision, Ok(Decision::Go)) {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
+async fn wait_for_workers(store: &RedisStore, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while store.stats().workers_seen() != n {
+        assert!(Instant::now() < deadline, "{:?}", store.stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_learned_from_redis_split_the_budget_when_redis_goes_away() {
+    let mut server = RedisServer::start();
+    // Two processes (their own connections and registrations), the default fallback.
+    let a = RedisStore::open(&server.url())
+        .unwrap()
+        .prefix("learned")
+        .heartbeat(Duration::from_millis(50))
+        .retry_after(Duration::from_secs(60));
+    let b = RedisStore::open(&server.url())
+        .unwrap()
+        .prefix("learned")
+        .heartbeat(Duration::from_millis(50));
+    // A first acquire starts each heartbeat; the burst is shared through Redis.
+    assert_eq!(admitted(&a, 1).await + admitted(&b, 1).await, 2);
+    wait_for_workers(&a, 2).await;
+    wait_for_workers(&b, 2).await;
+
+    // Redis goes away: each takes half the burst, not the whole of it.
+    server.kill();
+    assert_eq!(admitted(&a, 20).await, 5);
+    assert!(a.stats().fallback_decisions() >= 19, "{:?}", a.stats());
+    assert_eq!(a.stats().workers_seen(), 2, "the last count seen is kept");
+}
+
+#[tokio::test]
+async fn without_a_learned_worker_count_the_fallback_takes_no_share() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    server.kill();
+    let store = RedisStore::open(&url).unwrap().prefix("never-seen");
+    assert_eq!(admitted(&store, 3).await, 0);
+    assert_eq!(store.stats().workers_seen(), 0);
+    // Told the count, it takes its share.
+    let told = RedisStore::open(&url)
+        .unwrap()
+        .fallback(Fallback::Local { workers: 5 });
+    assert_eq!(admitted(&told, 5).await, 2);
+}
+
+#[tokio::test]
+async fn redis_settings_of_duration_max_do_not_panic() {
+    let mut server = RedisServer::start();
+    let url = server.url();
+    let store = RedisStore::open(&url)
+        .unwrap()
+        .timeout(Duration::MAX)
+        .retry_after(Duration::MAX)
+        .heartbeat(Duration::MAX)
+        .fallback(Fallback::Local { workers: 0 });
+    let sink = RedisStreamSink::new(manager(&server).await, "s", usize::MAX).timeout(Duration::MAX);
+    sink.write(letter("a")).await.unwrap();
+    let huge = Quota::new(1, Duration::MAX).unwrap();
+    let decision = match store.acquire(None, &huge, Duration::MAX) {
+        Acquire::Ready(decision) => decision,
+        Acquire::Pending(future) => future.await,
+    };
+    assert!(decision.is_ok(), "{decision:?}");
+    server.kill();
+    // Redis gone: the failure pauses Redis use for the clamped period, and the fallback
+    // (with 0 workers taken as 1) decides.
+    assert_eq!(admitted(&store, 12).await, 10);
+}
+
+#[tokio::test]
+async fn one_acquire_is_one_round_trip() {
+    let server = RedisServer::start();
+    let mut admin = manager(&server).await;
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .heartbeat(Duration::from_secs(60));
+    admitted(&store, 1).await;
+    wait_for_workers(&store, 1).await;
+    reset_stats(&mut admin).await;
+    admitted(&store, 30).await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    // Thirty scripts, and no command sent but them (the stats also count the commands the
+    // script runs inside Redis, and this test's own INFO and CONFIG).
+    assert_eq!(calls(&mut admin, "evalsha").await, 30, "{info}");
+    let inside_the_script = ["time", "get", "hmget", "set", "del", "hincrby"];
+    let others: Vec<&str> = info
+        .lines()
+        .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(":calls="))
+        .map(|(name, _)| name)
+        .filter(|name| {
+            *name != "evalsha"
+                && !inside_the_script.contains(name)
+                && !name.starts_with("info")
+                && !name.starts_with("config")
+        })
+        .collect();
+    assert!(others.is_empty(), "{info}");
 }

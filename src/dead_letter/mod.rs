@@ -88,7 +88,7 @@ pub use future::ResponseFuture;
 pub use layer::DeadLetterLayer;
 pub use record::{DeadLetter, FinalOutcome, StoredBody, StoredHeader, REDACTED};
 pub use service::DeadLetterService;
-pub use sink::{BoxFuture, MemorySink, Sink, SinkError};
+pub use sink::{BoxFuture, MemorySink, Sink, SinkError, SinkErrorKind};
 
 /// What every service of one layer shares.
 #[derive(Clone)]

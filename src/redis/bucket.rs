@@ -92,8 +92,14 @@ end
 return 0
 ";
 
+/// Durations passed to the scripts are kept below 2^50 µs (about 35 years): Lua numbers are
+/// doubles, exact only up to 2^53, and the scripts add them to the Redis clock.
+const MAX_MICROS: u64 = 1 << 50;
+
 fn micros(d: Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+    u64::try_from(d.as_micros())
+        .unwrap_or(u64::MAX)
+        .min(MAX_MICROS)
 }
 
 /// GCRA buckets kept in Redis and shared by every process that uses the same keys.
@@ -120,6 +126,11 @@ impl RedisBuckets {
             adopt: Script::new(ADOPT),
             release: Script::new(RELEASE),
         }
+    }
+
+    /// The connection the scripts run on (a multiplexed connection: clones share it).
+    pub(crate) fn connection(&self) -> ConnectionManager {
+        self.connection.clone()
     }
 
     /// Reserves the next slot of bucket `key` (one slot every `interval`, `burst` at most at

@@ -6,9 +6,11 @@
 //! - [`RedisStore`]: a [`BucketStore`](crate::throttle::BucketStore) for
 //!   [`ThrottleLayer`](crate::ThrottleLayer). One atomic Lua script per acquire, on the Redis
 //!   server's clock; adaptive updates shared by all workers; a timeout on every call and a
-//!   bounded [`Fallback`] while Redis is away.
+//!   bounded [`Fallback`] while Redis is away: by default each process's share of the
+//!   budget, the number of processes learned from a heartbeat in Redis.
 //! - [`RedisStreamSink`]: a dead-letter [`Sink`](crate::Sink) on a Redis Stream, so any
-//!   worker can replay what another dead-lettered.
+//!   worker can replay what another dead-lettered, with a hard cap that refuses letters
+//!   rather than evicting them.
 //! - [`RedisBuckets`]: the scripts themselves, for other uses.
 //!
 //! See `docs/distributed.md` for running N workers against one budget.
@@ -20,10 +22,11 @@
 //! use tower_outbound::redis::{Fallback, RedisStore};
 //! use tower_outbound::ThrottleLayer;
 //!
-//! // Eight workers share 1,000 requests per 15 minutes; without Redis each keeps to 1/8.
+//! // Workers share 1,000 requests per 15 minutes; without Redis each keeps to its share,
+//! // the number of workers learned from Redis (the default, `Fallback::Learned`).
 //! let store = RedisStore::open("redis://127.0.0.1:6379/")?
 //!     .prefix("billing-api")
-//!     .fallback(Fallback::Local { workers: 8 });
+//!     .fallback(Fallback::Learned);
 //! let throttle = ThrottleLayer::new(1000, Duration::from_secs(900)).store(store);
 //! # Ok::<(), redis::RedisError>(())
 //! ```

@@ -1,11 +1,12 @@
 //! A [`BucketStore`] in Redis, with a bounded fallback when Redis is away.
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::Script;
 
 use super::bucket::{RedisBuckets, RedisDecision};
 use crate::error::{Error, Kind};
@@ -16,20 +17,49 @@ use crate::throttle::{Acquire, BucketStore, Decision, LocalStore, Quota, Reserva
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fallback {
     /// Go on with a bucket in this process at `rate / workers` (and `burst / workers`, at least
-    /// 1 each), where `workers` is how many processes share the budget: together they stay
-    /// within the budget without Redis (the default, with 1 worker until told).
+    /// 1 each), where `workers` is how many processes share the budget (taken as at least 1):
+    /// together they stay within the budget without Redis.
     Local {
         /// Processes expected to share the budget.
         workers: u32,
     },
+    /// The default: as [`Local`](Fallback::Local), with `workers` learned from Redis. Each
+    /// store registers itself under its prefix with a heartbeat (see
+    /// [`RedisStore::heartbeat`]); the count of live registrations last seen is the number of
+    /// processes that share the budget. Until a count has been seen (Redis unreachable since
+    /// the store started), the store fails closed: there is no safe share to take.
+    Learned,
     /// Refuse requests (as [`Kind::Throttled`]) until Redis answers again.
     FailClosed,
 }
 
+/// Registers one store and counts the live ones: members of a sorted set scored by when
+/// they expire, on the Redis clock.
+///
+/// KEYS[1] the set; ARGV the member, its time to live in ms. Returns the live members.
+const REGISTER: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ttl)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// Bounds of a store's durations: a call's timeout and the pause after a failure.
+const MIN_WAIT: Duration = Duration::from_millis(1);
+const MAX_WAIT: Duration = Duration::from_secs(3600);
+/// Bounds of the heartbeat interval.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(50);
+const MAX_HEARTBEAT: Duration = Duration::from_secs(60);
+/// A registration lives this many heartbeats, so one late beat does not drop a worker.
+const HEARTBEATS_PER_TTL: u32 = 3;
+
 /// Counters of a [`RedisStore`]. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct RedisStoreStats {
-    counters: Arc<[AtomicU64; 3]>,
+    counters: Arc<[AtomicU64; 4]>,
 }
 
 impl RedisStoreStats {
@@ -46,6 +76,12 @@ impl RedisStoreStats {
     /// Redis calls that failed or timed out.
     pub fn errors(&self) -> u64 {
         self.counters[2].load(Ordering::Relaxed)
+    }
+
+    /// Processes sharing the budget at the last heartbeat Redis answered (this one included;
+    /// 0 until one was answered).
+    pub fn workers_seen(&self) -> u64 {
+        self.counters[3].load(Ordering::Relaxed)
     }
 
     fn count(&self, index: usize) {
@@ -66,6 +102,11 @@ struct Inner {
     // While set, Redis is not asked before this instant (it just failed).
     away_until: Mutex<Option<tokio::time::Instant>>,
     stats: RedisStoreStats,
+    // This store's registration among the processes sharing the budget.
+    member: String,
+    heartbeat: Duration,
+    register: Script,
+    heartbeat_started: AtomicBool,
 }
 
 /// Throttle buckets in Redis, shared by every process that uses the same Redis and prefix.
@@ -80,6 +121,12 @@ struct Inner {
 ///   logs a warning, counts it, and uses its [`Fallback`] for a short while (default 1 s)
 ///   before asking Redis again; once Redis answers, sharing resumes. No call path waits on
 ///   Redis longer than the timeout.
+/// - The default fallback, [`Fallback::Learned`], takes this process's share of the budget:
+///   every store registers itself in Redis with a heartbeat (default every 1 s, kept 3 s), and
+///   while Redis is away each one uses `budget / processes last seen`. N processes without
+///   Redis therefore stay within the budget together, not N times over it.
+/// - The acquire script runs on a multiplexed connection: concurrent acquires from many tasks
+///   are pipelined on it, none waits for another's answer.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -118,10 +165,16 @@ impl RedisStore {
                 prefix: "tower-outbound:throttle".to_owned(),
                 timeout: Duration::from_millis(100),
                 retry_after: Duration::from_secs(1),
-                fallback: Fallback::Local { workers: 1 },
+                fallback: Fallback::Learned,
                 local: LocalStore::new(),
                 away_until: Mutex::new(None),
                 stats: RedisStoreStats::default(),
+                member: uuid::Builder::from_random_bytes(rand::RngExt::random(&mut rand::rng()))
+                    .into_uuid()
+                    .to_string(),
+                heartbeat: Duration::from_secs(1),
+                register: Script::new(REGISTER),
+                heartbeat_started: AtomicBool::new(false),
             }),
         }
     }
@@ -139,6 +192,10 @@ impl RedisStore {
                 local: LocalStore::new(),
                 away_until: Mutex::new(None),
                 stats: shared.stats.clone(),
+                member: shared.member.clone(),
+                heartbeat: shared.heartbeat,
+                register: shared.register.clone(),
+                heartbeat_started: AtomicBool::new(false),
             },
         };
         f(&mut inner);
@@ -154,21 +211,34 @@ impl RedisStore {
         self.update(|i| i.prefix = prefix)
     }
 
-    /// The most a Redis call may take before the fallback decides (default 100 ms).
+    /// The most a Redis call may take before the fallback decides (default 100 ms). Values
+    /// are kept within 1 ms and 1 hour.
     pub fn timeout(self, timeout: Duration) -> Self {
+        let timeout = timeout.clamp(MIN_WAIT, MAX_WAIT);
         self.update(|i| i.timeout = timeout)
     }
 
-    /// What to do while Redis is away (default [`Fallback::Local`] with 1 worker: set the
-    /// number of processes that share the budget).
+    /// What to do while Redis is away (default [`Fallback::Learned`]: this process's share of
+    /// the budget, the number of processes learned from Redis).
     pub fn fallback(self, fallback: Fallback) -> Self {
         self.update(|i| i.fallback = fallback)
     }
 
     /// How long after a failure the store uses the fallback before asking Redis again
-    /// (default 1 s).
+    /// (default 1 s). Values are kept within 1 ms and 1 hour.
     pub fn retry_after(self, wait: Duration) -> Self {
+        let wait = wait.clamp(MIN_WAIT, MAX_WAIT);
         self.update(|i| i.retry_after = wait)
+    }
+
+    /// How often the store registers itself in Redis as one of the processes sharing the
+    /// budget (default 1 s; kept within 50 ms and 60 s). A registration lives three
+    /// heartbeats, so a process that stopped is no longer counted after that. The heartbeat
+    /// starts with the first acquire, runs on the tokio runtime, and stops when the store and
+    /// its clones are dropped.
+    pub fn heartbeat(self, every: Duration) -> Self {
+        let every = every.clamp(MIN_HEARTBEAT, MAX_HEARTBEAT);
+        self.update(|i| i.heartbeat = every)
     }
 
     /// The store's counters.
@@ -213,12 +283,18 @@ impl Inner {
                 "Redis throttle store unreachable or slow; using the fallback"
             );
         }
-        *away = Some(tokio::time::Instant::now() + self.retry_after);
+        let now = tokio::time::Instant::now();
+        *away = Some(now.checked_add(self.retry_after).unwrap_or(now));
+    }
+
+    fn workers_seen(&self) -> u32 {
+        u32::try_from(self.stats.workers_seen()).unwrap_or(u32::MAX)
     }
 
     fn fallback_quota(&self, quota: &Quota) -> Quota {
         let workers = match self.fallback {
             Fallback::Local { workers } => workers.max(1),
+            Fallback::Learned => self.workers_seen().max(1),
             Fallback::FailClosed => 1,
         };
         Quota::new((quota.rate() / workers).max(1), quota.per())
@@ -240,7 +316,14 @@ impl Inner {
                 },
                 "the shared throttle store (Redis) is unreachable and the store fails closed",
             )),
-            Fallback::Local { .. } => {
+            Fallback::Learned if self.workers_seen() == 0 => Err(Error::with_source(
+                Kind::Throttled {
+                    wait: self.retry_after,
+                },
+                "the shared throttle store (Redis) is unreachable and has not yet said how many \
+                 processes share the budget, so this one takes no share",
+            )),
+            Fallback::Local { .. } | Fallback::Learned => {
                 let quota = self.fallback_quota(quota);
                 match self.local.acquire(key, &quota, max_wait) {
                     Acquire::Ready(Ok(Decision::Wait { wait, reservation })) => {
@@ -257,8 +340,54 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Registers this store and learns how many share the budget; a failure keeps the last
+    /// count.
+    async fn beat(&self) {
+        let ttl = self.heartbeat.saturating_mul(HEARTBEATS_PER_TTL);
+        let mut connection = self.buckets.connection();
+        let mut invocation = self.register.key(format!("{{{}}}:workers", self.prefix));
+        invocation
+            .arg(&self.member)
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+        let call = invocation.invoke_async::<u64>(&mut connection);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(count)) => self.stats.counters[3].store(count.max(1), Ordering::Relaxed),
+            Ok(Err(error)) => tracing::debug!(%error, "throttle store heartbeat failed"),
+            Err(_) => tracing::debug!("throttle store heartbeat timed out"),
+        }
+    }
+}
+
+/// Beats while the store lives.
+async fn heartbeat(inner: Weak<Inner>) {
+    loop {
+        let Some(store) = inner.upgrade() else { return };
+        let every = store.heartbeat;
+        store.beat().await;
+        drop(store);
+        tokio::time::sleep(every).await;
+    }
+}
+
+impl RedisStore {
+    fn start_heartbeat(&self) {
+        let inner = &self.inner;
+        if !inner.heartbeat_started.load(Ordering::Relaxed)
+            && !inner.heartbeat_started.swap(true, Ordering::Relaxed)
+        {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(heartbeat(Arc::downgrade(inner)));
+            } else {
+                inner.heartbeat_started.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
 impl BucketStore for RedisStore {
     fn acquire(&self, key: Option<&PartitionKey>, quota: &Quota, max_wait: Duration) -> Acquire {
+        self.start_heartbeat();
         let inner = &self.inner;
         if inner.is_away() {
             return Acquire::Ready(inner.fallback(key, quota, max_wait));

@@ -1,27 +1,57 @@
 //! Dead letters on a Redis Stream, so any worker can replay what another dead-lettered.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
-use redis::streams::{StreamMaxlen, StreamRangeReply};
-use redis::AsyncCommands;
+use redis::streams::StreamRangeReply;
+use redis::{AsyncCommands, Script};
 
-use crate::dead_letter::{BoxFuture, DeadLetter, Sink, SinkError};
+use crate::dead_letter::{BoxFuture, DeadLetter, Sink, SinkError, SinkErrorKind};
 
-/// Dead letters as entries of a Redis Stream (`XADD` with a length cap), shared by every
-/// worker that uses the same stream.
+/// Adds a letter unless the stream already holds `cap` entries: nothing is ever trimmed.
 ///
-/// Each entry holds the letter's id and its JSON. `read_all` reads the stream (`XRANGE`);
-/// `remove` deletes exactly the entries of the given letter ids (`XDEL`), so a letter replayed
-/// by one worker is gone for all. Every Redis call has a timeout (default 1 s). Entries past the cap (approximate trimming, `MAXLEN ~`) are
-/// dropped by Redis: choose a cap above the backlog you may need to keep.
+/// KEYS[1] the stream; ARGV cap, letter id, letter JSON. Returns the entry id, or nil when
+/// full.
+const ADD: &str = r"
+if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
+return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'letter', ARGV[3])
+";
+
+/// Entries read per `XRANGE` call.
+const PAGE: usize = 1000;
+
+/// Bounds of the call timeout.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// Dead letters as entries of a Redis Stream, shared by every worker that uses the same
+/// stream.
+///
+/// - Each entry holds the letter's id and its JSON. `read_all` reads the stream (`XRANGE`,
+///   1,000 entries per call); `remove` deletes exactly the entries of the given letter ids
+///   (`XDEL`), so a letter replayed by one worker is gone for all.
+/// - **A hard cap, never eviction.** The stream holds at most `max_len` letters: a write
+///   past it is refused with a [`SinkError`] of kind [`SinkErrorKind::Full`] (the letter is
+///   not stored and the caller is told so), checked and added in one atomic script. Nothing
+///   is ever trimmed: a letter leaves the stream only by `remove`. Choose a cap that bounds
+///   Redis's memory and watch for `Full` errors; replaying makes room.
+/// - `remove` costs O(removed letters): the entry id of every letter `read_all` returned is
+///   remembered (clones share the memory), so removing them needs no scan. Only ids this
+///   sink has not read are looked up by reading the stream once per call.
+/// - Every Redis call has a timeout (default 1 s); a slow or unreachable Redis is a
+///   [`SinkError`] of kind [`SinkErrorKind::Timeout`] or [`SinkErrorKind::Io`].
 #[derive(Clone)]
 pub struct RedisStreamSink {
     connection: ConnectionManager,
     stream: String,
     max_len: usize,
     timeout: Duration,
+    add: Script,
+    // Letter id → entry id, of the letters last read.
+    entries: Arc<Mutex<HashMap<String, String>>>,
 }
 
 impl fmt::Debug for RedisStreamSink {
@@ -29,25 +59,39 @@ impl fmt::Debug for RedisStreamSink {
         f.debug_struct("RedisStreamSink")
             .field("stream", &self.stream)
             .field("max_len", &self.max_len)
+            .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
 }
 
 impl RedisStreamSink {
-    /// Letters on `stream`, keeping about `max_len` of them at most.
+    /// Letters on `stream`, at most `max_len` of them: writes past the cap are refused with a
+    /// [`SinkErrorKind::Full`] error, never trimmed (0 refuses every letter).
     pub fn new(connection: ConnectionManager, stream: impl Into<String>, max_len: usize) -> Self {
         RedisStreamSink {
             connection,
             stream: stream.into(),
             max_len,
             timeout: Duration::from_secs(1),
+            add: Script::new(ADD),
+            entries: Arc::default(),
         }
     }
 
     /// The most one Redis call may take before it fails with a [`SinkError`] (default 1 s).
+    /// Values are kept within 1 ms and 1 hour.
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = timeout.clamp(MIN_TIMEOUT, MAX_TIMEOUT);
         self
+    }
+
+    /// The most letters the stream holds.
+    pub fn max_len(&self) -> usize {
+        self.max_len
+    }
+
+    fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Runs one Redis call under the timeout.
@@ -58,67 +102,96 @@ impl RedisStreamSink {
     ) -> Result<T, SinkError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(SinkError::new(
-                format!("cannot {what} stream {}", self.stream),
-                e,
-            )),
+            Ok(Err(e)) => Err(
+                SinkError::new(format!("cannot {what} stream {}", self.stream), e)
+                    .with_kind(SinkErrorKind::Io),
+            ),
             Err(_) => Err(SinkError::msg(format!(
                 "cannot {what} stream {}: Redis did not answer within {:?}",
                 self.stream, self.timeout
-            ))),
+            ))
+            .with_kind(SinkErrorKind::Timeout)),
         }
     }
 
-    async fn entries(&self) -> Result<Vec<(String, Option<DeadLetter>)>, SinkError> {
+    /// Every entry, oldest first, a page at a time: (entry id, letter id, letter).
+    async fn entries(
+        &self,
+    ) -> Result<Vec<(String, Option<String>, Option<DeadLetter>)>, SinkError> {
         let mut connection = self.connection.clone();
-        let reply: StreamRangeReply = self
-            .call("read", connection.xrange_all(&self.stream))
-            .await?;
-        Ok(reply
-            .ids
-            .into_iter()
-            .map(|entry| {
+        let mut all = Vec::new();
+        let mut start = "-".to_owned();
+        loop {
+            let reply: StreamRangeReply = self
+                .call(
+                    "read",
+                    connection.xrange_count(&self.stream, &start, "+", PAGE),
+                )
+                .await?;
+            let last = reply.ids.len() < PAGE;
+            if let Some(entry) = reply.ids.last() {
+                start = format!("({}", entry.id);
+            }
+            for entry in reply.ids {
+                let id = entry.get::<String>("id");
                 let letter = entry
                     .get::<String>("letter")
                     .and_then(|json| serde_json::from_str::<DeadLetter>(&json).ok());
                 if letter.is_none() {
                     tracing::warn!(stream = %self.stream, entry = %entry.id, "skipping a damaged dead-letter entry");
                 }
-                (entry.id, letter)
-            })
-            .collect())
+                all.push((entry.id, id, letter));
+            }
+            if last {
+                return Ok(all);
+            }
+        }
     }
 }
 
 impl Sink for RedisStreamSink {
     fn write(&self, letter: DeadLetter) -> BoxFuture<'_, Result<(), SinkError>> {
         Box::pin(async move {
-            let json = serde_json::to_string(&letter)
-                .map_err(|e| SinkError::new("cannot encode a dead letter", e))?;
+            let json = serde_json::to_string(&letter).map_err(|e| {
+                SinkError::new("cannot encode a dead letter", e).with_kind(SinkErrorKind::Encoding)
+            })?;
             let mut connection = self.connection.clone();
-            let _: String = self
+            let added: Option<String> = self
                 .call(
                     "add to",
-                    connection.xadd_maxlen(
-                        &self.stream,
-                        StreamMaxlen::Approx(self.max_len),
-                        "*",
-                        &[("id", letter.id.as_str()), ("letter", json.as_str())],
-                    ),
+                    self.add
+                        .key(&self.stream)
+                        .arg(self.max_len)
+                        .arg(&letter.id)
+                        .arg(&json)
+                        .invoke_async(&mut connection),
                 )
                 .await?;
-            Ok(())
+            match added {
+                Some(_) => Ok(()),
+                None => Err(SinkError::msg(format!(
+                    "dead-letter stream {} is full ({} letters); the letter was not stored",
+                    self.stream, self.max_len
+                ))
+                .with_kind(SinkErrorKind::Full)),
+            }
         })
     }
 
     fn read_all(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>, SinkError>> {
         Box::pin(async move {
-            Ok(self
-                .entries()
-                .await?
+            let entries = self.entries().await?;
+            let mut remembered = HashMap::with_capacity(entries.len());
+            let letters = entries
                 .into_iter()
-                .filter_map(|(_, letter)| letter)
-                .collect())
+                .filter_map(|(entry, _, letter)| {
+                    let letter = letter?;
+                    remembered.insert(letter.id.clone(), entry);
+                    Some(letter)
+                })
+                .collect();
+            *self.remembered() = remembered;
+            Ok(letters)
         })
     }
 
@@ -127,20 +200,45 @@ impl Sink for RedisStreamSink {
             if ids.is_empty() {
                 return Ok(0);
             }
-            let entries: Vec<String> = self
-                .entries()
-                .await?
-                .into_iter()
-                .filter(|(_, letter)| letter.as_ref().is_some_and(|l| ids.contains(&l.id)))
-                .map(|(entry, _)| entry)
-                .collect();
+            let (mut entries, unknown): (Vec<String>, Vec<&String>) = {
+                let remembered = self.remembered();
+                let mut entries = Vec::with_capacity(ids.len());
+                let mut unknown = Vec::new();
+                for id in ids {
+                    match remembered.get(id) {
+                        Some(entry) => entries.push(entry.clone()),
+                        None => unknown.push(id),
+                    }
+                }
+                (entries, unknown)
+            };
+            if !unknown.is_empty() {
+                // Letters this sink did not read: find their entries once.
+                let wanted: std::collections::HashSet<&str> =
+                    unknown.iter().map(|id| id.as_str()).collect();
+                entries.extend(
+                    self.entries()
+                        .await?
+                        .into_iter()
+                        .filter(|(_, id, _)| id.as_deref().is_some_and(|id| wanted.contains(id)))
+                        .map(|(entry, _, _)| entry),
+                );
+            }
             if entries.is_empty() {
                 return Ok(0);
             }
             let mut connection = self.connection.clone();
-            let removed: usize = connection.xdel(&self.stream, &entries).await.map_err(|e| {
-                SinkError::new(format!("cannot delete from stream {}", self.stream), e)
-            })?;
+            let mut removed = 0;
+            for chunk in entries.chunks(PAGE) {
+                let count: usize = self
+                    .call("delete from", connection.xdel(&self.stream, chunk))
+                    .await?;
+                removed += count;
+            }
+            let mut remembered = self.remembered();
+            for id in ids {
+                remembered.remove(id);
+            }
             Ok(removed)
         })
     }
