@@ -590,8 +590,6 @@ async fn a_throttle_waiter_dropped_last_gives_its_slot_back() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "circuit: a probe permit does not know its half-open round; a dropped probe of an \
-            earlier round frees a slot of the current one (Breaker::release_probe)"]
 async fn a_probe_from_an_earlier_half_open_does_not_free_a_slot_of_the_next() {
     let script = Arc::new(Mutex::new(vec![
         // Two failures open the breaker.
@@ -659,8 +657,6 @@ async fn a_probe_from_an_earlier_half_open_does_not_free_a_slot_of_the_next() {
 }
 
 #[tokio::test(start_paused = true)]
-#[ignore = "circuit: a probe's late success from an earlier half-open round counts toward \
-            closing the current one (Breaker::record, Admission::Probe)"]
 async fn a_late_probe_success_from_an_earlier_half_open_does_not_count_in_the_next() {
     let script = Arc::new(Mutex::new(vec![
         (500, Duration::ZERO),

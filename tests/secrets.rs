@@ -110,4 +110,3 @@ async fn uri_secrets_stay_out_of_dead_letters_logs_and_errors() {
     );
     assert_eq!(err.upstream().unwrap().as_str(), "api.example.com");
 }
-

@@ -14,8 +14,12 @@ use crate::partition::PartitionKey;
 pub(crate) enum Admission {
     /// Closed: an ordinary call.
     Call,
-    /// Half-open: one of the probes.
-    Probe,
+    /// Half-open: one of the probes of half-open round `round`.
+    Probe {
+        /// Which half-open round the probe belongs to: an outcome (or a dropped caller) of an
+        /// earlier round says nothing about this one.
+        round: u64,
+    },
     /// Open, or half-open with every probe taken: fail fast.
     Reject { retry_in: Duration },
 }
@@ -28,6 +32,8 @@ struct Inner {
     open_for: Duration,
     probes_in_flight: u32,
     probes_passed: u32,
+    /// Half-open rounds so far; probes carry the round they were let through in.
+    round: u64,
 }
 
 /// One breaker. The state is mirrored in an atomic so a closed breaker admits a call without
@@ -58,6 +64,7 @@ impl Breaker {
                 open_for: settings.open_duration,
                 probes_in_flight: 0,
                 probes_passed: 0,
+                round: 0,
             }),
             key,
         }
@@ -131,6 +138,7 @@ impl Breaker {
             }
             inner.probes_in_flight = 0;
             inner.probes_passed = 0;
+            inner.round = inner.round.wrapping_add(1);
             self.set(&mut inner, CircuitState::HalfOpen, changes);
         }
         match inner.state {
@@ -139,7 +147,7 @@ impl Breaker {
                 if inner.probes_in_flight + inner.probes_passed < settings.half_open_probes =>
             {
                 inner.probes_in_flight += 1;
-                Admission::Probe
+                Admission::Probe { round: inner.round }
             }
             // Every probe is out: the verdict comes soon.
             CircuitState::HalfOpen | CircuitState::Open => Admission::Reject {
@@ -180,11 +188,13 @@ impl Breaker {
                     self.open(&mut inner, now, changes);
                 }
             }
-            Admission::Probe => {
-                inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
-                if inner.state != CircuitState::HalfOpen {
+            Admission::Probe { round } => {
+                if inner.state != CircuitState::HalfOpen || round != inner.round {
+                    // A probe of an earlier round: its slot and its verdict belonged to that
+                    // round, which is over.
                     return;
                 }
+                inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
                 match failure {
                     None => {}
                     Some(true) => {
@@ -217,10 +227,13 @@ impl Breaker {
         }
     }
 
-    /// A probe whose call was dropped before it finished gives its permit back.
-    pub(crate) fn release_probe(&self) {
+    /// A probe whose call was dropped before it finished gives its permit back, if its round
+    /// is still the current one.
+    pub(crate) fn release_probe(&self, round: u64) {
         let mut inner = lock(&self.inner);
-        inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        if inner.state == CircuitState::HalfOpen && round == inner.round {
+            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        }
     }
 }
 
@@ -268,7 +281,7 @@ mod loom_models {
                     let (breaker, settings) = (breaker.clone(), settings.clone());
                     thread::spawn(move || {
                         let admission = breaker.admit(&settings, &mut Vec::new());
-                        let probe = admission == Admission::Probe;
+                        let probe = matches!(admission, Admission::Probe { .. });
                         if probe {
                             let in_flight = lock(&breaker.inner).probes_in_flight;
                             assert!(in_flight <= 1, "{in_flight} probes in flight");
@@ -292,10 +305,12 @@ mod loom_models {
             let settings = Arc::new(settings(1));
             let breaker = opened(&settings);
             // One probe is out; its caller drops it while another caller arrives.
-            assert_eq!(breaker.admit(&settings, &mut Vec::new()), Admission::Probe);
+            let Admission::Probe { round } = breaker.admit(&settings, &mut Vec::new()) else {
+                panic!("the first caller probes");
+            };
             let dropper = {
                 let breaker = breaker.clone();
-                thread::spawn(move || breaker.release_probe())
+                thread::spawn(move || breaker.release_probe(round))
             };
             let arriving = {
                 let (breaker, settings) = (breaker.clone(), settings.clone());
@@ -304,7 +319,7 @@ mod loom_models {
             dropper.join().unwrap();
             let admission = arriving.join().unwrap();
             let inner = lock(&breaker.inner);
-            let expected = u32::from(admission == Admission::Probe);
+            let expected = u32::from(matches!(admission, Admission::Probe { .. }));
             assert_eq!(
                 inner.probes_in_flight, expected,
                 "no slot held twice or lost"
@@ -319,7 +334,10 @@ mod loom_models {
             let breaker = opened(&settings);
             let a = breaker.admit(&settings, &mut Vec::new());
             let b = breaker.admit(&settings, &mut Vec::new());
-            assert_eq!((a, b), (Admission::Probe, Admission::Probe));
+            assert!(matches!(
+                (a, b),
+                (Admission::Probe { .. }, Admission::Probe { .. })
+            ));
             let outcome = |failure: bool, admission: Admission| {
                 let (breaker, settings) = (breaker.clone(), settings.clone());
                 thread::spawn(move || {

@@ -62,8 +62,8 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        if !self.done && self.admission == Admission::Probe {
-            self.breaker.release_probe();
+        if let (false, Admission::Probe { round }) = (self.done, self.admission) {
+            self.breaker.release_probe(round);
         }
     }
 }

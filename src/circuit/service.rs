@@ -76,7 +76,7 @@ where
                     .for_upstream(request.uri().authority());
                 ResponseFuture::rejected(error)
             }
-            Admission::Call | Admission::Probe => {
+            Admission::Call | Admission::Probe { .. } => {
                 self.registry.stats.count(0);
                 let settings = &self.registry.settings;
                 let needs_clock = settings.slow_call.is_some()

@@ -18,10 +18,16 @@
 //!   first and last attempt.
 //! - a body larger than the limit is still sent whole; its record says the body was not kept.
 //! - if the sink fails, the caller still gets the call's own outcome; the failure is logged at
-//!   ERROR and counted ([`DeadLetterStats::write_failures`]).
+//!   ERROR, counted ([`DeadLetterStats::write_failures`]) and reported on the call's receipt
+//!   ([`Recorded`]).
+//! - the letter is written by a task of its own, so a caller that drops its future after the
+//!   final failure does not lose it; [`DeadLetterLayer::flush`] waits for pending writes (call
+//!   it before the runtime shuts down).
 //!
-//! Sinks: [`MemorySink`], [`JsonLinesSink`] (an append-only file, fsynced per record, robust
-//! to a torn last line), and with the `redis` feature a Redis Stream. [`replay`] sends the
+//! Sinks: [`MemorySink`] (bounded: 10,000 letters by default), [`JsonLinesSink`] (an
+//! append-only file, 0600, group-committed: concurrent letters share one write and one fsync,
+//! each caller told only once its letter is durable; robust to a torn last line), and with the
+//! `redis` feature a Redis Stream. [`replay`] sends the
 //! letters again, with their original idempotency keys, and removes exactly those that now
 //! succeed. Redacted headers are not sent as `[redacted]`: they are left out, and the replaying
 //! service adds credentials itself.
