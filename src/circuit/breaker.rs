@@ -237,6 +237,104 @@ impl Breaker {
     }
 }
 
+#[cfg(all(test, not(tower_outbound_loom)))]
+mod properties {
+    use super::*;
+    use crate::circuit::Window;
+    use proptest::prelude::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Admit,
+        /// Finish the oldest outstanding call: failure, success, or refused elsewhere.
+        Finish(Option<bool>),
+        /// The oldest outstanding call's caller gives up.
+        Drop,
+        Advance(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Admit),
+            2 => proptest::option::of(any::<bool>()).prop_map(Op::Finish),
+            1 => Just(Op::Drop),
+            1 => (0u64..20_000).prop_map(Op::Advance),
+        ]
+    }
+
+    fn legal(from: CircuitState, to: CircuitState) -> bool {
+        matches!(
+            (from, to),
+            (CircuitState::Closed, CircuitState::Open)
+                | (CircuitState::Open, CircuitState::HalfOpen)
+                | (CircuitState::HalfOpen, CircuitState::Open)
+                | (CircuitState::HalfOpen, CircuitState::Closed)
+        )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever happens, in any order: only legal transitions; never more probes out than
+        /// configured; an open breaker's refusal names a reopen time in the future.
+        #[test]
+        fn the_breaker_only_takes_legal_transitions_and_bounds_its_probes(
+            probes in 1u32..4,
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let settings = Settings {
+                    window: Window::Count(4),
+                    minimum_calls: 2,
+                    open_duration: Duration::from_secs(5),
+                    half_open_probes: probes,
+                    ..Settings::default()
+                };
+                let breaker = Breaker::new(&settings, None);
+                let mut outstanding = std::collections::VecDeque::new();
+                for op in ops {
+                    let mut changes = Vec::new();
+                    match op {
+                        Op::Admit => match breaker.admit(&settings, &mut changes) {
+                            Admission::Reject { retry_in } => {
+                                if lock(&breaker.inner).state == CircuitState::Open {
+                                    prop_assert!(retry_in > Duration::ZERO);
+                                }
+                            }
+                            admission => outstanding.push_back(admission),
+                        },
+                        Op::Finish(failure) => {
+                            if let Some(admission) = outstanding.pop_front() {
+                                breaker.record(admission, failure, false, None, &settings, &mut changes);
+                            }
+                        }
+                        Op::Drop => {
+                            if let Some(Admission::Probe { round }) = outstanding.pop_front() {
+                                breaker.release_probe(round);
+                            }
+                        }
+                        Op::Advance(ms) => tokio::time::advance(Duration::from_millis(ms)).await,
+                    }
+                    for change in &changes {
+                        prop_assert!(legal(change.from, change.to), "{:?}", change);
+                    }
+                    let inner = lock(&breaker.inner);
+                    prop_assert!(inner.probes_in_flight <= probes);
+                    if inner.state == CircuitState::HalfOpen {
+                        prop_assert!(inner.probes_in_flight + inner.probes_passed <= probes);
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
+
 /// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
 #[cfg(all(test, tower_outbound_loom))]
 mod loom_models {

@@ -21,7 +21,8 @@ use crate::partition::{PartitionKey, Scope};
 /// cannot pay for is not made: the retry layer returns the last response or error at once, and
 /// counts it in [`RetryStats::budget_exhausted`](super::RetryStats::budget_exhausted). With the
 /// defaults, over any 10 s window retries are at most 20 % of calls plus 5 per second (the
-/// floor lets a quiet client still retry its rare failures). During an outage every call
+/// floor lets a quiet client still retry its rare failures). The window moves in tenths, so
+/// the bound holds over any 9 s, with the calls of the last 11 s. During an outage every call
 /// becomes at most 1.2 attempts on average instead of 4.
 ///
 /// Budgets are kept per upstream (scheme, host and port) by default, at most 1,024 of them;
@@ -329,6 +330,61 @@ mod tests {
             .window(Duration::ZERO);
         assert_eq!(budget.shared.settings.ratio, 0.0);
         assert_eq!(budget.shared.settings.window, Duration::from_secs(1));
+    }
+}
+
+#[cfg(all(test, not(tower_outbound_loom)))]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Retries made ≤ ratio · calls + floor · window, over any stretch of time one slice
+        /// shorter than the window (the window moves a slice at a time, so a slice's retries
+        /// leave it up to one slice early, and its calls up to one slice late).
+        #[test]
+        fn retries_over_any_window_stay_within_the_share_of_calls_plus_the_floor(
+            ratio in 0.0f32..1.0,
+            floor in 0u32..5,
+            steps in proptest::collection::vec((0u64..1500, 0u32..20, 0u32..20), 1..60),
+        ) {
+            let settings = Settings {
+                window: Duration::from_secs(10),
+                min_per_second: floor,
+                ratio,
+                max_partitions: 1,
+            };
+            let start = Instant::now();
+            let allowance = Allowance::new(&settings, start);
+            let mut now = Duration::ZERO;
+            // (time, calls, retries made)
+            let mut log = Vec::new();
+            for (advance_ms, calls, retries) in steps {
+                now += Duration::from_millis(advance_ms);
+                for _ in 0..calls {
+                    allowance.deposit(start + now);
+                }
+                let made = (0..retries).filter(|_| allowance.withdraw(start + now)).count() as f64;
+                log.push((now, f64::from(calls), made));
+                let window = settings.window;
+                let slice = window / SLOTS as u32;
+                let made_in_window: f64 = log
+                    .iter()
+                    .filter(|(t, _, _)| now.saturating_sub(*t) < window - slice)
+                    .map(|(_, _, m)| m)
+                    .sum();
+                let calls_counted: f64 = log
+                    .iter()
+                    .filter(|(t, _, _)| now.saturating_sub(*t) < window + slice)
+                    .map(|(_, c, _)| c)
+                    .sum();
+                let bound = (f64::from(ratio) * calls_counted).ceil()
+                    + f64::from(floor) * window.as_secs_f64();
+                prop_assert!(made_in_window <= bound, "{} retries, bound {}", made_in_window, bound);
+            }
+        }
     }
 }
 

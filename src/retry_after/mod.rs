@@ -356,6 +356,66 @@ impl GateStats {
     }
 }
 
+#[cfg(all(test, not(tower_outbound_loom)))]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn pause(seconds: u64) -> Response<()> {
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("retry-after", seconds.to_string())
+            .body(())
+            .unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// The gate opens exactly when the longest capped pause named so far is over: never
+        /// before the server's time, never after the cap.
+        #[test]
+        fn the_gate_opens_when_the_longest_capped_pause_is_over(
+            cap in 1u64..200,
+            steps in proptest::collection::vec((0u64..100, proptest::option::of(1u64..400)), 1..40),
+        ) {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .unwrap();
+            runtime.block_on(async move {
+                let settings = Settings {
+                    max_wait: Duration::ZERO,
+                    max_pause: Duration::from_secs(cap),
+                    ..Settings::default()
+                };
+                let gates = Gates::new(settings);
+                let key = PartitionKey::from("https://a.example:443");
+                let start = Instant::now();
+                // The time (seconds since start) before which the gate must stay closed.
+                let mut closed_until = 0u64;
+                let mut now = 0u64;
+                for (advance, wait) in steps {
+                    tokio::time::advance(Duration::from_secs(advance)).await;
+                    now += advance;
+                    if let Some(wait) = wait {
+                        gates.observe(Some(&key), &mut pause(wait));
+                        closed_until = closed_until.max(now + wait.min(cap));
+                    }
+                    let open = matches!(gates.pass(Some(&key)), Pass::Open);
+                    prop_assert_eq!(open, now >= closed_until, "at {}s, closed until {}s", now, closed_until);
+                    if let Some(left) = gates.closed_for(Some(&key)) {
+                        prop_assert!(left <= Duration::from_secs(cap));
+                        prop_assert_eq!(start + Duration::from_secs(now) + left, start + Duration::from_secs(closed_until));
+                    }
+                }
+                Ok(())
+            })?;
+        }
+    }
+}
+
 /// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
 #[cfg(all(test, tower_outbound_loom))]
 mod loom_models {
