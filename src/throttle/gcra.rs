@@ -328,6 +328,52 @@ mod tests {
                 }
             }
         }
+
+        /// Waiters are served in arrival order: a later acquire never goes before an earlier
+        /// one.
+        #[test]
+        fn waiters_go_in_arrival_order(
+            interval_ms in 1u64..500,
+            burst in 1u64..20,
+            gaps in proptest::collection::vec(0u64..300, 1..200),
+        ) {
+            let c = cell(interval_ms, burst);
+            let b = Bucket::default();
+            let mut now = 10_000 * MS;
+            let mut last_go = 0;
+            for gap in gaps {
+                now += gap * MS;
+                if let Verdict::Reserved { wait, .. } = b.acquire(now, c, u64::MAX) {
+                    prop_assert!(now + wait >= last_go, "served out of order");
+                    last_go = now + wait;
+                }
+            }
+        }
+
+        /// A cancelled waiter that was the last to reserve gives its slot back: the next
+        /// arrival goes exactly when the cancelled one would have.
+        #[test]
+        fn a_cancelled_last_waiter_gives_its_slot_back(
+            interval_ms in 1u64..500,
+            burst in 1u64..5,
+            waiting in 1usize..20,
+        ) {
+            let c = cell(interval_ms, burst);
+            let b = Bucket::default();
+            let now = 10_000 * MS;
+            let mut reserved = Vec::new();
+            for _ in 0..waiting {
+                if let Verdict::Reserved { wait, tat } = b.acquire(now, c, u64::MAX) {
+                    reserved.push((wait, tat));
+                }
+            }
+            let (cancelled_wait, cancelled_tat) = *reserved.last().unwrap();
+            prop_assert!(b.release(cancelled_tat, c));
+            let Verdict::Reserved { wait, .. } = b.acquire(now, c, u64::MAX) else {
+                panic!("no max wait");
+            };
+            prop_assert_eq!(wait, cancelled_wait);
+        }
     }
 }
 
