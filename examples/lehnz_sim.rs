@@ -2,7 +2,7 @@
 //! against the same server (and the same stored events).
 //!
 //! ```text
-//! cargo run --release --example lehnz_sim [-- --serve 127.0.0.1:8787 --seed 7 --no-chaos]
+//! cargo run --release --features lehnz,sim --example lehnz_sim [-- --serve 127.0.0.1:8787 --seed 7 --no-chaos]
 //! ```
 //!
 //! It starts with the settings `lehnz_sync` uses for its own simulator: organization `acme`,

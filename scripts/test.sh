@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every test of tower-outbound. The Redis tests start their own redis-server on a free
-# loopback port, so the binary must be installed: this installs it when it is missing.
+# Runs every test of tower-outbound, with all features and with none. The Redis tests start
+# their own redis-server on a free loopback port, so the binary must be installed: this
+# installs it when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,4 +20,7 @@ if ! command -v redis-server >/dev/null 2>&1; then
     fi
 fi
 
-exec cargo test --all-features "$@"
+# Everything, then the lean default build (no features) on its own: what an application that
+# adds the crate without features compiles must build and pass too.
+cargo test --all-features "$@"
+cargo test --no-default-features "$@"

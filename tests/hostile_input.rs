@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderMap, HeaderValue, Response};
 use tower_outbound::dead_letter::Sink;
+#[cfg(feature = "lehnz")]
 use tower_outbound::lehnz::{ApiKey, Client, KeyError};
 use tower_outbound::rate_limit::{
     parse_duration, parse_retry_after, HeaderError, MAX_ITEMS, MAX_VALUE_LEN, MAX_WAIT,
@@ -18,6 +19,7 @@ fn now() -> SystemTime {
 
 /// Found by the `lehnz_key` fuzz target: the check for a `Bearer ` prefix sliced the first
 /// seven bytes of the key as a `str`, inside a multi-byte character.
+#[cfg(feature = "lehnz")]
 #[test]
 fn lehnz_key_with_a_multibyte_char_across_byte_seven_is_refused_not_panicking() {
     for raw in [
