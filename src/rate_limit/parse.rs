@@ -626,11 +626,20 @@ impl Reference<'_> {
     }
 }
 
+/// Whether any header the parsers read is present: one pass over the names, so that the usual
+/// response without any costs a few comparisons instead of a look-up per header name.
+fn has_rate_limit_headers(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str().as_bytes();
+        name == b"retry-after" || name.starts_with(b"ratelimit") || name.starts_with(b"x-ratelimit")
+    })
+}
+
 pub(super) fn from_headers_at(
     headers: &HeaderMap,
     now: &dyn Fn() -> SystemTime,
 ) -> Option<RateLimitInfo> {
-    if headers.is_empty() {
+    if !has_rate_limit_headers(headers) {
         return None;
     }
     let mut reference = Reference {
