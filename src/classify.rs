@@ -17,7 +17,9 @@
 //! | throttled locally, circuit open, body error | [`Rejected`](Outcome::Rejected)       | no  | no  |
 //!
 //! tower-http's `classify` module answers a narrower question (success or failure, for
-//! logging), so the crate keeps its own, with the retry/failure split above.
+//! logging), so the crate keeps its own, with the retry/failure split above. An application's
+//! tower-http classifier can still be passed to the layers through [`FromTowerHttp`] (feature
+//! `tower-http`).
 //!
 //! # Example
 //!
@@ -148,6 +150,65 @@ pub fn classify_error(error: &Error) -> Outcome {
         Kind::Transport | Kind::Timeout => Outcome::Transient,
         Kind::RateLimited { .. } => Outcome::RateLimited,
         Kind::Throttled { .. } | Kind::CircuitOpen { .. } | Kind::Body => Outcome::Rejected,
+    }
+}
+
+/// A tower-http [`ClassifyResponse`](tower_http::classify::ClassifyResponse) as a [`Classify`]
+/// (feature `tower-http`), so an application's own idea of failure reaches the breaker and the
+/// dead letters.
+///
+/// tower-http answers success or failure; the crate also needs "retry or not". So the
+/// application's classifier can only add failures: an attempt it calls a failure that the
+/// [`DefaultClassifier`] calls a success or a client error becomes
+/// [`Outcome::ServerError`] (a breaker failure, worth a dead letter, not retried); every other
+/// attempt keeps the default classification, so what the crate retries it keeps retrying. A
+/// classifier that can only decide at the end of the body (gRPC trailers) counts as success:
+/// the layers do not read response bodies. Each classified response is copied (status and
+/// headers) to hand tower-http a `Response`.
+///
+/// ```
+/// use http::{HeaderMap, StatusCode};
+/// use tower_http::classify::StatusInRangeAsFailures;
+/// use tower_outbound::classify::{Attempt, Classify, FromTowerHttp, Outcome};
+///
+/// // An application that treats every 4xx as a failure too.
+/// let classify = FromTowerHttp(StatusInRangeAsFailures::new(400..=599));
+/// let headers = HeaderMap::new();
+/// let outcome = classify.classify(Attempt::Response { status: StatusCode::NOT_FOUND, headers: &headers });
+/// assert_eq!(outcome, Outcome::ServerError);
+/// let outcome = classify.classify(Attempt::Response { status: StatusCode::SERVICE_UNAVAILABLE, headers: &headers });
+/// assert_eq!(outcome, Outcome::Transient, "still retried");
+/// ```
+#[cfg(feature = "tower-http")]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FromTowerHttp<C>(pub C);
+
+#[cfg(feature = "tower-http")]
+impl<C> Classify for FromTowerHttp<C>
+where
+    C: tower_http::classify::ClassifyResponse + Clone + Send + Sync + 'static,
+{
+    fn classify(&self, attempt: Attempt<'_>) -> Outcome {
+        use tower_http::classify::ClassifiedResponse;
+
+        let ours = DefaultClassifier.classify(attempt);
+        let failed = match attempt {
+            Attempt::Response { status, headers } => {
+                let mut response = http::Response::new(());
+                *response.status_mut() = status;
+                *response.headers_mut() = headers.clone();
+                matches!(
+                    self.0.clone().classify_response(&response),
+                    ClassifiedResponse::Ready(Err(_))
+                )
+            }
+            // Errors are failures for tower-http too.
+            Attempt::Error(_) => true,
+        };
+        match ours {
+            Outcome::Success | Outcome::ClientError if failed => Outcome::ServerError,
+            ours => ours,
+        }
     }
 }
 

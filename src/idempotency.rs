@@ -80,6 +80,52 @@ impl MakeKey for UuidV4 {
     }
 }
 
+/// A tower-http [`MakeRequestId`](tower_http::request_id::MakeRequestId) as a [`MakeKey`]
+/// (feature `tower-http`): an application's own id maker (say `MakeRequestUuid`, or one that
+/// prefixes a service name) makes the idempotency keys. The maker is asked with an empty
+/// request (a key is made once per logical call, before the layers see it); when it makes no
+/// id, a [`UuidV4`] is used.
+///
+/// ```
+/// use tower_http::request_id::MakeRequestUuid;
+/// use tower_outbound::idempotency::{FromMakeRequestId, MakeKey};
+/// use tower_outbound::IdempotencyKeyLayer;
+///
+/// let keys = FromMakeRequestId::new(MakeRequestUuid);
+/// assert_eq!(keys.make_key().len(), 36);
+/// let layer = IdempotencyKeyLayer::new().make_key(keys);
+/// # let _ = layer;
+/// ```
+#[cfg(feature = "tower-http")]
+#[derive(Debug)]
+pub struct FromMakeRequestId<M>(std::sync::Mutex<M>);
+
+#[cfg(feature = "tower-http")]
+impl<M> FromMakeRequestId<M> {
+    /// Keys made by `make`.
+    pub fn new(make: M) -> Self {
+        FromMakeRequestId(std::sync::Mutex::new(make))
+    }
+}
+
+#[cfg(feature = "tower-http")]
+impl<M> MakeKey for FromMakeRequestId<M>
+where
+    M: tower_http::request_id::MakeRequestId + Send + 'static,
+{
+    fn make_key(&self) -> HeaderValue {
+        let made = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .make_request_id(&http::Request::new(()));
+        made.map_or_else(
+            || UuidV4.make_key(),
+            tower_http::request_id::RequestId::into_header_value,
+        )
+    }
+}
+
 /// Adds an idempotency key to writes that have none. See the [module docs](self).
 ///
 /// Defaults: header `Idempotency-Key`, methods POST and PATCH, keys from [`UuidV4`].

@@ -306,3 +306,84 @@ async fn header_not_marked_sensitive_is_stored_in_dead_letter() {
     assert_eq!(stored(&letters[0], "x-session"), Some(SESSION));
     assert_eq!(stored(&letters[0], "authorization"), Some("[redacted]"));
 }
+
+/// An application's tower-http classifier (every 4xx a failure) decides which calls get a dead
+/// letter and count against the breaker, and its request-id maker makes the idempotency keys.
+#[cfg(feature = "tower-http")]
+#[tokio::test]
+async fn tower_http_classifier_and_request_ids_are_accepted_by_the_layers() {
+    use tower_http::classify::StatusInRangeAsFailures;
+    use tower_http::request_id::{MakeRequestId, RequestId};
+    use tower_outbound::classify::FromTowerHttp;
+    use tower_outbound::idempotency::FromMakeRequestId;
+    use tower_outbound::{CircuitBreakerLayer, IdempotencyKeyLayer};
+
+    #[derive(Clone, Default)]
+    struct Numbered(u32);
+    impl MakeRequestId for Numbered {
+        fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+            self.0 += 1;
+            Some(RequestId::new(
+                HeaderValue::from_str(&format!("order-{}", self.0)).unwrap(),
+            ))
+        }
+    }
+
+    // A loopback server that answers 404 and records the keys it sees.
+    let keys = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/orders", listener.local_addr().unwrap());
+    let server = tokio::spawn({
+        let keys = keys.clone();
+        async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let keys = keys.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let keys = keys.clone();
+                        async move {
+                            if let Some(key) = req.headers().get("idempotency-key") {
+                                keys.lock().unwrap().push(key.to_str().unwrap().to_owned());
+                            }
+                            let mut response = Response::new(Full::new(Bytes::new()));
+                            *response.status_mut() = StatusCode::NOT_FOUND;
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        }
+    });
+
+    let classify = FromTowerHttp(StatusInRangeAsFailures::new(400..=599));
+    let sink = MemorySink::new();
+    let breaker = CircuitBreakerLayer::new().classify(classify.clone());
+    let client = ServiceBuilder::new()
+        .layer(IdempotencyKeyLayer::new().make_key(FromMakeRequestId::new(Numbered::default())))
+        .layer(DeadLetterLayer::new(sink.clone()).classify(classify))
+        .layer(RetryLayer::new())
+        .layer(breaker.clone())
+        .service(Client::builder(TokioExecutor::new()).build_http::<ReplayBody>());
+    for _ in 0..2 {
+        let request = Request::post(url.as_str())
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let response = client.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    }
+    // The default table would call a 404 a client error: no letter, no breaker failure.
+    assert_eq!(
+        sink.letters().len(),
+        2,
+        "the application's classifier made 404 a failure"
+    );
+    assert_eq!(breaker.stats().failures(), 2);
+    assert_eq!(*keys.lock().unwrap(), ["order-1", "order-2"]);
+    server.abort();
+}
