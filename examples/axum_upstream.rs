@@ -79,7 +79,7 @@ async fn flaky_upstream() -> std::io::Result<String> {
                     let mut response = Response::new(Full::new(Bytes::from(format!(
                         "[\"item-1\",\"item-2\"] for {user}"
                     ))));
-                    if n % 2 == 0 {
+                    if n.is_multiple_of(2) {
                         *response.status_mut() = http::StatusCode::SERVICE_UNAVAILABLE;
                     }
                     Ok::<_, Infallible>(response)
