@@ -126,10 +126,8 @@ where
                 ours
             }
         };
-        let upstream = request
-            .uri()
-            .authority()
-            .map(crate::redact::authority_without_userinfo);
+        // Kept as it is (a reference count); `Error::set_upstream` drops its userinfo.
+        let upstream = request.uri().authority().cloned();
         ResponseFuture {
             inner: self.inner.call(request),
             sleep: tokio::time::sleep_until(deadline.0),

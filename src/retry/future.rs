@@ -69,10 +69,8 @@ where
         may_retry: bool,
         budget: Option<Arc<Allowance>>,
     ) -> Self {
-        let upstream = parts
-            .uri
-            .authority()
-            .map(crate::redact::authority_without_userinfo);
+        // Kept as it is (a reference count); its userinfo is dropped where it is shown.
+        let upstream = parts.uri.authority().cloned();
         let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
         ResponseFuture {
             state: State::Buffering { buffer },
@@ -374,8 +372,8 @@ fn log_retry(
     reason: &dyn fmt::Display,
     upstream: Option<&Authority>,
 ) {
-    // The upstream was stripped of its userinfo when the call started.
-    let host = upstream.map(Authority::as_str).unwrap_or("");
+    let host = upstream.map(crate::redact::authority_without_userinfo);
+    let host = host.as_ref().map(Authority::as_str).unwrap_or("");
     tracing::info!(
         attempt,
         delay_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
