@@ -168,59 +168,94 @@ impl ByUpstream {
     }
 }
 
+/// The pieces of a URI's upstream key: scheme, host (an IPv6 literal without its closing
+/// bracket) and port, found without allocating. Linear in the authority's length.
+pub(crate) struct UpstreamParts<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    ipv6: bool,
+    port: Option<u16>,
+}
+
+impl<'a> UpstreamParts<'a> {
+    pub(crate) fn of(uri: &'a Uri) -> Option<Self> {
+        let authority = uri.authority()?.as_str();
+        // `user:password@host:port`: what follows the last `@`.
+        let host_port = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, rest)| rest);
+        let ipv6 = host_port.starts_with('[');
+        let (host, port) = if ipv6 {
+            // An IPv6 literal: `[::1]` or `[::1]:8080`.
+            match host_port.split_once(']') {
+                Some((inside, rest)) => (inside, rest.strip_prefix(':')),
+                None => (host_port, None),
+            }
+        } else {
+            match host_port.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (host_port, None),
+            }
+        };
+        let scheme = uri.scheme_str().unwrap_or("http");
+        let port = port.and_then(|p| p.parse::<u16>().ok()).or(match scheme {
+            "https" | "wss" => Some(443),
+            "http" | "ws" => Some(80),
+            _ => None,
+        });
+        Some(UpstreamParts {
+            scheme,
+            host,
+            ipv6,
+            port,
+        })
+    }
+
+    /// Writes `scheme://host:port`, lowercased, piece by piece.
+    pub(crate) fn write<E>(&self, mut push: impl FnMut(&[u8]) -> Result<(), E>) -> Result<(), E> {
+        let mut lower = [0u8; 64];
+        for piece in [self.scheme, "://", self.host] {
+            for chunk in piece.as_bytes().chunks(lower.len()) {
+                let lower = &mut lower[..chunk.len()];
+                lower.copy_from_slice(chunk);
+                lower.make_ascii_lowercase();
+                push(lower)?;
+            }
+        }
+        if self.ipv6 {
+            push(b"]")?;
+        }
+        if let Some(port) = self.port {
+            let mut digits = [0u8; 6];
+            let mut i = digits.len();
+            let mut n = port;
+            loop {
+                i -= 1;
+                digits[i] = b'0' + (n % 10) as u8;
+                n /= 10;
+                if n == 0 {
+                    break;
+                }
+            }
+            i -= 1;
+            digits[i] = b':';
+            push(&digits[i..])?;
+        }
+        Ok(())
+    }
+}
+
 /// `scheme://host:port` of a URI, lowercased, with the default port made explicit. Linear in
 /// the authority's length, one allocation (the key itself).
 pub(crate) fn upstream_key(uri: &Uri) -> Option<String> {
-    let authority = uri.authority()?.as_str();
-    // `user:password@host:port`: what follows the last `@`.
-    let host_port = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, rest)| rest);
-    let (host, port) = if host_port.starts_with('[') {
-        // An IPv6 literal: `[::1]` or `[::1]:8080`.
-        match host_port.split_once(']') {
-            Some((inside, rest)) => (inside, rest.strip_prefix(':')),
-            None => (host_port, None),
-        }
-    } else {
-        match host_port.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (host_port, None),
-        }
-    };
-    let scheme = uri.scheme_str().unwrap_or("http");
-    let port = port.and_then(|p| p.parse::<u16>().ok()).or(match scheme {
-        "https" | "wss" => Some(443),
-        "http" | "ws" => Some(80),
-        _ => None,
+    let parts = UpstreamParts::of(uri)?;
+    let mut key = Vec::with_capacity(parts.scheme.len() + parts.host.len() + 10);
+    let _ = parts.write(|piece| {
+        key.extend_from_slice(piece);
+        Ok::<(), ()>(())
     });
-    let mut key = String::with_capacity(scheme.len() + host.len() + 10);
-    key.extend(scheme.chars().map(|c| c.to_ascii_lowercase()));
-    key.push_str("://");
-    key.extend(host.chars().map(|c| c.to_ascii_lowercase()));
-    if host_port.starts_with('[') {
-        key.push(']');
-    }
-    if let Some(port) = port {
-        key.push(':');
-        push_u16(&mut key, port);
-    }
-    Some(key)
-}
-
-fn push_u16(out: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
-    let mut i = digits.len();
-    let mut n = n;
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend(digits.iter().skip(i).map(|&d| char::from(d)));
+    // The pieces come from a valid URI's ASCII authority and scheme.
+    String::from_utf8(key).ok()
 }
 
 /// The upstream of a request, worked out once per logical call by the outermost layer that

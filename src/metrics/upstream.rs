@@ -6,7 +6,6 @@
 //! after the first calls), the table registers them again with the new one.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 
@@ -250,7 +249,23 @@ fn recorder_id() -> usize {
 /// The meters of the upstream of `uri` (`scheme://host:port`), or of `other` past the cap.
 pub(crate) fn of(uri: &Uri) -> Arc<Upstream> {
     let mut buffer = KeyBuffer::new();
-    let key = buffer.key(uri);
+    lookup(buffer.key(uri))
+}
+
+/// The meters of a request's upstream: the key the retry layer already worked out for this
+/// call when there is one, else the URI's.
+pub(crate) fn of_request<B>(request: &http::Request<B>) -> Arc<Upstream> {
+    match request
+        .extensions()
+        .get::<crate::partition::UpstreamOf>()
+        .and_then(|u| std::str::from_utf8(u.0.as_bytes()).ok())
+    {
+        Some(key) => lookup(Some(key)),
+        None => of(request.uri()),
+    }
+}
+
+fn lookup(key: Option<&str>) -> Arc<Upstream> {
     let recorder = recorder_id();
     {
         let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
@@ -326,41 +341,19 @@ impl KeyBuffer {
 
     /// The key of `uri`, as [`ByUpstream`](crate::partition::ByUpstream) names it.
     fn key(&mut self, uri: &Uri) -> Option<&str> {
-        let authority = uri.authority()?;
-        let scheme = uri.scheme_str().unwrap_or("http");
-        let port = authority.port_u16().or(match scheme {
-            "https" | "wss" => Some(443),
-            "http" | "ws" => Some(80),
-            _ => None,
+        let parts = crate::partition::UpstreamParts::of(uri)?;
+        let written = parts.write(|piece| {
+            let end = self.len.checked_add(piece.len()).ok_or(())?;
+            let target = self.bytes.get_mut(self.len..end).ok_or(())?;
+            target.copy_from_slice(piece);
+            self.len = end;
+            Ok::<(), ()>(())
         });
-        let written = (|| {
-            for c in scheme
-                .chars()
-                .chain("://".chars())
-                .chain(authority.host().chars())
-            {
-                self.write_char(c.to_ascii_lowercase())?;
-            }
-            if let Some(port) = port {
-                write!(self, ":{port}")?;
-            }
-            Ok::<(), std::fmt::Error>(())
-        })();
         if written.is_err() {
             self.overflow = crate::partition::upstream_key(uri);
             return self.overflow.as_deref();
         }
         std::str::from_utf8(self.bytes.get(..self.len)?).ok()
-    }
-}
-
-impl std::fmt::Write for KeyBuffer {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        let end = self.len.checked_add(s.len()).ok_or(std::fmt::Error)?;
-        let target = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
-        target.copy_from_slice(s.as_bytes());
-        self.len = end;
-        Ok(())
     }
 }
 
