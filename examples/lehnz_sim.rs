@@ -130,6 +130,11 @@ fn print_stats(stats: &SimStats) {
     println!("duplicate_event_ids={}", stats.duplicate_event_ids);
     println!("duplicate_events={}", stats.duplicate_events);
     println!("rate_limited={}", stats.rate_limited);
+    println!("rate_limited_injected={}", stats.rate_limited_injected);
+    println!("rate_limited_window={}", stats.rate_limited_window);
+    println!("windows_opened={}", stats.windows_opened);
+    println!("window_idle_ms={}", stats.window_idle_ms);
+    println!("window_unused={}", stats.window_unused);
     println!("connections_dropped={}", stats.connections_dropped);
     let statuses: Vec<String> = stats
         .responses_by_status

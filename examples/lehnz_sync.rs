@@ -18,9 +18,11 @@
 //! ```
 //!
 //! Flags: `--events N` (generated source, default 100,000), `--input FILE` (one event per line),
-//! `--checkpoint FILE`, `--dead-letters FILE`, `--base-url URL` (key in `LEHNZ_API_KEY`),
+//! `--checkpoint FILE`, `--dead-letters FILE` (default: beside the checkpoint,
+//! `FILE.dead-letters.jsonl`, so a resumed run replays what the killed one left; without a
+//! checkpoint, a file of the run's own in the temporary directory), `--base-url URL` (key in `LEHNZ_API_KEY`),
 //! `--window LIMIT/SECONDS` (the organization's rate-limit window; default 100/5 for the
-//! in-process simulator, 1000/900 otherwise), `--concurrency N` (default 8), `--batch N`
+//! in-process simulator, 1000/900 otherwise), `--concurrency N` (default 32), `--batch N`
 //! (default 500), `--seed N`, `--quiet`.
 //!
 //! The checkpoint holds the offset below which every event is settled (accepted, in the
@@ -71,7 +73,11 @@ impl Args {
             checkpoint: None,
             dead_letters: None,
             window: None,
-            concurrency: 8,
+            // The job keeps batches outstanding in source order, so a batch waiting out a 429's
+            // reset (1 s and more) holds the ones behind it: the window must cover the
+            // rate times that wait (20 requests/s × 1.25 s at the scaled window), or the
+            // window's requests are not used.
+            concurrency: 32,
             batch: 500,
             quiet: false,
         };
@@ -117,6 +123,23 @@ pub(crate) fn generated(i: usize) -> Event {
         kinds[i % kinds.len()],
     )
     .at(format!("2026-11-24T12:{:02}:{:02}Z", (i / 60) % 60, i % 60))
+}
+
+/// Where dead letters go: `--dead-letters`, or beside the checkpoint when there is one, so a
+/// resumed run replays the letters of the run that was killed; otherwise a file of this run's
+/// own.
+pub(crate) fn dead_letter_path(args: &Args) -> PathBuf {
+    match (&args.dead_letters, &args.checkpoint) {
+        (Some(path), _) => path.clone(),
+        (None, Some(checkpoint)) => {
+            let mut path = checkpoint.as_os_str().to_owned();
+            path.push(".dead-letters.jsonl");
+            PathBuf::from(path)
+        }
+        (None, None) => {
+            std::env::temp_dir().join(format!("lehnz-sync-{}.jsonl", std::process::id()))
+        }
+    }
 }
 
 /// Reads the checkpoint: 0 when the file does not exist.
@@ -200,9 +223,7 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     } else {
         (1000, Duration::from_secs(15 * 60))
     });
-    let dead_letter_path = args.dead_letters.clone().unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("lehnz-sync-{}.jsonl", std::process::id()))
-    });
+    let dead_letter_path = dead_letter_path(&args);
     let client = Client::builder(&key)
         .base_url(&base_url)
         .concurrency(args.concurrency)
@@ -354,11 +375,12 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         );
         if let Some(throttle) = stats.throttle() {
             println!(
-                "  throttle               {} at once, {} paced ({:.1?} waited), {} views adopted",
+                "  throttle               {} at once, {} paced ({:.1?} waited), {} views adopted, {} refusals doubted",
                 throttle.immediate(),
                 throttle.delayed(),
                 throttle.waited(),
-                throttle.adjustments()
+                throttle.adjustments(),
+                throttle.doubted()
             );
         }
         if let Some(breaker) = stats.circuit_breaker() {
@@ -416,12 +438,55 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         println!("  events stored          {}", stats.events);
         println!("  distinct event ids     {}", stats.distinct_event_ids);
         println!("  duplicate ids          {}", stats.duplicate_event_ids);
-        println!("  429s sent              {}", stats.rate_limited);
+        println!(
+            "  429s sent              {} ({} injected by chaos, {} for a used-up window)",
+            stats.rate_limited, stats.rate_limited_injected, stats.rate_limited_window
+        );
+        println!(
+            "  windows                {} opened, {:.1?} idle between them, {} requests unused",
+            stats.windows_opened,
+            Duration::from_millis(stats.window_idle_ms),
+            stats.window_unused
+        );
         println!("  connections dropped    {}", stats.connections_dropped);
         println!("  responses by status    {:?}", stats.responses_by_status);
         println!(
             "  lost                   {lost} (events neither stored nor in the dead-letter file)"
         );
+        // Where the time went: at the window's rate each request the server counts costs
+        // `per` seconds; what the server counted beyond one request per batch, what it would
+        // have admitted and did not get, and the gaps between its windows are the losses.
+        let per = window.1.as_secs_f64() / f64::from(window.0);
+        let ideal = summary.requests as f64 * per;
+        let resent = stats.duplicate_events.div_ceil(args.batch.max(1));
+        let unused = stats.window_unused as f64 * per;
+        let idle = stats.window_idle_ms as f64 / 1e3;
+        let resent_s = resent as f64 * per;
+        let window_refused_s = stats.rate_limited_window as f64 * per;
+        let other = elapsed.as_secs_f64() - ideal - resent_s - unused - idle - window_refused_s;
+        println!(
+            "where the time went ({:.1}s at the window's rate for {} batches)",
+            ideal, summary.requests
+        );
+        println!(
+            "  resent, reply dropped  {resent_s:.1}s ({resent} batches stored twice: the server \
+             processed them and closed the connection)"
+        );
+        println!(
+            "  window left unused     {unused:.1}s ({} requests the windows would have admitted: \
+             batches waiting out 429 resets ({} injected) and retry backoff ({} retries, {} \
+             connections dropped) while the window had room)",
+            stats.window_unused,
+            stats.rate_limited_injected,
+            client.stats().map_or(0, |s| s.retry().retries()),
+            stats.connections_dropped
+        );
+        println!("  idle between windows   {idle:.1}s (waiting for resets the server rounds up to whole seconds)");
+        println!(
+            "  refused by the window  {window_refused_s:.1}s ({} requests over the window's count)",
+            stats.rate_limited_window
+        );
+        println!("  other                  {other:+.1}s (first and last window, end of the run)");
         sim.shutdown().await;
         if lost > 0 {
             return Err(format!("{lost} events were lost").into());

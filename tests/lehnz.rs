@@ -501,3 +501,113 @@ async fn a_restarted_job_sends_the_same_derived_ids_and_keeps_caller_ids() {
     let expected = events(300)[0].derived_id(&tower_outbound::lehnz::EVENT_ID_NAMESPACE, 0);
     assert!(sim.has_event_id(&expected.to_string()));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_spurious_429_against_a_fresh_view_of_the_window_does_not_close_the_org_gate() {
+    // The window has plenty of room; one request in five is refused with "nothing remaining,
+    // reset in 1 s" all the same, before the server counts it.
+    let sim = Simulator::builder()
+        .org("acme")
+        .window(100, Duration::from_secs(60))
+        .chaos(tower_outbound::lehnz::sim::Chaos::none().rate_limited(0.2))
+        .seed(5)
+        .start()
+        .await
+        .unwrap();
+    let keys = sim.keys("acme").unwrap();
+    let client = Client::builder(&keys.secret)
+        .base_url(sim.base_url())
+        .event_batch(1, 1_000_000)
+        .concurrency(1)
+        .stack(|s| {
+            s.throttle(Some((100, Duration::from_secs(60))))
+                .retry_seed(3)
+        })
+        .build()
+        .unwrap();
+
+    let summary = client.ingest_events(&mut events(40)).await.unwrap();
+
+    assert_eq!(summary.accepted, 40, "{summary:?}");
+    let injected = sim.stats().rate_limited_injected;
+    let stats = client.stats().unwrap();
+    let doubted = stats.throttle().unwrap().doubted();
+    assert!(injected >= 4, "{injected} injected 429s");
+    // Every refusal that came while the latest reply said the window had room was doubted:
+    // only those before the first reply, or the third in a row, may close the gate.
+    assert!(doubted >= injected - 2, "{doubted} of {injected} doubted");
+    assert!(
+        stats.gate().times_closed() <= injected - doubted,
+        "gate closed {} times for {injected} spurious 429s",
+        stats.gate().times_closed()
+    );
+    // Each refused request still waited its own reset before it was sent again.
+    assert!(stats.retry().server_waits() >= injected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_window_another_client_used_up_is_believed_after_two_doubted_refusals() {
+    let sim = Simulator::builder()
+        .org("acme")
+        .window(10, Duration::from_secs(60))
+        .start()
+        .await
+        .unwrap();
+    let keys = sim.keys("acme").unwrap();
+    let mine = Client::builder(&keys.secret)
+        .base_url(sim.base_url())
+        .event_batch(1, 1_000_000)
+        .concurrency(4)
+        .stack(|s| {
+            s.throttle(Some((10, Duration::from_secs(60))))
+                .retry_seed(4)
+        })
+        .build()
+        .unwrap();
+    // One reply gives this client a fresh view: 9 left.
+    mine.ingest_events(&mut events(1)).await.unwrap();
+    // Another client on the same key uses the other 9 without this one knowing.
+    let other = client(&sim, &keys.secret);
+    for i in 0..9 {
+        other
+            .upsert_users(&[User::new(format!("o{i}"))])
+            .await
+            .unwrap();
+    }
+    assert_eq!(sim.stats().rate_limited, 0);
+    let start = tokio::time::Instant::now();
+
+    let summary = mine.ingest_events(&mut events(4)).await.unwrap();
+
+    assert_eq!(summary.accepted, 4, "{summary:?}");
+    assert!(tokio::time::Instant::now() - start >= Duration::from_secs(50));
+    let stats = mine.stats().unwrap();
+    // The four went at once and were refused: the first two contradicted the view and were
+    // doubted, the third and fourth were believed and closed the gate until the reset.
+    assert_eq!(stats.throttle().unwrap().doubted(), 2);
+    assert!(stats.gate().times_closed() >= 1);
+    assert_eq!(sim.stats().rate_limited_window, 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_few_early_failures_among_many_batches_in_flight_do_not_open_the_breaker() {
+    // Ten batches go at once; the first five meet a 500, the next five are stored. Ten calls
+    // with half failed is not an outage: the retries must get through, not meet an open
+    // circuit and be given up.
+    let mut script: Vec<Reply> = (0..5).map(|_| Reply::status(500)).collect();
+    script.extend((0..15).map(|_| Reply::status(202).body("{\"accepted\":1}")));
+    let server = ScriptedServer::start(script).await;
+    let client = Client::builder("lehnz_sk_test")
+        .base_url(server.url(""))
+        .event_batch(1, 1_000_000)
+        .concurrency(10)
+        .stack(|s| s.retry_seed(9))
+        .build()
+        .unwrap();
+
+    let summary = client.ingest_events(&mut events(10)).await.unwrap();
+
+    assert_eq!(summary.accepted, 10, "{summary:?}");
+    let breaker = client.stats().unwrap();
+    assert_eq!(breaker.circuit_breaker().unwrap().times_opened(), 0);
+}

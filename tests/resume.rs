@@ -159,3 +159,25 @@ async fn a_job_killed_three_times_resumes_and_loses_nothing() {
     );
     sim.shutdown().await;
 }
+
+#[test]
+fn dead_letters_default_beside_the_checkpoint_so_a_resumed_run_replays_them() {
+    let parse =
+        |args: &[&str]| lehnz_sync::Args::parse(args.iter().map(|a| (*a).to_owned())).unwrap();
+    // Every run with this checkpoint, whatever its process, uses the same file.
+    let resumable = parse(&["--checkpoint", "/var/jobs/sync.checkpoint"]);
+    assert_eq!(
+        lehnz_sync::dead_letter_path(&resumable),
+        Path::new("/var/jobs/sync.checkpoint.dead-letters.jsonl")
+    );
+    let named = parse(&[
+        "--checkpoint",
+        "/var/jobs/sync.checkpoint",
+        "--dead-letters",
+        "/var/jobs/letters.jsonl",
+    ]);
+    assert_eq!(
+        lehnz_sync::dead_letter_path(&named),
+        Path::new("/var/jobs/letters.jsonl")
+    );
+}

@@ -28,7 +28,7 @@ use crate::{
 /// |---|---|
 /// | dead letters | off; [`dead_letter_file`](Self::dead_letter_file) turns them on |
 /// | retry | 4 attempts; honors `RateLimit-Reset` and `Retry-After` up to 15 min; backoff with full jitter for 5xx and network errors |
-/// | circuit breaker | opens at 50 % failures over the last 20 calls (at least 10), for 30 s |
+/// | circuit breaker | opens at 50 % failures over the last 20 calls (a full window of 20), for 30 s |
 /// | Retry-After gate | holds every batch while the org's window is used up |
 /// | throttle | 1,000 requests per 15 minutes for the organization, adopting the server's `RateLimit-*` view |
 /// | attempt timeout | 30 s |
@@ -160,7 +160,12 @@ impl StackConfig {
             }
             None => None,
         };
-        let breaker = self.breaker.then(CircuitBreakerLayer::new);
+        // A full window of 20 calls before the breaker may open: with many batches in flight,
+        // the first 10 to finish are too small a sample, and a few ordinary 5xx and dropped
+        // connections among them opened it for 30 s, dead-lettering every batch meanwhile.
+        let breaker = self
+            .breaker
+            .then(|| CircuitBreakerLayer::new().minimum_calls(20));
         let dead_letters = self.dead_letters.map(DeadLetterLayer::with_sink);
         let stats = StackStats {
             retry: retry.stats(),

@@ -242,6 +242,16 @@ impl Gates {
 
     /// Closes the gate of `key` when the response asks for a pause.
     pub(crate) fn observe<B>(&self, key: Option<&PartitionKey>, response: &mut Response<B>) {
+        // A refusal a throttle inside doubted (the server's own latest replies said its window
+        // had room) is that request's own: the retry layer waits it out for that request,
+        // and every other request goes on.
+        if response
+            .extensions()
+            .get::<crate::throttle::DoubtedRefusal>()
+            .is_some()
+        {
+            return;
+        }
         let Some(info) = RateLimitInfo::of_response(response) else {
             return;
         };

@@ -1,6 +1,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -11,8 +12,8 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use super::gcra::nanos;
-use super::store::{Decision, Reservation};
-use super::Shared;
+use super::store::{Decision, Reservation, WindowReport};
+use super::{DoubtedRefusal, Shared};
 use crate::error::{BoxError, Error, Kind};
 use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
@@ -37,6 +38,8 @@ pin_project! {
         key: Option<PartitionKey>,
         // A reserved slot not yet used: given back if the future is dropped.
         reservation: Option<Reservation>,
+        // Whether this request is counted in `shared.outstanding`.
+        outstanding: bool,
     }
 
     impl<S, B> PinnedDrop for ResponseFuture<S, B>
@@ -45,6 +48,9 @@ pin_project! {
     {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            if std::mem::take(this.outstanding) {
+                this.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+            }
             if let Some(reservation) = this.reservation.take() {
                 this.shared
                     .store
@@ -93,11 +99,13 @@ where
         shared: Arc<Shared>,
         key: Option<PartitionKey>,
     ) -> Self {
+        shared.outstanding.fetch_add(1, Ordering::AcqRel);
         ResponseFuture {
             state: State::Calling { future },
             shared,
             key,
             reservation: None,
+            outstanding: true,
         }
     }
 
@@ -107,6 +115,7 @@ where
             shared,
             key: None,
             reservation: None,
+            outstanding: false,
         }
     }
 
@@ -120,6 +129,7 @@ where
     ) -> Self {
         shared.stats.count(1, 1);
         shared.stats.count(3, nanos(wait));
+        shared.outstanding.fetch_add(1, Ordering::AcqRel);
         ResponseFuture {
             state: State::Waiting {
                 sleep: tokio::time::sleep(wait),
@@ -129,6 +139,7 @@ where
             shared,
             key,
             reservation: Some(reservation),
+            outstanding: true,
         }
     }
 
@@ -148,6 +159,7 @@ where
             shared,
             key,
             reservation: None,
+            outstanding: false,
         }
     }
 }
@@ -173,6 +185,8 @@ where
                     match decision {
                         Ok(Decision::Go) => {
                             this.shared.stats.count(0, 1);
+                            this.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+                            *this.outstanding = true;
                             let (inner, request) = (inner.take(), request.take());
                             this.state.set(State::Waiting {
                                 sleep: tokio::time::sleep(Duration::ZERO),
@@ -183,6 +197,8 @@ where
                         Ok(Decision::Wait { wait, reservation }) => {
                             this.shared.stats.count(1, 1);
                             this.shared.stats.count(3, nanos(wait));
+                            this.shared.outstanding.fetch_add(1, Ordering::AcqRel);
+                            *this.outstanding = true;
                             *this.reservation = Some(reservation);
                             let (inner, request) = (inner.take(), request.take());
                             this.state.set(State::Waiting {
@@ -217,10 +233,19 @@ where
                     this.state.set(State::Calling { future });
                 }
                 StateProj::Calling { future } => {
-                    let mut response =
-                        ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()))?;
+                    let result = ready!(future.poll(cx));
+                    // Answered (or failed): no longer outstanding.
+                    let others = if std::mem::take(this.outstanding) {
+                        this.shared
+                            .outstanding
+                            .fetch_sub(1, Ordering::AcqRel)
+                            .saturating_sub(1)
+                    } else {
+                        this.shared.outstanding.load(Ordering::Acquire)
+                    };
+                    let mut response = result.map_err(|e| Error::from_box(e.into()))?;
                     if this.shared.adaptive {
-                        adopt(this.shared, this.key.as_ref(), &mut response);
+                        adopt(this.shared, this.key.as_ref(), &mut response, others);
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -233,17 +258,35 @@ where
 }
 
 /// Adopts the server's view from the response, when it gave one: the window's count from
-/// `remaining` and `reset`, and a pause from a 429 that names a wait.
-fn adopt<ResB>(shared: &Shared, key: Option<&PartitionKey>, response: &mut Response<ResB>) {
+/// `remaining` and `reset` (less the `outstanding` requests the server may not have counted
+/// yet), and a pause from a 429 that names a wait. A 429 the store doubts (see
+/// [`DoubtedRefusal`]) pauses nothing, and is marked so that the gate outside does not close.
+fn adopt<ResB>(
+    shared: &Shared,
+    key: Option<&PartitionKey>,
+    response: &mut Response<ResB>,
+    outstanding: u64,
+) {
     let Some(info) = RateLimitInfo::of_response(response) else {
         return;
     };
+    let too_many = response.status() == StatusCode::TOO_MANY_REQUESTS;
     let mut adopted = false;
     if let (Some(remaining), Some(reset)) = (info.remaining, info.reset) {
-        shared.store.adopt(key, &shared.quota, remaining, reset);
+        let report = WindowReport {
+            remaining,
+            reset,
+            refused: too_many && remaining == 0 && info.retry_after.is_none(),
+            outstanding,
+        };
+        if !shared.store.adopt_report(key, &shared.quota, report) {
+            shared.stats.count(5, 1);
+            response.extensions_mut().insert(DoubtedRefusal);
+            return;
+        }
         adopted = true;
     }
-    if response.status() == StatusCode::TOO_MANY_REQUESTS {
+    if too_many {
         if let Some(wait) = info.wait().filter(|w| !w.is_zero()) {
             if !(adopted && info.remaining == Some(0) && info.reset == Some(wait)) {
                 shared.store.adopt(key, &shared.quota, 0, wait);

@@ -57,6 +57,30 @@ struct View {
     until: u64,
     /// Requests left in that window.
     left: u64,
+    /// Refusals doubted in a row since the last reply with room (see [`Bucket::report`]).
+    doubted: u32,
+    /// The smallest `remaining` a reply with room reported for this window (see
+    /// [`Bucket::report`]).
+    reported: u64,
+}
+
+/// How many refusals in a row a fresh view of the window with room outweighs: the next one is
+/// believed. Two, so that a window really used up by someone else costs at most two extra
+/// refusals, while a lone spurious refusal never pauses the bucket.
+pub(crate) const MAX_DOUBTED: u32 = 2;
+
+/// What one reply said about the server's window, with what the bucket knew when it came.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Report {
+    /// `RateLimit-Remaining`.
+    pub(crate) remaining: u64,
+    /// `RateLimit-Reset`, in nanoseconds from now.
+    pub(crate) reset: u64,
+    /// The reply refused the request on the count alone (a 429 naming no `Retry-After`).
+    pub(crate) refused: bool,
+    /// Other requests taken from the bucket and not answered yet: the server's count may not
+    /// include them.
+    pub(crate) outstanding: u64,
 }
 
 /// One bucket: its TAT in an atomic, so acquiring is a compare-and-swap loop; and, while the
@@ -140,11 +164,65 @@ impl Bucket {
         } else if now < view.until && until.abs_diff(view.until) <= slack {
             view.until = view.until.min(until);
             view.left = view.left.min(remaining);
+            view.reported = view.reported.min(remaining);
         } else {
             view.until = until;
             view.left = remaining;
+            view.reported = remaining;
         }
         self.viewing.store(true, Ordering::Release);
+    }
+
+    /// Adopts what one reply said, knowing the requests still outstanding; returns `false`
+    /// when the reply is a refusal the bucket doubts, and took no pause from it.
+    ///
+    /// - A reply with room that reports less than any earlier reply of the same window is the
+    ///   freshest word on it: `remaining` less the requests outstanding (which the server may
+    ///   not have counted yet) is what is left. It replaces the count, up or down: requests
+    ///   the server did not count (refused before counting, dropped) come back, and requests
+    ///   another client sent are taken away. A reply that reports no less than an earlier one
+    ///   (an older word arriving late, or a server that does not count down) only tightens
+    ///   the count. Within one window the earliest reset wins, as in [`adopt`](Self::adopt).
+    /// - A served reply with nothing remaining used the last slot: a pause until the reset.
+    /// - A refusal on the count (`remaining: 0`, no `Retry-After`) while the bucket's view of
+    ///   the same window still has room contradicts the server's own latest word: it is
+    ///   doubted, and pauses nothing; the caller treats it as that request's own refusal. Up to
+    ///   [`MAX_DOUBTED`] in a row are doubted; the next is believed, so a window someone else
+    ///   used up costs a few refusals, not the window's worth. Without a view, or with the
+    ///   view's count at zero, a refusal is believed at once.
+    pub(crate) fn report(&self, now: u64, report: Report, slack: u64) -> bool {
+        let until = now.saturating_add(report.reset);
+        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        let same_window = now < view.until && until.abs_diff(view.until) <= slack;
+        if report.remaining == 0 {
+            if report.refused && now < view.until && view.left > 0 && view.doubted < MAX_DOUBTED {
+                view.doubted += 1;
+                return false;
+            }
+            // Believed: later refusals are too, until a reply with room.
+            view.pause_until = view.pause_until.max(until);
+        } else {
+            let left = report.remaining.saturating_sub(report.outstanding);
+            if same_window && report.remaining >= view.reported {
+                // Not below what the server already said in this window: an older word, or
+                // a server that does not count down. The count only tightens.
+                view.until = view.until.min(until);
+                view.left = view.left.min(left);
+            } else {
+                // The server counted more since its last word (or a new window began): its
+                // word replaces the count, up or down.
+                view.until = if same_window {
+                    view.until.min(until)
+                } else {
+                    until
+                };
+                view.left = left;
+                view.reported = report.remaining;
+            }
+            view.doubted = 0;
+        }
+        self.viewing.store(true, Ordering::Release);
+        true
     }
 
     /// Whether the bucket is full again at `now` with no view to remember.
@@ -292,6 +370,133 @@ mod tests {
         // Nothing left until now + 2.4 s, not now + 3 s.
         assert_eq!(
             b.acquire(now + 400 * MS, c, 0),
+            Verdict::Rejected { wait: 2_000 * MS }
+        );
+    }
+
+    fn reply(remaining: u64, reset_ms: u64, outstanding: u64) -> Report {
+        Report {
+            remaining,
+            reset: reset_ms * MS,
+            refused: false,
+            outstanding,
+        }
+    }
+
+    fn refusal(reset_ms: u64) -> Report {
+        Report {
+            remaining: 0,
+            reset: reset_ms * MS,
+            refused: true,
+            outstanding: 0,
+        }
+    }
+
+    fn waits(b: &Bucket, now: u64, c: Cell, n: usize) -> Vec<u64> {
+        (0..n)
+            .map(|_| match b.acquire(now, c, u64::MAX) {
+                Verdict::Reserved { wait, .. } => wait / MS,
+                Verdict::Rejected { .. } => unreachable!(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn requests_the_server_did_not_count_come_back_to_the_window() {
+        // The window has 10 left; 4 requests go, 3 of them are refused before the server
+        // counts them. The reply of the fourth says 9 left, with nothing outstanding.
+        let c = cell(10, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        assert!(b.report(now, reply(10, 5_000, 0), 1_000 * MS));
+        assert_eq!(waits(&b, now, c, 4), vec![0, 0, 0, 0]);
+        assert!(b.report(now, reply(9, 5_000, 0), 1_000 * MS));
+        let later = waits(&b, now, c, 10);
+        assert!(later[..9].iter().all(|&w| w == 0), "{later:?}");
+        assert_eq!(later[9], 5_000, "the tenth waits for the reset");
+    }
+
+    #[test]
+    fn a_server_that_does_not_count_down_cannot_raise_the_count() {
+        // Every reply says 12 left, reset in 40 s: the count only tightens.
+        let c = cell(10, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        let mut sent = 0;
+        for _ in 0..30 {
+            assert!(b.report(now, reply(12, 40_000, 0), 1_000 * MS));
+            if matches!(b.acquire(now, c, 0), Verdict::Reserved { .. }) {
+                sent += 1;
+            }
+        }
+        assert_eq!(sent, 12);
+    }
+
+    #[test]
+    fn requests_outstanding_are_taken_from_what_the_server_says_is_left() {
+        let c = cell(10, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        // 5 left, but 3 other requests are on their way and may not be counted yet.
+        assert!(b.report(now, reply(5, 5_000, 3), 1_000 * MS));
+        assert_eq!(waits(&b, now, c, 3), vec![0, 0, 5_000]);
+    }
+
+    #[test]
+    fn a_refusal_contradicting_a_fresh_view_is_doubted_then_believed() {
+        let c = cell(10, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        assert!(b.report(now, reply(50, 4_000, 0), 1_000 * MS));
+        // Two refusals in a row are doubted: nothing is paused.
+        assert!(!b.report(now, refusal(1_000), 1_000 * MS));
+        assert!(!b.report(now, refusal(1_000), 1_000 * MS));
+        assert!(matches!(
+            b.acquire(now, c, 0),
+            Verdict::Reserved { wait: 0, .. }
+        ));
+        // The third is believed: the bucket pauses for its reset; so is the next.
+        assert!(b.report(now, refusal(1_000), 1_000 * MS));
+        assert_eq!(b.acquire(now, c, 0), Verdict::Rejected { wait: 1_000 * MS });
+        assert!(b.report(now, refusal(1_000), 1_000 * MS));
+    }
+
+    #[test]
+    fn a_reply_with_room_ends_a_run_of_doubted_refusals() {
+        let c = cell(10, 100);
+        let b = Bucket::default();
+        let now = 1_000 * MS;
+        assert!(b.report(now, reply(50, 4_000, 0), 1_000 * MS));
+        for _ in 0..10 {
+            assert!(!b.report(now, refusal(1_000), 1_000 * MS));
+            assert!(!b.report(now, refusal(1_000), 1_000 * MS));
+            assert!(b.report(now, reply(40, 4_000, 0), 1_000 * MS));
+        }
+        assert!(matches!(
+            b.acquire(now, c, 0),
+            Verdict::Reserved { wait: 0, .. }
+        ));
+    }
+
+    #[test]
+    fn a_refusal_is_believed_without_a_view_or_once_the_view_has_nothing_left() {
+        let c = cell(10, 100);
+        let now = 1_000 * MS;
+        let blind = Bucket::default();
+        assert!(blind.report(now, refusal(30_000), 1_000 * MS));
+        assert_eq!(
+            blind.acquire(now, c, 0),
+            Verdict::Rejected { wait: 30_000 * MS }
+        );
+        let spent = Bucket::default();
+        assert!(spent.report(now, reply(1, 4_000, 0), 1_000 * MS));
+        assert_eq!(waits(&spent, now, c, 1), vec![0]);
+        assert!(spent.report(now, refusal(4_000), 1_000 * MS));
+        // A served reply with nothing left is a pause too.
+        let last = Bucket::default();
+        assert!(last.report(now, reply(0, 2_000, 0), 1_000 * MS));
+        assert_eq!(
+            last.acquire(now, c, 0),
             Verdict::Rejected { wait: 2_000 * MS }
         );
     }

@@ -50,6 +50,7 @@ impl ThrottleLayer {
                 adaptive: true,
                 store: Arc::new(LocalStore::new()),
                 stats: ThrottleStats::default(),
+                outstanding: Arc::default(),
             }),
             partition: Global,
         }

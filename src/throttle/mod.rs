@@ -22,8 +22,20 @@
 //!   smallest `remaining` and the earliest reset win (a reset is rounded up to whole seconds,
 //!   so the earliest is the closest to the real end, and never before it). The server's view
 //!   only ever makes the bucket slower, never faster than configured. This is what keeps
-//!   several clients that share one server-side quota from overrunning it together. Requests
-//!   already in flight when a view is adopted are not counted against it.
+//!   several clients that share one server-side quota from overrunning it together.
+//! - **The freshest word wins.** With the default [`LocalStore`], each reply's `remaining`,
+//!   less the requests still outstanding (let through and not answered: the server may not
+//!   have counted them yet), is what is left of the window, up or down from the bucket's own
+//!   count: requests the server refused or lost before counting them come back to the
+//!   window, and requests another client sent are taken away.
+//! - **Doubted refusals.** A `429` that says the window is used up (`remaining: 0`, no
+//!   `Retry-After`) while the server's latest replies say the same window has room is doubted
+//!   (a spurious 429, or one about another quota): it pauses nothing, and the response
+//!   carries [`DoubtedRefusal`], so a [`RetryAfterLayer`](crate::RetryAfterLayer) outside does
+//!   not close its gate for everyone; the retry layer still waits out that request's own
+//!   reset. Two in a row are doubted, the third is believed, and so is every refusal when
+//!   the bucket has no view or its view has nothing left: a window that another client used
+//!   up costs a couple of refusals, and is then honored. A `Retry-After` is always honored.
 //! - **Partitions.** One bucket for the whole service by default; one per upstream with
 //!   [`partition(ByAuthority)`](crate::partition::ByAuthority), or any
 //!   [`Partition`](crate::partition::Partition). Idle buckets are evicted, so memory stays
@@ -87,7 +99,18 @@ mod store;
 pub use future::ResponseFuture;
 pub use layer::ThrottleLayer;
 pub use service::Throttle;
-pub use store::{Acquire, BucketStore, Decision, LocalStore, Reservation};
+pub use store::{Acquire, BucketStore, Decision, LocalStore, Reservation, WindowReport};
+
+/// Put into a response's extensions by the throttle when it doubts the response's refusal:
+/// a `429` saying the window is used up (`remaining: 0`, no `Retry-After`) while the
+/// server's own latest replies, less the requests still outstanding, say the same window has
+/// room. The throttle took no pause from it, and a
+/// [`RetryAfterLayer`](crate::RetryAfterLayer) outside it does not close its gate for it: the
+/// refusal is that request's own (the retry layer still waits its reset before sending it
+/// again). A third refusal in a row is believed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DoubtedRefusal;
 
 /// A rate: `rate` requests per `per`, at most `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -181,7 +204,7 @@ impl Quota {
 /// Counters of a [`ThrottleLayer`] and every service it made. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct ThrottleStats {
-    counters: Arc<[AtomicU64; 5]>,
+    counters: Arc<[AtomicU64; 6]>,
 }
 
 impl ThrottleStats {
@@ -210,6 +233,12 @@ impl ThrottleStats {
         self.counters[4].load(Ordering::Relaxed)
     }
 
+    /// Refusals doubted: `429`s saying the window was used up while the server's latest
+    /// replies said it had room (see [`DoubtedRefusal`]).
+    pub fn doubted(&self) -> u64 {
+        self.counters[5].load(Ordering::Relaxed)
+    }
+
     /// Adds `by` to a counter, stopping at `u64::MAX` (the summed wait can be that large with
     /// waits of centuries).
     pub(crate) fn count(&self, index: usize, by: u64) {
@@ -227,6 +256,8 @@ pub(crate) struct Shared {
     pub(crate) adaptive: bool,
     pub(crate) store: Arc<dyn BucketStore>,
     pub(crate) stats: ThrottleStats,
+    /// Requests that took a slot and were not answered yet.
+    pub(crate) outstanding: Arc<AtomicU64>,
 }
 
 impl fmt::Debug for Shared {

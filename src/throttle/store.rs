@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::gcra::{nanos, Bucket, Cell, Verdict};
+use super::gcra::{nanos, Bucket, Cell, Report, Verdict};
 use super::Quota;
 use crate::error::Error;
 use crate::partition::PartitionKey;
@@ -38,6 +38,23 @@ pub enum Decision {
 /// A reserved slot, opaque to everyone but the store that made it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reservation(pub u64);
+
+/// What one reply said about the server's rate-limit window, for
+/// [`BucketStore::adopt_report`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WindowReport {
+    /// Requests left in the window (`RateLimit-Remaining`).
+    pub remaining: u64,
+    /// Time until the window resets (`RateLimit-Reset`).
+    pub reset: Duration,
+    /// The reply refused the request on the window's count alone: a `429` with
+    /// `remaining: 0` and no `Retry-After`.
+    pub refused: bool,
+    /// Other requests this layer let through and that were not answered yet when the reply
+    /// came: the server's count may not include them.
+    pub outstanding: u64,
+}
 
 /// A decision, now or later.
 pub enum Acquire {
@@ -75,6 +92,22 @@ pub trait BucketStore: Send + Sync + 'static {
 
     /// Gives back a slot a dropped request did not use, if no later reservation was made.
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation);
+
+    /// Adopts what one reply said about the window, knowing how many requests are still
+    /// outstanding; returns `false` when the store doubts a refusal (and paused nothing for
+    /// it), `true` when it adopted the reply.
+    ///
+    /// The default adopts `remaining` and `reset` with [`adopt`](Self::adopt) and believes
+    /// every refusal. [`LocalStore`] does better: see its [`adopt_report`](LocalStore#method.adopt_report).
+    fn adopt_report(
+        &self,
+        key: Option<&PartitionKey>,
+        quota: &Quota,
+        report: WindowReport,
+    ) -> bool {
+        self.adopt(key, quota, report.remaining, report.reset);
+        true
+    }
 }
 
 impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
@@ -88,6 +121,15 @@ impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
 
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
         (**self).release(key, quota, reservation);
+    }
+
+    fn adopt_report(
+        &self,
+        key: Option<&PartitionKey>,
+        quota: &Quota,
+        report: WindowReport,
+    ) -> bool {
+        (**self).adopt_report(key, quota, report)
     }
 }
 
@@ -225,5 +267,32 @@ impl BucketStore for LocalStore {
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
         let now = self.now();
         self.with_bucket(key, now, |b| b.release(reservation.0, cell(quota)));
+    }
+
+    /// Takes each reply as the freshest word on the window: what is left is `remaining` less
+    /// the requests outstanding, up or down from what the bucket counted (requests the server
+    /// did not count come back; requests other clients sent are taken away). A served reply
+    /// with nothing left pauses the bucket until the reset.
+    ///
+    /// A refusal on the count alone (`429`, `remaining: 0`, no `Retry-After`) while the
+    /// bucket's view of the same window still has room is doubted: it pauses nothing and
+    /// `false` is returned, so the caller treats it as that request's own refusal. Two in a
+    /// row are doubted; the third is believed (a window used up by another client costs a
+    /// couple of refusals), as is any refusal when the bucket has no view or its view has
+    /// nothing left. A reply with room ends the run.
+    fn adopt_report(
+        &self,
+        key: Option<&PartitionKey>,
+        _quota: &Quota,
+        report: WindowReport,
+    ) -> bool {
+        let now = self.now();
+        let report = Report {
+            remaining: report.remaining,
+            reset: nanos(report.reset),
+            refused: report.refused,
+            outstanding: report.outstanding,
+        };
+        self.with_bucket(key, now, |b| b.report(now, report, 1_000_000_000))
     }
 }

@@ -152,7 +152,10 @@ where
     }
     match plan.fault {
         Some(Fault::DropBefore) => return Err(Dropped),
-        Some(Fault::RateLimited) => return Ok(injected_too_many(shared)),
+        Some(Fault::RateLimited) => {
+            shared.record_injected_too_many();
+            return Ok(injected_too_many(shared));
+        }
         Some(Fault::ServerError(code)) => return Ok(server_error(code)),
         Some(Fault::DropAfter) | None => {}
     }

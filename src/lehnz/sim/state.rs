@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::net::IpAddr;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 use rand::rngs::SmallRng;
@@ -89,6 +90,21 @@ pub struct SimStats {
     pub connections_dropped: u64,
     /// `429 Too Many Requests` responses sent: window limits, auth-endpoint limits and chaos.
     pub rate_limited: u64,
+    /// The 429s of [`rate_limited`](Self::rate_limited) that chaos injected (the window had
+    /// room; the request was not counted).
+    pub rate_limited_injected: u64,
+    /// The 429s of [`rate_limited`](Self::rate_limited) sent because an organization had used
+    /// its window.
+    pub rate_limited_window: u64,
+    /// Organization windows opened (every organization's counted).
+    pub windows_opened: u64,
+    /// Time from the end of an organization's window to the request that opened the next
+    /// one, in milliseconds, summed: time in which the organization sent nothing while its
+    /// window would have let it.
+    pub window_idle_ms: u64,
+    /// Requests an organization's ended windows would have admitted and did not get, summed:
+    /// capacity left unused.
+    pub window_unused: u64,
 }
 
 impl SimStats {
@@ -208,6 +224,11 @@ struct Counters {
     by_status: BTreeMap<u16, u64>,
     dropped: u64,
     rate_limited: u64,
+    rate_limited_injected: u64,
+    rate_limited_window: u64,
+    windows_opened: u64,
+    window_idle: Duration,
+    window_unused: u64,
 }
 
 /// An authenticated request: whose key it is, and how it stands in the org's window.
@@ -337,7 +358,23 @@ impl Shared {
             Some(entry) if entry.revoked => return Err(Unauthenticated::Revoked),
             Some(entry) => (entry.org, entry.kind),
         };
-        let standing = state.orgs[org].window.hit(self.config.window, now);
+        let quota = self.config.window;
+        let window = &mut state.orgs[org].window;
+        if window.is_expired(quota, now) {
+            let ended = window.ended(quota);
+            let counters = &mut state.counters;
+            counters.windows_opened += 1;
+            if let Some((end, count)) = ended {
+                counters.window_idle = counters
+                    .window_idle
+                    .saturating_add(now.saturating_duration_since(end));
+                counters.window_unused += u64::from(quota.limit.saturating_sub(count));
+            }
+        }
+        let standing = state.orgs[org].window.hit(quota, now);
+        if !standing.allowed {
+            state.counters.rate_limited_window += 1;
+        }
         Ok(Caller {
             org,
             kind,
@@ -404,6 +441,10 @@ impl Shared {
         }
     }
 
+    pub(crate) fn record_injected_too_many(&self) {
+        self.lock().counters.rate_limited_injected += 1;
+    }
+
     pub(crate) fn record_drop(&self) {
         self.lock().counters.dropped += 1;
     }
@@ -427,6 +468,12 @@ impl Shared {
             responses_by_status: state.counters.by_status.clone(),
             connections_dropped: state.counters.dropped,
             rate_limited: state.counters.rate_limited,
+            rate_limited_injected: state.counters.rate_limited_injected,
+            rate_limited_window: state.counters.rate_limited_window,
+            windows_opened: state.counters.windows_opened,
+            window_idle_ms: u64::try_from(state.counters.window_idle.as_millis())
+                .unwrap_or(u64::MAX),
+            window_unused: state.counters.window_unused,
         }
     }
 

@@ -55,6 +55,14 @@ impl FixedWindow {
         }
     }
 
+    /// When the current (or last) window ends and how many requests it counted; `None`
+    /// before the first request.
+    pub(crate) fn ended(&self, quota: Quota) -> Option<(Instant, u32)> {
+        let opened = self.opened?;
+        let end = opened.checked_add(quota.period).unwrap_or(opened);
+        Some((end, self.count))
+    }
+
     /// Whether the window has ended by `now`, so forgetting it changes nothing.
     pub(crate) fn is_expired(&self, quota: Quota, now: Instant) -> bool {
         self.opened
