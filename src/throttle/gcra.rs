@@ -192,7 +192,7 @@ impl Bucket {
     ///   view's count at zero, a refusal is believed at once.
     pub(crate) fn report(&self, now: u64, report: Report, slack: u64) -> bool {
         let until = now.saturating_add(report.reset);
-        let mut view = self.view.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut view = lock(&self.view);
         let same_window = now < view.until && until.abs_diff(view.until) <= slack;
         if report.remaining == 0 {
             if report.refused && now < view.until && view.left > 0 && view.doubted < MAX_DOUBTED {
