@@ -212,3 +212,30 @@ async fn the_dead_letter_fuzz_seed_reads_two_letters_and_skips_the_torn_line() {
     assert!(first.headers().get("authorization").is_none());
     assert!(letters[1].to_request().is_some());
 }
+
+/// Found by the `dead_letter_file` fuzz target: a file holding one letter twice (written again
+/// after a crash, or joined by hand) was counted once by `count` but read twice by `read_all`.
+#[tokio::test]
+async fn a_letter_written_twice_is_counted_as_often_as_it_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("letters.jsonl");
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/fuzz/seeds/dead_letter_file/one_letter_twice"
+    );
+    std::fs::copy(seed, &path).unwrap();
+    let sink = JsonLinesSink::new(&path);
+    let letters = sink.read_all().await.unwrap();
+    assert_eq!(letters.len(), sink.count().await.unwrap());
+    let twice = letters
+        .iter()
+        .find(|l| letters.iter().filter(|m| m.id == l.id).count() == 2)
+        .expect("the seed holds one id twice")
+        .id
+        .clone();
+    // Removing the id removes both copies, and the count follows.
+    let before = letters.len();
+    assert_eq!(sink.remove(std::slice::from_ref(&twice)).await.unwrap(), 2);
+    assert_eq!(sink.count().await.unwrap(), before - 2);
+    assert_eq!(sink.read_all().await.unwrap().len(), before - 2);
+}

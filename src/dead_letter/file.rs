@@ -1,6 +1,6 @@
 //! Dead letters in an append-only JSON Lines file, written by group commit.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -140,9 +140,33 @@ impl Identity {
 
 #[derive(Debug, Default)]
 struct Index {
-    live: HashSet<String>,
+    // Live letter lines per id: a file may hold one letter twice (written again after a
+    // crash, or joined by hand), and `count` must agree with `read_all`, which returns every
+    // copy.
+    live: HashMap<String, usize>,
+    // Live letter lines in all.
+    letters: usize,
     // Lines that compaction would drop: removed records and tombstones.
     garbage: usize,
+}
+
+impl Index {
+    fn add(&mut self, id: &str) {
+        match self.live.get_mut(id) {
+            Some(copies) => *copies += 1,
+            None => {
+                self.live.insert(id.to_owned(), 1);
+            }
+        }
+        self.letters += 1;
+    }
+
+    /// Forgets every copy of `id`; how many there were.
+    fn remove(&mut self, id: &str) -> usize {
+        let copies = self.live.remove(id).unwrap_or(0);
+        self.letters -= copies;
+        copies
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -517,9 +541,7 @@ fn index_of(lines: &[Line<'_>]) -> Index {
         match &line.kind {
             LineKind::Letter {
                 letter, live: true, ..
-            } => {
-                index.live.insert(letter.id.clone());
-            }
+            } => index.add(&letter.id),
             LineKind::Letter { live: false, .. } | LineKind::Tombstone => index.garbage += 1,
             LineKind::Damaged => {}
         }
@@ -591,7 +613,7 @@ impl Store {
 
     fn count(&mut self, inner: &Inner) -> Result<usize, SinkError> {
         self.check(&inner.path)?;
-        Ok(self.load_index(inner)?.live.len())
+        Ok(self.load_index(inner)?.letters)
     }
 
     /// The file open for appending, and whether it ends in a torn line.
@@ -632,20 +654,25 @@ impl Store {
                     buf.extend_from_slice(line);
                     buf.push(b'\n');
                     if let Some(index) = &mut self.index {
-                        index.live.insert(id.clone());
+                        index.add(id);
                     }
                     counts.push(0);
                 }
                 Op::Remove { ids } => {
                     let index = self.index.get_or_insert_with(Index::default);
+                    let mut lines_removed = 0;
                     let removed: Vec<std::borrow::Cow<'_, str>> = ids
                         .iter()
-                        .filter(|id| index.live.remove(id.as_str()))
+                        .filter(|id| {
+                            let copies = index.remove(id.as_str());
+                            lines_removed += copies;
+                            copies > 0
+                        })
                         .map(|id| std::borrow::Cow::Borrowed(id.as_str()))
                         .collect();
-                    counts.push(removed.len());
+                    counts.push(lines_removed);
                     if !removed.is_empty() {
-                        index.garbage += removed.len() + 1;
+                        index.garbage += lines_removed + 1;
                         serde_json::to_writer(&mut buf, &Tombstone { removed }).map_err(|e| {
                             SinkError::new("cannot encode a dead-letter removal", e)
                                 .with_kind(SinkErrorKind::Encoding)
@@ -695,7 +722,7 @@ impl Store {
         if self
             .index
             .as_ref()
-            .is_some_and(|i| i.garbage >= COMPACT_MIN_GARBAGE && i.garbage > i.live.len())
+            .is_some_and(|i| i.garbage >= COMPACT_MIN_GARBAGE && i.garbage > i.letters)
         {
             // The batch is durable already; a failed compaction only leaves the file longer.
             if let Err(e) = self.compact(inner) {
@@ -743,8 +770,8 @@ impl Store {
         sync_dir(parent(path))?;
         self.seen = std::fs::metadata(path).ok().map(|m| Identity::of(&m));
         self.index = Some(Index {
-            live: index.live,
             garbage: 0,
+            ..index
         });
         Ok(())
     }
