@@ -7,13 +7,13 @@
 //! a report, including the simulator's own count of stored events and duplicate ids.
 //!
 //! ```text
-//! cargo run --release --example lehnz_sync [-- --events 100000 --seed 7]
+//! cargo run --release --features lehnz,sim --example lehnz_sync [-- --events 100000 --seed 7]
 //!
 //! # Events from a JSON Lines file, resumable: kill it, run the same line again.
-//! cargo run --release --example lehnz_sync -- --input events.jsonl --checkpoint sync.checkpoint
+//! cargo run --release --features lehnz,sim --example lehnz_sync -- --input events.jsonl --checkpoint sync.checkpoint
 //!
 //! # Against a simulator (or Lehnz) running elsewhere:
-//! LEHNZ_API_KEY=... cargo run --release --example lehnz_sync -- --base-url http://127.0.0.1:8080 \
+//! LEHNZ_API_KEY=... cargo run --release --features lehnz,sim --example lehnz_sync -- --base-url http://127.0.0.1:8080 \
 //!     --window 100/5 --input events.jsonl --checkpoint sync.checkpoint
 //! ```
 //!
@@ -23,7 +23,9 @@
 //! checkpoint, a file of the run's own in the temporary directory), `--base-url URL` (key in `LEHNZ_API_KEY`),
 //! `--window LIMIT/SECONDS` (the organization's rate-limit window; default 100/5 for the
 //! in-process simulator, 1000/900 otherwise), `--concurrency N` (default 32), `--batch N`
-//! (default 500), `--seed N`, `--quiet`.
+//! (default 500), `--seed N`, `--quiet`, `--metrics ADDR` (feature `metrics`: serve the five
+//! signals on a Prometheus endpoint while the job runs, and print them in the report:
+//! `cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics 127.0.0.1:9464`).
 //!
 //! The checkpoint holds the offset below which every event is settled (accepted, in the
 //! dead-letter file, or rejected for good); it is replaced atomically (temporary file, fsync,
@@ -32,6 +34,10 @@
 //! that were in flight at a crash are sent again with the same ids and can be removed
 //! downstream. Batches that still fail after the retries go to the dead-letter file and are
 //! replayed at the end of each run.
+
+#[cfg(feature = "metrics")]
+#[path = "support/prometheus.rs"]
+mod prometheus;
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -61,6 +67,9 @@ pub(crate) struct Args {
     pub(crate) concurrency: usize,
     pub(crate) batch: usize,
     pub(crate) quiet: bool,
+    /// Serve the five signals on a Prometheus endpoint at this address while the job runs
+    /// (feature `metrics`).
+    pub(crate) metrics: Option<std::net::SocketAddr>,
 }
 
 impl Args {
@@ -80,6 +89,7 @@ impl Args {
             concurrency: 32,
             batch: 500,
             quiet: false,
+            metrics: None,
         };
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -107,6 +117,10 @@ impl Args {
                     parsed.window = Some((limit, Duration::from_secs(secs)));
                 }
                 "--quiet" => parsed.quiet = true,
+                "--metrics" => {
+                    let v = value()?;
+                    parsed.metrics = Some(v.parse().map_err(|e| format!("--metrics {v:?}: {e}"))?);
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
         }
@@ -197,6 +211,9 @@ fn count_lines(path: &Path) -> Result<usize, BoxError> {
 
 /// Runs the job to the end of its source.
 pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
+    if let Some(addr) = args.metrics {
+        serve_metrics(addr).await?;
+    }
     let (sim, key, base_url) = match &args.base_url {
         Some(url) => {
             let key = std::env::var("LEHNZ_API_KEY")
@@ -492,7 +509,26 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
             return Err(format!("{lost} events were lost").into());
         }
     }
+    #[cfg(feature = "metrics")]
+    if args.metrics.is_some() {
+        println!("{}", tower_outbound::metrics::Signals::snapshot());
+    }
     Ok(())
+}
+
+/// Serves the job's metrics (the five signals, per upstream) on a Prometheus endpoint.
+#[cfg(feature = "metrics")]
+async fn serve_metrics(addr: std::net::SocketAddr) -> Result<(), BoxError> {
+    let (bound, _handle) = prometheus::serve_prometheus(addr).await?;
+    eprintln!("metrics at http://{bound}/metrics");
+    Ok(())
+}
+
+#[cfg(not(feature = "metrics"))]
+async fn serve_metrics(_addr: std::net::SocketAddr) -> Result<(), BoxError> {
+    Err("--metrics needs the `metrics` feature: \
+         cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics ADDR"
+        .into())
 }
 
 #[tokio::main]

@@ -12,6 +12,9 @@
 
 #![allow(dead_code)] // tests/metrics.rs includes this file and uses what `main` does not.
 
+#[path = "support/prometheus.rs"]
+mod support;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -24,48 +27,17 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
 use tokio::net::TcpListener;
 use tower::ServiceExt;
 use tower_outbound::body::ReplayBody;
 use tower_outbound::circuit::CircuitStats;
 use tower_outbound::dead_letter::{self, DeadLetterStats, ReplayReport};
-use tower_outbound::metrics::{Signals, DURATION_BUCKETS};
+use tower_outbound::metrics::Signals;
 use tower_outbound::retry::RetryStats;
 use tower_outbound::{BoxError, Outbound, RetryLayer};
 
-/// Installs the Prometheus recorder as the process's `metrics` recorder and serves its text
-/// exposition at `http://ADDR/metrics` (any path answers) until the process ends. Returns the
-/// bound address (`ADDR` may have port 0) and the handle, to render the text in process.
-pub(crate) async fn serve_prometheus(
-    addr: SocketAddr,
-) -> Result<(SocketAddr, PrometheusHandle), BoxError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets(DURATION_BUCKETS)?
-        .install_recorder()?;
-    let listener = TcpListener::bind(addr).await?;
-    let bound = listener.local_addr()?;
-    let render = handle.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let render = render.clone();
-            let service = hyper::service::service_fn(move |_req: Request<Incoming>| {
-                let mut response = Response::new(Full::new(Bytes::from(render.render())));
-                response.headers_mut().insert(
-                    http::header::CONTENT_TYPE,
-                    http::HeaderValue::from_static("text/plain; version=0.0.4"),
-                );
-                async move { Ok::<_, Infallible>(response) }
-            });
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    Ok((bound, handle))
-}
+pub(crate) use support::serve_prometheus;
 
 /// A loopback upstream answering its n-th request with `answer(n)`. Returns its base URL.
 async fn upstream(answer: fn(u32) -> StatusCode) -> std::io::Result<String> {

@@ -126,7 +126,8 @@ impl StackConfig {
 
     /// Writes batches that finally fail to `sink` (default off).
     pub fn dead_letter_sink(mut self, sink: impl Sink) -> Self {
-        self.dead_letters = Some(Arc::new(sink));
+        // With the `metrics` feature the sink's depth and oldest letter are exported.
+        self.dead_letters = Some(Arc::new(crate::outbound::observe::sink(sink)));
         self
     }
 
@@ -165,7 +166,9 @@ impl StackConfig {
         // connections among them opened it for 30 s, dead-lettering every batch meanwhile.
         let breaker = self
             .breaker
-            .then(|| CircuitBreakerLayer::new().minimum_calls(20));
+            .then(|| CircuitBreakerLayer::new().minimum_calls(20))
+            // With the `metrics` feature its state is exported per upstream.
+            .map(crate::outbound::observe::breaker);
         let dead_letters = self.dead_letters.map(DeadLetterLayer::with_sink);
         let stats = StackStats {
             retry: retry.stats(),

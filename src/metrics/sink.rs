@@ -22,8 +22,9 @@ const EMPTY: u64 = u64::MAX;
 ///   (Unix time of the oldest letter's first attempt; 0 when empty) and
 ///   `outbound_dead_letters_oldest_age_seconds{sink}`.
 ///
-/// The gauges are kept up to date incrementally on every write; a remove, or the first write,
-/// reads the sink once ([`Sink::read_all`]) to learn the exact depth and oldest letter. Call
+/// The gauges are kept up to date incrementally on every write; a remove, a read, or the first
+/// write reads the sink once ([`Sink::read_all`]) to learn the exact depth and oldest letter,
+/// and so does a sink made on a tokio runtime, at once. Call
 /// [`refresh`](Self::refresh) on a timer for a sink other processes also write to (a Redis
 /// stream), and once at start to publish the depth of a sink that already holds letters.
 /// Prefer the timestamp gauge in alerts: `time() - outbound_dead_letters_oldest_timestamp_seconds`
@@ -40,10 +41,19 @@ const EMPTY: u64 = u64::MAX;
 /// let layer = DeadLetterLayer::new(MeteredSink::new(MemorySink::new()).name("orders"));
 /// # let _ = layer;
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct MeteredSink<S> {
-    inner: S,
+    inner: Arc<S>,
     state: Arc<State>,
+}
+
+impl<S> Clone for MeteredSink<S> {
+    fn clone(&self) -> Self {
+        MeteredSink {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -65,22 +75,28 @@ impl<S: Sink> MeteredSink<S> {
     }
 
     fn named(inner: S, name: SharedString) -> Self {
-        let state = Arc::new(State {
-            name,
-            known: AtomicBool::new(false),
-            depth: AtomicU64::new(0),
-            oldest_ms: AtomicU64::new(EMPTY),
-        });
-        SINKS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(state.name.to_string(), state.clone());
+        let inner = Arc::new(inner);
+        let state = State::register(name);
+        spawn_refresh(&inner, &state);
         MeteredSink { inner, state }
     }
 
     /// The value of the `sink` label (default `default`), to tell several sinks apart.
     pub fn name(self, name: impl Into<String>) -> Self {
-        MeteredSink::named(self.inner, SharedString::from_owned(name.into()))
+        {
+            // The state made under the old name goes from the report.
+            let mut sinks = SINKS.lock().unwrap_or_else(PoisonError::into_inner);
+            let old = self.state.name.to_string();
+            if sinks.get(&old).is_some_and(|s| Arc::ptr_eq(s, &self.state)) {
+                sinks.remove(&old);
+            }
+        }
+        let state = State::register(SharedString::from_owned(name.into()));
+        spawn_refresh(&self.inner, &state);
+        MeteredSink {
+            inner: self.inner,
+            state,
+        }
     }
 
     /// The sink it wraps.
@@ -90,7 +106,7 @@ impl<S: Sink> MeteredSink<S> {
 
     /// Reads the sink once to learn its depth and oldest letter, and publishes the gauges.
     pub async fn refresh(&self) -> Result<(), SinkError> {
-        refresh(&self.inner, &self.state).await
+        refresh(&*self.inner, &self.state).await
     }
 
     /// Letters kept, as last counted (0 before the first write or refresh).
@@ -101,20 +117,52 @@ impl<S: Sink> MeteredSink<S> {
 
 async fn refresh<S: Sink>(sink: &S, state: &State) -> Result<(), SinkError> {
     let letters = sink.read_all().await?;
-    let oldest = letters
-        .iter()
-        .map(|l| l.first_attempt_at_ms)
-        .min()
-        .unwrap_or(EMPTY);
-    let depth = u64::try_from(letters.len()).unwrap_or(u64::MAX);
-    state.depth.store(depth, Ordering::Relaxed);
-    state.oldest_ms.store(oldest, Ordering::Relaxed);
-    state.known.store(true, Ordering::Relaxed);
-    state.publish();
+    state.learn(&letters);
     Ok(())
 }
 
+/// On a runtime, publishes the depth of what the sink already holds (a backlog from an earlier
+/// run, or nothing) at once: an empty queue shows 0, not a missing series.
+fn spawn_refresh<S: Sink>(sink: &Arc<S>, state: &Arc<State>) {
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        let (sink, state) = (sink.clone(), state.clone());
+        handle.spawn(async move {
+            if let Err(err) = refresh(&*sink, &state).await {
+                tracing::warn!(error = %err, "could not read the dead-letter sink to publish its depth");
+            }
+        });
+    }
+}
+
 impl State {
+    fn register(name: SharedString) -> Arc<State> {
+        let state = Arc::new(State {
+            name,
+            known: AtomicBool::new(false),
+            depth: AtomicU64::new(0),
+            oldest_ms: AtomicU64::new(EMPTY),
+        });
+        SINKS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(state.name.to_string(), state.clone());
+        state
+    }
+
+    /// Depth and oldest letter from every letter the sink holds, published.
+    fn learn(&self, letters: &[DeadLetter]) {
+        let oldest = letters
+            .iter()
+            .map(|l| l.first_attempt_at_ms)
+            .min()
+            .unwrap_or(EMPTY);
+        let depth = u64::try_from(letters.len()).unwrap_or(u64::MAX);
+        self.depth.store(depth, Ordering::Relaxed);
+        self.oldest_ms.store(oldest, Ordering::Relaxed);
+        self.known.store(true, Ordering::Relaxed);
+        self.publish();
+    }
+
     fn label(&self) -> SharedString {
         self.name.clone()
     }
@@ -176,7 +224,7 @@ impl<S: Sink> Sink for MeteredSink<S> {
                             .oldest_ms
                             .fetch_min(first_attempt_ms, Ordering::Relaxed);
                         state.publish();
-                    } else if let Err(err) = refresh(&self.inner, state).await {
+                    } else if let Err(err) = refresh(&*self.inner, state).await {
                         tracing::warn!(error = %err, "could not read the dead-letter sink to publish its depth");
                     }
                     Ok(())
@@ -191,7 +239,13 @@ impl<S: Sink> Sink for MeteredSink<S> {
     }
 
     fn read_all(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>, SinkError>> {
-        self.inner.read_all()
+        Box::pin(async move {
+            let letters = self.inner.read_all().await?;
+            // A read (a replay, a report) publishes the depth too, so an empty sink shows 0
+            // rather than no series at all.
+            self.state.learn(&letters);
+            Ok(letters)
+        })
     }
 
     fn remove<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<usize, SinkError>> {
@@ -200,7 +254,7 @@ impl<S: Sink> Sink for MeteredSink<S> {
             if removed > 0 {
                 metrics::counter!(names::DEAD_LETTERS_REMOVED, "sink" => self.state.label())
                     .increment(u64::try_from(removed).unwrap_or(u64::MAX));
-                if let Err(err) = refresh(&self.inner, &self.state).await {
+                if let Err(err) = refresh(&*self.inner, &self.state).await {
                     tracing::warn!(error = %err, "could not read the dead-letter sink to publish its depth");
                 }
             }

@@ -83,7 +83,7 @@ use crate::{
 };
 
 mod maybe;
-mod observe;
+pub(crate) mod observe;
 
 use maybe::MaybeLayer;
 pub use maybe::{Maybe, MaybeFuture};
