@@ -26,7 +26,7 @@ const EMPTY: u64 = u64::MAX;
 /// write reads the sink once ([`Sink::read_all`]) to learn the exact depth and oldest letter,
 /// and so does a sink made on a tokio runtime, at once. Call
 /// [`refresh`](Self::refresh) on a timer for a sink other processes also write to (a Redis
-/// stream), and once at start to publish the depth of a sink that already holds letters.
+/// stream), or [`refresh_every`](Self::refresh_every) to have it done.
 /// Prefer the timestamp gauge in alerts: `time() - outbound_dead_letters_oldest_timestamp_seconds`
 /// is right at every scrape, while the age gauge is as old as the last refresh.
 ///
@@ -107,6 +107,31 @@ impl<S: Sink> MeteredSink<S> {
     /// Reads the sink once to learn its depth and oldest letter, and publishes the gauges.
     pub async fn refresh(&self) -> Result<(), SinkError> {
         refresh(&*self.inner, &self.state).await
+    }
+
+    /// Refreshes the gauges every `period` (at least a second) on the current tokio runtime,
+    /// for a sink that other processes write to too (a Redis stream): each refresh is one read
+    /// of the sink. The task stops when every clone of this sink is dropped.
+    ///
+    /// # Panics
+    ///
+    /// Outside a tokio runtime.
+    pub fn refresh_every(self, period: std::time::Duration) -> Self {
+        let period = period.max(std::time::Duration::from_secs(1));
+        let sink = Arc::downgrade(&self.inner);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(sink) = sink.upgrade() else { return };
+                if let Err(err) = refresh(&*sink, &state).await {
+                    tracing::warn!(error = %err, "could not read the dead-letter sink to publish its depth");
+                }
+            }
+        });
+        self
     }
 
     /// Letters kept, as last counted (0 before the first write or refresh).
@@ -277,6 +302,21 @@ mod tests {
             r#"{{"version":1,"id":"{id}","method":"GET","uri":"http://x/","headers":[],"body":null,"body_kept":false,"outcome":{{"kind":"transport"}},"attempts":1,"waited_ms":0,"first_attempt_at_ms":{first_attempt_at_ms},"last_attempt_at_ms":{first_attempt_at_ms}}}"#
         );
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sink_written_by_others_is_read_again_on_a_timer() {
+        let shared = MemorySink::new();
+        let sink = MeteredSink::new(shared.clone())
+            .name("unit-timer")
+            .refresh_every(std::time::Duration::from_secs(5));
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(sink.depth(), 0);
+        // Another process (here: another handle) writes behind the metered sink's back.
+        shared.write(letter("x", 1_000)).await.unwrap();
+        shared.write(letter("y", 2_000)).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_secs(6)).await;
+        assert_eq!(sink.depth(), 2);
     }
 
     #[tokio::test]
