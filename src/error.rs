@@ -69,6 +69,22 @@ pub enum Kind {
     },
 }
 
+impl Kind {
+    /// A short, stable name of the kind, as dead letters store it and traces report it
+    /// (`error.type`): `transport`, `timeout`, `body`, `rate_limited`, `throttled`,
+    /// `circuit_open`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Kind::Transport => "transport",
+            Kind::Timeout => "timeout",
+            Kind::Body => "body",
+            Kind::RateLimited { .. } => "rate_limited",
+            Kind::Throttled { .. } => "throttled",
+            Kind::CircuitOpen { .. } => "circuit_open",
+        }
+    }
+}
+
 /// The error returned by every service in this crate.
 ///
 /// See the [module docs](self) for the table of kinds. The inner service's own error, when

@@ -9,7 +9,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Uri};
 use serde::{Deserialize, Serialize};
 
 use crate::body::ReplayBody;
-use crate::error::{Error, Kind};
+use crate::error::Error;
 use crate::idempotency::{MakeKey, UuidV4};
 use crate::retry::Attempts;
 
@@ -213,23 +213,12 @@ pub(crate) fn outcome_of<R>(
         Err(error) => (
             FinalOutcome {
                 status: None,
-                error_kind: Some(kind_name(error.kind()).to_owned()),
+                error_kind: Some(error.kind().name().to_owned()),
                 error: Some(error.to_string()),
             },
             error.attempts(),
             error.waited(),
         ),
-    }
-}
-
-pub(crate) fn kind_name(kind: Kind) -> &'static str {
-    match kind {
-        Kind::Transport => "transport",
-        Kind::Timeout => "timeout",
-        Kind::Body => "body",
-        Kind::RateLimited { .. } => "rate_limited",
-        Kind::Throttled { .. } => "throttled",
-        Kind::CircuitOpen { .. } => "circuit_open",
     }
 }
 

@@ -16,7 +16,7 @@ use tracing::field::Empty;
 use super::upstream::{self, method_index, CallOutcome, Upstream};
 use crate::classify::classify_status;
 use crate::dead_letter::Replaying;
-use crate::error::{Error, Kind};
+use crate::error::Error;
 use crate::retry::Attempts;
 
 /// Meters and traces each logical call: put it outside the [`RetryLayer`](crate::RetryLayer)
@@ -140,14 +140,7 @@ pub(crate) fn port_of(uri: &http::Uri) -> Option<u16> {
 
 /// The `error.type` of an error: a short stable name of its kind.
 pub(crate) fn error_type(error: &Error) -> &'static str {
-    match error.kind() {
-        Kind::Transport => "transport",
-        Kind::Timeout => "timeout",
-        Kind::Body => "body",
-        Kind::RateLimited { .. } => "rate_limited",
-        Kind::Throttled { .. } => "throttled",
-        Kind::CircuitOpen { .. } => "circuit_open",
-    }
+    error.kind().name()
 }
 
 pin_project! {
