@@ -25,13 +25,16 @@ mkdir -p logs
 cargo +nightly fuzz build -O
 
 run() {
-  local target="$1" max_len="$2" runs="$3"
+  local target="$1" max_len="$2" runs="$3" extra=()
+  # Long inputs from the first run on: libFuzzer otherwise grows inputs slowly and a short run
+  # never reaches them.
+  if [ "$max_len" -gt 4096 ]; then extra=(-len_control=0); fi
   mkdir -p "corpus-run/$target" "seeds/$target" "artifacts/$target"
   local log="logs/$target-$max_len.log" start end status findings
   start=$(date +%s)
   status=0
   cargo +nightly fuzz run -O "$target" "corpus-run/$target" "seeds/$target" -- \
-    -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    -runs="$runs" -max_len="$max_len" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 "${extra[@]}" \
     >"$log" 2>&1 || status=$?
   end=$(date +%s)
   findings=$(find "artifacts/$target" -type f | wc -l)
