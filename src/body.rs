@@ -243,7 +243,8 @@ impl<B> fmt::Debug for Buffer<B> {
 }
 
 impl<B> Buffer<B> {
-    /// Starts reading `body`, holding at most `limit` bytes.
+    /// Starts reading `body`, holding at most `limit` bytes. Any limit is accepted: memory is
+    /// taken as the body arrives, never reserved from a length the body claims.
     pub fn new(body: B, limit: usize) -> Self {
         Buffer {
             body: Some(body),

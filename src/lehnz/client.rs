@@ -182,7 +182,7 @@ impl ClientBuilder {
         self
     }
 
-    /// Batches in flight at once per call (default 4).
+    /// Batches in flight at once per call (default 4; 0 is raised to 1).
     pub fn concurrency(mut self, batches: usize) -> Self {
         self.concurrency = batches.max(1);
         self

@@ -73,20 +73,23 @@ impl Default for StackConfig {
 }
 
 impl StackConfig {
-    /// Attempts per batch, the first included (default 4, as Lehnz recommends).
+    /// Attempts per batch, the first included (default 4, as Lehnz recommends); 0 is raised
+    /// to 1 (no retries).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts;
         self
     }
 
     /// The longest `RateLimit-Reset` slept on before a batch is given up (default 15 minutes,
-    /// Lehnz's window).
+    /// Lehnz's window). Any value is accepted: sums saturate, and the gate never holds a batch
+    /// longer than a year.
     pub fn max_retry_after(mut self, wait: Duration) -> Self {
         self.max_retry_after = wait;
         self
     }
 
-    /// Time limit of one attempt (default 30 s).
+    /// Time limit of one attempt (default 30 s). Any value is accepted; one past what the
+    /// timer can hold means no limit.
     pub fn attempt_timeout(mut self, timeout: Duration) -> Self {
         self.attempt_timeout = timeout;
         self

@@ -96,7 +96,8 @@ pub const DURATION_BUCKETS: &[f64] = &[
 
 /// Sets how many distinct `upstream` label values the process records (default 100); past
 /// it, new upstreams share `other`. It bounds the series an exporter keeps when a client calls
-/// many hosts (a crawler, a webhook sender). Upstreams already recorded keep their label.
+/// many hosts (a crawler, a webhook sender). Upstreams already recorded keep their label; 0
+/// records every new upstream as `other`.
 pub fn max_upstreams(max: usize) {
     upstream::set_max_upstreams(max);
 }

@@ -55,7 +55,8 @@ pub struct ExponentialBackoff {
 }
 
 impl ExponentialBackoff {
-    /// Delays growing from `base` by doubling, never over `max`, randomised by `jitter`.
+    /// Delays growing from `base` by doubling, never over `max`, randomised by `jitter`. Any
+    /// values are accepted: a ceiling that would overflow is `max`.
     pub fn new(base: Duration, max: Duration, jitter: Jitter) -> Self {
         ExponentialBackoff { base, max, jitter }
     }

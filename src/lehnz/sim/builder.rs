@@ -83,20 +83,24 @@ impl Builder {
     }
 
     /// The request limit of each organization: `limit` requests per fixed window of `period`,
-    /// shared by all the organization's keys. Default 1000 per 15 minutes.
+    /// shared by all the organization's keys. Default 1000 per 15 minutes. A limit of 0
+    /// refuses every request; a zero `period` makes [`start`](Self::start) fail with
+    /// `InvalidInput`; a period past what the clock holds is one window that never ends.
     pub fn window(mut self, limit: u32, period: Duration) -> Self {
         self.window = Quota { limit, period };
         self
     }
 
     /// The limit of `/auth/register` and `/auth/login` together, per client IP address:
-    /// `limit` requests per fixed window of `period`. Default 10 per 15 minutes.
+    /// `limit` requests per fixed window of `period`. Default 10 per 15 minutes. Out-of-range
+    /// values as for [`window`](Self::window).
     pub fn auth_window(mut self, limit: u32, period: Duration) -> Self {
         self.auth_window = Quota { limit, period };
         self
     }
 
     /// The largest request body accepted, in bytes; larger ones get 413. Default 1,000,000.
+    /// Any value; bodies are read up to it, never reserved from a claimed length.
     pub fn max_body(mut self, bytes: usize) -> Self {
         self.max_body = bytes;
         self

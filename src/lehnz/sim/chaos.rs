@@ -78,7 +78,8 @@ impl Chaos {
         self
     }
 
-    /// The `RateLimit-Reset` of an injected 429, rounded up to whole seconds. Default 1 s.
+    /// The `RateLimit-Reset` of an injected 429, rounded up to whole seconds (saturating).
+    /// Default 1 s.
     pub fn rate_limit_reset(mut self, reset: Duration) -> Self {
         self.rate_limit_reset = reset;
         self
@@ -112,7 +113,8 @@ impl Chaos {
     }
 
     /// Adds a latency drawn uniformly from `min..=max` before every API request is processed.
-    /// Default none.
+    /// Default none. An inverted range (`min > max`) makes the simulator's `start` fail with
+    /// `InvalidInput`.
     pub fn latency_range(mut self, min: Duration, max: Duration) -> Self {
         self.latency_min = min;
         self.latency_max = max;
