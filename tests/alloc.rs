@@ -1,7 +1,7 @@
 //! Heap allocations per call on the happy path, counted (not timed) with a counting global
 //! allocator, so the figure is the same on every machine and every run.
 //!
-//! The target (issue 12): the whole `Outbound` stack allocates nothing per call beyond what the
+//! The target: the whole `Outbound` stack allocates nothing per call beyond what the
 //! request itself needs and, for a write, the idempotency key — that is, `GET_TARGET` (0) and
 //! `POST_TARGET` (1) allocations over the bare service. The limits asserted below are today's
 //! figures, so a change that adds an allocation fails this test; lower them as the hot path
@@ -32,9 +32,9 @@ const GET_LIMIT: u64 = 15;
 /// Allocations per POST through `Outbound` (every layer on) over the bare service, today.
 /// The target is [`POST_TARGET`].
 const POST_LIMIT: u64 = 17;
-/// Issue 12's target for a GET: nothing beyond what the request itself needs.
+/// The target for a GET: nothing beyond what the request itself needs.
 const GET_TARGET: u64 = 0;
-/// Issue 12's target for a POST: the idempotency key only.
+/// The target for a POST: the idempotency key only.
 const POST_TARGET: u64 = 1;
 
 /// Calls counted per measurement.

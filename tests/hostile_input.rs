@@ -39,7 +39,7 @@ fn lehnz_key_with_a_multibyte_char_across_byte_seven_is_refused_not_panicking() 
     }
 }
 
-/// Issue 10: a `RateLimit` header of a few KB with many items; only the first [`MAX_ITEMS`]
+/// A `RateLimit` header of a few KB with many items; only the first [`MAX_ITEMS`]
 /// count, and the result is the same as for those items alone.
 #[test]
 fn ratelimit_header_with_hundreds_of_items_reads_only_the_first_ones() {
