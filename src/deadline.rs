@@ -57,17 +57,23 @@ impl Deadline {
     /// The deadline `timeout` from now. A `timeout` past what the clock can represent
     /// (`Duration::MAX`) is about thirty years: never, in practice.
     pub fn after(timeout: Duration) -> Self {
-        let now = Instant::now();
-        Deadline(
-            now.checked_add(timeout)
-                .unwrap_or_else(|| now + Duration::from_secs(30 * 365 * 24 * 3600)),
-        )
+        Self::after_from(Instant::now(), timeout)
+    }
+
+    /// The deadline `timeout` after `now`, as [`after`](Self::after).
+    pub(crate) fn after_from(now: Instant, timeout: Duration) -> Self {
+        Deadline(now.checked_add(timeout).unwrap_or_else(|| far_future(now)))
     }
 
     /// Time left until the deadline (zero once it passed).
     pub fn remaining(&self) -> Duration {
         self.0.saturating_duration_since(Instant::now())
     }
+}
+
+/// About thirty years after `now`: never, in practice, and representable on every platform.
+pub(crate) fn far_future(now: Instant) -> Instant {
+    now + Duration::from_secs(30 * 365 * 24 * 3600)
 }
 
 /// Bounds each logical call by a deadline. See the [module docs](self).

@@ -249,6 +249,103 @@ async fn no_wait_is_started_that_would_overrun_the_deadline() {
     assert_eq!(server.received().len(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_retry_layers_own_deadline_ends_a_hung_call_without_a_deadline_layer() {
+    let server = ScriptedServer::start(vec![
+        Reply::hang(),
+        Reply::hang(),
+        Reply::hang(),
+        Reply::hang(),
+    ])
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(
+            RetryLayer::new()
+                .rng_seed(4)
+                .deadline(Some(Duration::from_secs(30))),
+        )
+        .layer(tower::timeout::TimeoutLayer::new(Duration::from_secs(10)))
+        .service(client);
+    let start = Instant::now();
+
+    let err = svc
+        .oneshot(
+            Request::get(server.url("/slow"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(Instant::now() - start, Duration::from_secs(30));
+    assert_eq!(
+        server.received().len(),
+        3,
+        "the third attempt was cut by the deadline"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_earlier_deadline_in_the_request_wins_over_the_retry_layers_own() {
+    let server = ScriptedServer::start(vec![Reply::hang()]).await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = ServiceBuilder::new()
+        .layer(tower_outbound::deadline::DeadlineLayer::new(
+            Duration::from_secs(3),
+        ))
+        .layer(RetryLayer::new().deadline(Some(Duration::from_secs(30))))
+        .service(client);
+    let start = Instant::now();
+
+    let err = svc
+        .oneshot(
+            Request::get(server.url("/slow"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(Instant::now() - start, Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_keeps_its_deadline_across_attempts_and_waits() {
+    let server = ScriptedServer::start(vec![
+        Reply::status(503),
+        Reply::hang(),
+        Reply::hang(),
+        Reply::hang(),
+    ])
+    .await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    let svc = tower_outbound::Outbound::new()
+        .retry(RetryLayer::new().rng_seed(9))
+        .deadline(Some(Duration::from_secs(4)))
+        .service(client);
+    let start = Instant::now();
+
+    let err = svc
+        .oneshot(
+            Request::get(server.url("/flaky"))
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap_err();
+
+    assert!(err.is_timeout(), "{err:?}");
+    assert_eq!(
+        Instant::now() - start,
+        Duration::from_secs(4),
+        "a 503, a backoff wait, then a hung attempt cut by the deadline"
+    );
+    assert_eq!(err.attempts(), 2, "{err:?}");
+}
+
 /// An upstream that is down (503) while `down` is set, and counts what reaches it.
 async fn switchable_upstream() -> (String, Arc<AtomicBool>, Arc<AtomicU32>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

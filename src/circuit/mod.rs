@@ -69,10 +69,9 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::partition::PartitionKey;
@@ -211,7 +210,7 @@ impl CircuitStats {
 pub(crate) struct Registry {
     pub(crate) settings: Settings,
     default: Arc<Breaker>,
-    keyed: RwLock<HashMap<PartitionKey, Arc<Breaker>>>,
+    keyed: crate::partition::Registry<Breaker>,
     pub(crate) stats: CircuitStats,
 }
 
@@ -228,7 +227,7 @@ impl Registry {
         Registry {
             default: Arc::new(Breaker::new(&settings, None)),
             settings,
-            keyed: RwLock::new(HashMap::new()),
+            keyed: crate::partition::Registry::default(),
             stats: CircuitStats::default(),
         }
     }
@@ -239,27 +238,14 @@ impl Registry {
         let Some(key) = key else {
             return self.default.clone();
         };
-        if let Some(breaker) = self
-            .keyed
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
-            return breaker.clone();
-        }
-        let mut map = self.keyed.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(breaker) = map.get(key) {
-            return breaker.clone();
-        }
-        if map.len() >= self.settings.max_partitions {
-            map.retain(|_, b| !b.is_idle());
-        }
-        if map.len() >= self.settings.max_partitions {
-            return self.default.clone();
-        }
-        let breaker = Arc::new(Breaker::new(&self.settings, Some(key.clone())));
-        map.insert(key.clone(), breaker.clone());
-        breaker
+        self.keyed
+            .get_or_insert(
+                key,
+                self.settings.max_partitions,
+                |b| !b.is_idle(),
+                || Breaker::new(&self.settings, Some(key.clone())),
+            )
+            .unwrap_or_else(|| self.default.clone())
     }
 
     pub(crate) fn state_of(&self, key: Option<&PartitionKey>) -> CircuitState {
@@ -267,8 +253,6 @@ impl Registry {
             None => self.default.state(),
             Some(key) => self
                 .keyed
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
                 .get(key)
                 .map_or(CircuitState::Closed, |b| b.state()),
         }
@@ -281,7 +265,7 @@ impl Registry {
             CircuitState::HalfOpen => 1,
             CircuitState::Open => 2,
         };
-        let map = self.keyed.read().unwrap_or_else(PoisonError::into_inner);
+        let map = self.keyed.snapshot();
         map.values()
             .chain(std::iter::once(&self.default))
             .map(|b| b.state())
@@ -290,10 +274,7 @@ impl Registry {
     }
 
     pub(crate) fn partitions(&self) -> usize {
-        self.keyed
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.keyed.len()
     }
 
     /// Logs and announces state changes (outside any breaker's lock).

@@ -252,15 +252,10 @@ pub(crate) fn of(uri: &Uri) -> Arc<Upstream> {
     lookup(buffer.key(uri))
 }
 
-/// The meters of a request's upstream: the key the retry layer already worked out for this
-/// call when there is one, else the URI's.
+/// The meters of a request's upstream: its remembered key (found without allocating).
 pub(crate) fn of_request<B>(request: &http::Request<B>) -> Arc<Upstream> {
-    match request
-        .extensions()
-        .get::<crate::partition::UpstreamOf>()
-        .and_then(|u| std::str::from_utf8(u.0.as_bytes()).ok())
-    {
-        Some(key) => lookup(Some(key)),
+    match crate::partition::upstream_of(request.uri()) {
+        Some(key) => lookup(std::str::from_utf8(key.as_bytes()).ok()),
         None => of(request.uri()),
     }
 }

@@ -6,8 +6,8 @@
 //!                        ┌──────────────────────────────────────────── one logical call ──┐
 //! IdempotencyKeyLayer    │ one key per logical write, the same on every attempt            │
 //! DeadLetterLayer        │ reads the body once; records the call if it finally fails       │
-//! DeadlineLayer          │ the whole call ends by the deadline (30 s)                      │
-//! RetryLayer             │ attempts, and the waits between them                            │
+//! RetryLayer             │ attempts, and the waits between them; the whole call ends by    │
+//!                        │ the deadline (30 s)                                             │
 //!                        ├──────────────────────────────────────────── each attempt ───────┤
 //! CircuitBreakerLayer    │ fails fast while the upstream is down; counts every attempt     │
 //! RetryAfterLayer        │ shared gate while the server asked for a pause                  │
@@ -70,7 +70,6 @@ use tower_service::Service;
 use crate::circuit::CircuitBreaker;
 use crate::classify::DefaultClassifier;
 use crate::dead_letter::{DeadLetterService, MemorySink};
-use crate::deadline::{DeadlineLayer, DeadlineService};
 use crate::error::Error;
 use crate::idempotency::IdempotencyKey;
 use crate::partition::Scope;
@@ -258,7 +257,8 @@ impl Outbound {
     }
 
     /// The deadline of one logical call, attempts and waits together, or `None` for none
-    /// (default 30 s; any value is accepted, see [`DeadlineLayer::new`]).
+    /// (default 30 s; any value is accepted, see [`RetryLayer::deadline`]). The retry layer keeps
+    /// it, with one timer armed only while the call waits.
     pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
         self.deadline = deadline;
         self
@@ -295,11 +295,8 @@ type Attempt<S> = Maybe<
 >;
 type Throttled<S> = Maybe<Throttle<Timed<S>, Scope>, Timed<S>>;
 type Timed<S> = Maybe<Timeout<S>, S>;
-/// The logical call: the deadline around the retries.
-type Call<S> = Maybe<
-    DeadlineService<Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>>,
-    Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>,
->;
+/// The logical call: the retries, within the deadline (which the retry layer keeps).
+type Call<S> = Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>;
 /// The whole stack's type.
 type Stack<S> = Maybe<IdempotencyKey<Observed<S>>, Observed<S>>;
 type Observed<S> = observe::Calls<Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>>;
@@ -316,8 +313,8 @@ impl<S> Layer<S> for Outbound {
             .retry
             .clone()
             .retry_budget(self.retry_budget.clone())
+            .deadline(self.deadline)
             .layer(observe::attempts(attempt));
-        let call = MaybeLayer(self.deadline.map(DeadlineLayer::new)).layer(call);
         let call = MaybeLayer(self.dead_letters.clone()).layer(call);
         let call = observe::calls(call, self.circuit_breaker.is_some());
         let call = MaybeLayer(self.idempotency.clone()).layer(call);

@@ -1,17 +1,14 @@
 //! The retry budget: retries at most a share of calls, per upstream, so that an outage does not
 //! multiply the load on an upstream that is already failing.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::sync::{lock, Mutex};
-
-use crate::partition::{PartitionKey, Scope};
+use crate::partition::{PartitionKey, Registry, Scope};
+use crate::sync::{lock, AtomicU64, Mutex, Ordering};
 
 /// Caps retries at a share of calls over a sliding window, per upstream — the model of
 /// Finagle, Linkerd and Envoy (and of tower's `TpsBudget`, whose check and withdrawal are two
@@ -61,23 +58,23 @@ const SLOTS: usize = 10;
 const RETRY: i64 = 1000;
 
 /// One upstream's budget: what calls deposited and retries withdrew over the last window,
-/// in [`SLOTS`] slices, plus a floor that is always there. Checking and withdrawing happen in
-/// one critical section, so concurrent retries cannot spend the same balance twice.
+/// in [`SLOTS`] slices, plus a floor that is always there.
+///
+/// A call deposits with one compare-and-swap on its slice's counter: no lock on the happy
+/// path. A retry checks the balance and withdraws in one critical section, so concurrent
+/// retries cannot spend the same balance twice; a deposit racing it is counted either
+/// before or after, never lost.
 #[derive(Debug)]
 pub(crate) struct Allowance {
     deposit: i64,
     reserve: i64,
     slot: Duration,
-    state: Mutex<Slots>,
-}
-
-#[derive(Debug)]
-struct Slots {
-    /// Net units per slice, the current one at `current`.
-    net: [i64; SLOTS],
-    current: usize,
-    /// When the current slice started.
-    started: Instant,
+    base: Instant,
+    /// Calls per slice: the slice's number (low 32 bits of it) in the high half, its count in
+    /// the low half. Slice `n` lives at `n % SLOTS`.
+    calls: [AtomicU64; SLOTS],
+    /// Retries per slice, `(slice number, retries)`.
+    spent: Mutex<[(u32, i64); SLOTS]>,
 }
 
 impl Allowance {
@@ -90,54 +87,80 @@ impl Allowance {
                 .saturating_mul(window_secs)
                 .saturating_mul(RETRY),
             slot: (settings.window / SLOTS as u32).max(Duration::from_millis(1)),
-            state: Mutex::new(Slots {
-                net: [0; SLOTS],
-                current: 0,
-                started: now,
-            }),
+            base: now,
+            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            spent: Mutex::new([(0, 0); SLOTS]),
         }
     }
 
-    /// Moves the window forward to `now`, forgetting the slices that left it.
-    fn advance(&self, slots: &mut Slots, now: Instant) {
-        let elapsed = now.saturating_duration_since(slots.started);
-        if elapsed < self.slot {
-            return;
-        }
-        let passed = (elapsed.as_nanos() / self.slot.as_nanos().max(1)).min(SLOTS as u128) as usize;
-        for _ in 0..passed {
-            slots.current = (slots.current + 1) % SLOTS;
-            slots.net[slots.current] = 0;
-        }
-        slots.started = if passed == SLOTS {
-            now
-        } else {
-            // `passed` whole slices, at most the window: no overflow.
-            slots.started + self.slot * passed as u32
-        };
+    /// The number of the slice `now` falls in (wrapping at 2³², decades of slices).
+    fn slice(&self, now: Instant) -> u32 {
+        let elapsed = now.saturating_duration_since(self.base).as_nanos();
+        (elapsed / self.slot.as_nanos().max(1)) as u32
+    }
+
+    /// Whether slice `n` is in the window that ends with slice `now`.
+    fn in_window(n: u32, now: u32) -> bool {
+        now.wrapping_sub(n) < SLOTS as u32
     }
 
     /// One call: its share of a retry.
     pub(crate) fn deposit(&self, now: Instant) {
-        let mut slots = lock(&self.state);
-        self.advance(&mut slots, now);
-        let current = slots.current;
-        slots.net[current] = slots.net[current].saturating_add(self.deposit);
+        let slice = self.slice(now);
+        let counter = &self.calls[slice as usize % SLOTS];
+        let mut current = counter.load(Ordering::Relaxed);
+        loop {
+            let (n, count) = ((current >> 32) as u32, current as u32);
+            let next = if n == slice || (count > 0 && Self::in_window(slice, n)) {
+                // This slice (or, for a clock read a moment late, the newer one already
+                // there): one more call.
+                (current & !u64::from(u32::MAX)) | u64::from(count.saturating_add(1))
+            } else {
+                // A slice the window left: it starts again.
+                (u64::from(slice) << 32) | 1
+            };
+            match counter.compare_exchange_weak(current, next, Ordering::AcqRel, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(actual) => current = actual,
+            }
+        }
     }
 
     /// One retry, if the balance pays for it.
     pub(crate) fn withdraw(&self, now: Instant) -> bool {
-        let mut slots = lock(&self.state);
-        self.advance(&mut slots, now);
-        let balance = slots
-            .net
-            .iter()
-            .fold(self.reserve, |sum, net| sum.saturating_add(*net));
-        if balance < RETRY {
+        let slice = self.slice(now);
+        let mut spent = lock(&self.spent);
+        let deposited = self.calls.iter().fold(0i64, |sum, counter| {
+            let value = counter.load(Ordering::Acquire);
+            let (n, count) = ((value >> 32) as u32, value as u32);
+            if count > 0 && Self::in_window(n, slice) {
+                sum.saturating_add(i64::from(count).saturating_mul(self.deposit))
+            } else {
+                sum
+            }
+        });
+        let withdrawn = spent.iter().fold(0i64, |sum, &(n, retries)| {
+            if retries > 0 && Self::in_window(n, slice) {
+                sum.saturating_add(retries.saturating_mul(RETRY))
+            } else {
+                sum
+            }
+        });
+        if self
+            .reserve
+            .saturating_add(deposited)
+            .saturating_sub(withdrawn)
+            < RETRY
+        {
             return false;
         }
-        let current = slots.current;
-        slots.net[current] -= RETRY;
+        let entry = &mut spent[slice as usize % SLOTS];
+        *entry = if entry.0 == slice {
+            (slice, entry.1.saturating_add(1))
+        } else {
+            (slice, 1)
+        };
         true
     }
 }
@@ -145,7 +168,7 @@ impl Allowance {
 struct Shared {
     settings: Settings,
     default: Arc<Allowance>,
-    keyed: RwLock<HashMap<PartitionKey, Arc<Allowance>>>,
+    keyed: Registry<Allowance>,
     exhausted: AtomicU64,
 }
 
@@ -181,7 +204,7 @@ impl RetryBudget {
             shared: Arc::new(Shared {
                 default: Arc::new(settings.budget()),
                 settings,
-                keyed: RwLock::new(HashMap::new()),
+                keyed: Registry::default(),
                 exhausted: AtomicU64::new(0),
             }),
         }
@@ -232,22 +255,13 @@ impl RetryBudget {
         self.shared.exhausted.load(Ordering::Relaxed)
     }
 
-    /// The budget of this request's upstream, with the call deposited. The upstream, once
-    /// worked out, is left in the request's extensions for the layers inside.
-    pub(crate) fn deposit<B>(&self, request: &mut http::Request<B>) -> Arc<Allowance> {
+    /// The budget of this request's upstream, with the call deposited at `now`.
+    pub(crate) fn deposit<B>(&self, request: &http::Request<B>, now: Instant) -> Arc<Allowance> {
         let budget = match crate::partition::key_of(&self.scope, request) {
             None => self.shared.default.clone(),
-            Some(key) => {
-                let budget = self.budget_of_key(&key);
-                if self.scope == Scope::Upstream {
-                    request
-                        .extensions_mut()
-                        .insert(crate::partition::UpstreamOf(key));
-                }
-                budget
-            }
+            Some(key) => self.budget_of_key(&key),
         };
-        budget.deposit(Instant::now());
+        budget.deposit(now);
         budget
     }
 
@@ -257,24 +271,15 @@ impl RetryBudget {
 
     fn budget_of_key(&self, key: &PartitionKey) -> Arc<Allowance> {
         let shared = &self.shared;
-        if let Some(budget) = shared
+        shared
             .keyed
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
-            return budget.clone();
-        }
-        let mut map = shared.keyed.write().unwrap_or_else(PoisonError::into_inner);
-        if let Some(budget) = map.get(key) {
-            return budget.clone();
-        }
-        if map.len() >= shared.settings.max_partitions {
-            return shared.default.clone();
-        }
-        let budget = Arc::new(shared.settings.budget());
-        map.insert(key.clone(), budget.clone());
-        budget
+            .get_or_insert(
+                key,
+                shared.settings.max_partitions,
+                |_| true,
+                || shared.settings.budget(),
+            )
+            .unwrap_or_else(|| shared.default.clone())
     }
 }
 
@@ -289,15 +294,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn budgets_are_per_upstream() {
         let budget = RetryBudget::new().min_per_second(0).ratio(0.5);
-        let mut a = request("https://a.example/");
-        let a_budget = budget.deposit(&mut a);
-        budget.deposit(&mut request("https://a.example/"));
-        let b_budget = budget.budget_of_key(&PartitionKey::from("https://b.example:443"));
-        assert!(a
-            .extensions()
-            .get::<crate::partition::UpstreamOf>()
-            .is_some());
         let now = Instant::now();
+        let a_budget = budget.deposit(&request("https://a.example/"), now);
+        budget.deposit(&request("https://A.example:443/x"), now);
+        let b_budget = budget.budget_of_key(&PartitionKey::from("https://b.example:443"));
         assert!(
             a_budget.withdraw(now),
             "two calls pay for one retry at 50 %"

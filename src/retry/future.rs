@@ -17,7 +17,6 @@ use super::layer::Config;
 use super::Attempts;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
-use crate::deadline::Deadline;
 use crate::error::{BoxError, Error, Kind};
 use crate::rate_limit::RateLimitInfo;
 
@@ -30,6 +29,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, B>,
+        // One timer for the call: the deadline while an attempt runs, the wake-up while
+        // waiting between attempts. Armed only when the call is pending.
+        #[pin]
+        timer: Timer,
         inner: S,
         config: Arc<Config>,
         classify: C,
@@ -52,7 +55,34 @@ pin_project! {
         Buffering { #[pin] buffer: Buffer<B> },
         Ready,
         Calling { #[pin] future: F },
-        Waiting { #[pin] sleep: Sleep },
+        Waiting { until: Instant },
+    }
+}
+
+pin_project! {
+    #[project = TimerProj]
+    enum Timer {
+        Unarmed,
+        Armed { #[pin] sleep: Sleep },
+    }
+}
+
+impl Timer {
+    /// Polls the timer for `at`: armed on first use, moved when `at` changed.
+    fn poll_at(mut self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if let TimerProj::Armed { mut sleep } = self.as_mut().project() {
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            return sleep.poll(cx);
+        }
+        self.set(Timer::Armed {
+            sleep: tokio::time::sleep_until(at),
+        });
+        match self.project() {
+            TimerProj::Armed { sleep } => sleep.poll(cx),
+            TimerProj::Unarmed => Poll::Pending,
+        }
     }
 }
 
@@ -66,14 +96,15 @@ where
         classify: C,
         parts: Parts,
         buffer: Buffer<B>,
-        may_retry: bool,
         budget: Option<Arc<Allowance>>,
+        deadline: Option<Instant>,
     ) -> Self {
+        let may_retry = config.max_attempts > 1 && config.may_retry(&parts.method, &parts.headers);
         // Kept as it is (a reference count); its userinfo is dropped where it is shown.
         let upstream = parts.uri.authority().cloned();
-        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
         ResponseFuture {
             state: State::Buffering { buffer },
+            timer: Timer::Unarmed,
             upstream,
             deadline,
             inner,
@@ -133,7 +164,17 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Buffering { buffer } => {
-                    let buffered = match ready!(buffer.poll(cx)) {
+                    let Poll::Ready(buffered) = buffer.poll(cx) else {
+                        return until_deadline(
+                            this.timer,
+                            *this.deadline,
+                            cx,
+                            this.upstream.as_ref(),
+                            *this.attempts,
+                            *this.waited,
+                        );
+                    };
+                    let buffered = match buffered {
                         Ok(buffered) => buffered,
                         Err(err) => return Poll::Ready(Err(Error::with_source(Kind::Body, err))),
                     };
@@ -147,7 +188,17 @@ where
                     this.state.set(State::Ready);
                 }
                 StateProj::Ready => {
-                    if let Err(err) = ready!(this.inner.poll_ready(cx)) {
+                    let Poll::Ready(ready) = this.inner.poll_ready(cx) else {
+                        return until_deadline(
+                            this.timer,
+                            *this.deadline,
+                            cx,
+                            this.upstream.as_ref(),
+                            *this.attempts,
+                            *this.waited,
+                        );
+                    };
+                    if let Err(err) = ready {
                         let mut err = Error::from_box(err.into());
                         err.set_attempts(*this.attempts, *this.waited);
                         return Poll::Ready(Err(err));
@@ -172,108 +223,131 @@ where
                     let future = this.inner.call(Request::from_parts(parts, body));
                     this.state.set(State::Calling { future });
                 }
-                StateProj::Calling { future } => match ready!(future.poll(cx)) {
-                    Ok(mut response) => {
-                        let outcome = this.classify.classify(Attempt::Response {
-                            status: response.status(),
-                            headers: response.headers(),
-                        });
-                        if !outcome.is_retryable() {
-                            return Poll::Ready(Ok(finish(
-                                response,
-                                outcome,
-                                *this.attempts,
-                                *this.waited,
-                                None,
-                                &this.config.stats,
-                            )));
-                        }
-                        let hint = server_wait(&mut response, outcome);
-                        match plan(
-                            this.config,
-                            this.parts.is_some(),
+                StateProj::Calling { future } => match future.poll(cx) {
+                    Poll::Pending => {
+                        return until_deadline(
+                            this.timer,
                             *this.deadline,
-                            Progress {
-                                attempts: *this.attempts,
-                                waited: *this.waited,
-                                previous_delay: *this.previous_delay,
-                            },
-                            hint,
-                            this.budget.as_deref(),
-                        ) {
-                            Ok(delay) => {
-                                log_retry(
-                                    *this.attempts,
-                                    delay,
-                                    &response.status(),
-                                    this.upstream.as_ref(),
-                                );
-                                drop(response);
-                                schedule(this.state.as_mut(), this.config, delay, hint.is_some());
-                                *this.previous_delay = delay;
-                                *this.waited = this.waited.saturating_add(delay);
-                            }
-                            Err(give_up) => {
-                                if *this.may_retry {
-                                    this.config.stats.record_give_up();
-                                }
-                                let retry_after = match give_up {
-                                    GiveUp::TooLong(wait) => Some(wait),
-                                    GiveUp::Budget => hint,
-                                    GiveUp::NotRepeatable
-                                    | GiveUp::Exhausted
-                                    | GiveUp::RetryBudget => None,
-                                };
+                            cx,
+                            this.upstream.as_ref(),
+                            *this.attempts,
+                            *this.waited,
+                        );
+                    }
+                    Poll::Ready(result) => match result {
+                        Ok(mut response) => {
+                            let outcome = this.classify.classify(Attempt::Response {
+                                status: response.status(),
+                                headers: response.headers(),
+                            });
+                            if !outcome.is_retryable() {
                                 return Poll::Ready(Ok(finish(
                                     response,
                                     outcome,
                                     *this.attempts,
                                     *this.waited,
-                                    retry_after,
+                                    None,
                                     &this.config.stats,
                                 )));
                             }
-                        }
-                    }
-                    Err(err) => {
-                        let mut err = Error::from_box(err.into());
-                        let outcome = this.classify.classify(Attempt::Error(&err));
-                        err.set_upstream(this.upstream.as_ref());
-                        if !outcome.is_retryable() {
-                            err.set_attempts(*this.attempts, *this.waited);
-                            return Poll::Ready(Err(err));
-                        }
-                        let hint = err.retry_after();
-                        match plan(
-                            this.config,
-                            this.parts.is_some(),
-                            *this.deadline,
-                            Progress {
-                                attempts: *this.attempts,
-                                waited: *this.waited,
-                                previous_delay: *this.previous_delay,
-                            },
-                            hint,
-                            this.budget.as_deref(),
-                        ) {
-                            Ok(delay) => {
-                                log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
-                                schedule(this.state.as_mut(), this.config, delay, hint.is_some());
-                                *this.previous_delay = delay;
-                                *this.waited = this.waited.saturating_add(delay);
-                            }
-                            Err(_) => {
-                                if *this.may_retry {
-                                    this.config.stats.record_give_up();
+                            let hint = server_wait(&mut response, outcome);
+                            match plan(
+                                this.config,
+                                this.parts.is_some(),
+                                *this.deadline,
+                                Progress {
+                                    attempts: *this.attempts,
+                                    waited: *this.waited,
+                                    previous_delay: *this.previous_delay,
+                                },
+                                hint,
+                                this.budget.as_deref(),
+                            ) {
+                                Ok(delay) => {
+                                    log_retry(
+                                        *this.attempts,
+                                        delay,
+                                        &response.status(),
+                                        this.upstream.as_ref(),
+                                    );
+                                    drop(response);
+                                    schedule(
+                                        this.state.as_mut(),
+                                        this.config,
+                                        delay,
+                                        hint.is_some(),
+                                    );
+                                    *this.previous_delay = delay;
+                                    *this.waited = this.waited.saturating_add(delay);
                                 }
+                                Err(give_up) => {
+                                    if *this.may_retry {
+                                        this.config.stats.record_give_up();
+                                    }
+                                    let retry_after = match give_up {
+                                        GiveUp::TooLong(wait) => Some(wait),
+                                        GiveUp::Budget => hint,
+                                        GiveUp::NotRepeatable
+                                        | GiveUp::Exhausted
+                                        | GiveUp::RetryBudget => None,
+                                    };
+                                    return Poll::Ready(Ok(finish(
+                                        response,
+                                        outcome,
+                                        *this.attempts,
+                                        *this.waited,
+                                        retry_after,
+                                        &this.config.stats,
+                                    )));
+                                }
+                            }
+                        }
+                        Err(err) => {
+                            let mut err = Error::from_box(err.into());
+                            let outcome = this.classify.classify(Attempt::Error(&err));
+                            err.set_upstream(this.upstream.as_ref());
+                            if !outcome.is_retryable() {
                                 err.set_attempts(*this.attempts, *this.waited);
                                 return Poll::Ready(Err(err));
                             }
+                            let hint = err.retry_after();
+                            match plan(
+                                this.config,
+                                this.parts.is_some(),
+                                *this.deadline,
+                                Progress {
+                                    attempts: *this.attempts,
+                                    waited: *this.waited,
+                                    previous_delay: *this.previous_delay,
+                                },
+                                hint,
+                                this.budget.as_deref(),
+                            ) {
+                                Ok(delay) => {
+                                    log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
+                                    schedule(
+                                        this.state.as_mut(),
+                                        this.config,
+                                        delay,
+                                        hint.is_some(),
+                                    );
+                                    *this.previous_delay = delay;
+                                    *this.waited = this.waited.saturating_add(delay);
+                                }
+                                Err(_) => {
+                                    if *this.may_retry {
+                                        this.config.stats.record_give_up();
+                                    }
+                                    err.set_attempts(*this.attempts, *this.waited);
+                                    return Poll::Ready(Err(err));
+                                }
+                            }
                         }
-                    }
+                    },
                 },
-                StateProj::Waiting { sleep } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Waiting { until } => {
+                    let until = *until;
+                    ready!(this.timer.as_mut().poll_at(until, cx));
                     this.state.set(State::Ready);
                 }
             }
@@ -362,8 +436,31 @@ fn schedule<F, B>(
     server_named: bool,
 ) {
     config.stats.record_retry(delay, server_named);
-    let sleep = tokio::time::sleep(delay);
-    state.set(State::Waiting { sleep });
+    let now = Instant::now();
+    let until = now
+        .checked_add(delay)
+        .unwrap_or_else(|| crate::deadline::far_future(now));
+    state.set(State::Waiting { until });
+}
+
+/// The call is pending on an attempt, the body or the inner service's readiness: it stays
+/// so until its deadline, if it has one, and then ends with a timeout error.
+fn until_deadline<T>(
+    timer: Pin<&mut Timer>,
+    deadline: Option<Instant>,
+    cx: &mut Context<'_>,
+    upstream: Option<&Authority>,
+    attempts: u32,
+    waited: Duration,
+) -> Poll<Result<T, Error>> {
+    let Some(deadline) = deadline else {
+        return Poll::Pending;
+    };
+    ready!(timer.poll_at(deadline, cx));
+    let mut err = Error::with_source(Kind::Timeout, tower::timeout::error::Elapsed::new())
+        .for_upstream(upstream);
+    err.set_attempts(attempts, waited);
+    Poll::Ready(Err(err))
 }
 
 fn log_retry(

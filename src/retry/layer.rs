@@ -23,15 +23,17 @@ pub(crate) struct Config {
     pub(crate) rng: RngSource,
     pub(crate) stats: RetryStats,
     pub(crate) budget: Option<RetryBudget>,
+    pub(crate) deadline: Option<Duration>,
 }
 
 impl Config {
-    /// The retry budget of this request's upstream, with the call deposited into it.
+    /// The retry budget of this request's upstream, with the call deposited into it at `now`.
     pub(crate) fn retry_budget_of<B>(
         &self,
-        request: &mut http::Request<B>,
+        request: &http::Request<B>,
+        now: tokio::time::Instant,
     ) -> Option<Arc<super::budget::Allowance>> {
-        self.budget.as_ref().map(|b| b.deposit(request))
+        self.budget.as_ref().map(|b| b.deposit(request, now))
     }
 
     /// Whether a request with this method (and these headers) may be sent more than once.
@@ -90,6 +92,7 @@ impl RetryLayer {
                 rng: RngSource::Thread,
                 stats: RetryStats::default(),
                 budget: None,
+                deadline: None,
             },
             classify: DefaultClassifier,
         }
@@ -180,6 +183,19 @@ impl<C> RetryLayer<C> {
     /// budget share it, so one budget can span several layers.
     pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
         self.config.budget = budget;
+        self
+    }
+
+    /// The deadline of each logical call, attempts and waits together, or `None` (the
+    /// default). It works as [`DeadlineLayer`](crate::deadline::DeadlineLayer) does, without
+    /// a layer of its own or a request extension: no wait is started that would end after it,
+    /// and an attempt still running when it passes ends the call with a timeout error. The
+    /// timer is armed only when the call actually waits on something; one timer serves the
+    /// deadline and the waits between attempts. A [`Deadline`](crate::deadline::Deadline)
+    /// already in the request's extensions is kept when it is earlier. Any value is accepted
+    /// (see [`Deadline::after`](crate::deadline::Deadline::after)).
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.config.deadline = deadline;
         self
     }
 

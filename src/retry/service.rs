@@ -3,6 +3,7 @@ use std::task::{Context, Poll};
 
 use http::{Request, Response};
 use http_body::Body;
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::ResponseFuture;
@@ -10,6 +11,7 @@ use super::layer::Config;
 use super::RetryStats;
 use crate::body::{Buffer, ReplayBody};
 use crate::classify::Classify;
+use crate::deadline::Deadline;
 use crate::error::{BoxError, Error};
 
 /// Retries failed attempts of the inner service. Made by [`RetryLayer`](super::RetryLayer).
@@ -62,15 +64,25 @@ where
             .map_err(|e| Error::from_box(e.into()))
     }
 
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+    fn call(&mut self, request: Request<B>) -> Self::Future {
         // The ready service goes with the call; this one keeps an unreserved clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         self.config.stats.record_call();
-        let budget = self.config.retry_budget_of(&mut request);
+        // One clock read serves the retry budget and the deadline.
+        let config = &self.config;
+        let now = (config.budget.is_some() || config.deadline.is_some()).then(Instant::now);
+        let budget = now.and_then(|now| config.retry_budget_of(&request, now));
+        let ours = now.and_then(|now| {
+            config
+                .deadline
+                .map(|timeout| Deadline::after_from(now, timeout))
+        });
+        let deadline = match (request.extensions().get::<Deadline>(), ours) {
+            (Some(theirs), Some(ours)) => Some((*theirs).min(ours)),
+            (theirs, ours) => theirs.copied().or(ours),
+        };
         let (parts, body) = request.into_parts();
-        let may_retry =
-            self.config.max_attempts > 1 && self.config.may_retry(&parts.method, &parts.headers);
         let buffer = Buffer::new(body, self.config.max_buffered_body);
         ResponseFuture::new(
             inner,
@@ -78,8 +90,8 @@ where
             self.classify.clone(),
             parts,
             buffer,
-            may_retry,
             budget,
+            deadline.map(|d| d.0),
         )
     }
 }

@@ -59,10 +59,9 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::sync::{lock, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::{Response, StatusCode};
@@ -110,7 +109,7 @@ pub(crate) struct Gates {
     base: Instant,
     pub(crate) settings: Settings,
     default: Arc<Gate>,
-    keyed: Mutex<HashMap<PartitionKey, Arc<Gate>>>,
+    keyed: crate::partition::Registry<Gate>,
     /// Gates currently closed (an upper bound: a gate whose time passed counts until a
     /// request finds it open).
     closed: AtomicUsize,
@@ -141,7 +140,7 @@ impl Gates {
             base: Instant::now(),
             settings,
             default: Arc::default(),
-            keyed: Mutex::new(HashMap::new()),
+            keyed: crate::partition::Registry::default(),
             closed: AtomicUsize::new(0),
             stats: GateStats::default(),
         }
@@ -168,16 +167,14 @@ impl Gates {
         let Some(key) = key else {
             return Some(self.default.clone());
         };
-        let mut map = lock(&self.keyed);
-        if let Some(gate) = map.get(key) {
-            return Some(gate.clone());
-        }
         if !create {
-            return None;
+            return self.keyed.get(key);
         }
-        if map.len() >= self.settings.max_partitions {
-            let now = self.nanos_since_base(Instant::now());
-            map.retain(|_, g| {
+        let now = self.nanos_since_base(Instant::now());
+        let gate = self.keyed.get_or_insert(
+            key,
+            self.settings.max_partitions,
+            |g| {
                 let until = g.until.load(Ordering::Acquire);
                 let keep = until != 0 && until > now;
                 if !keep && until != 0 {
@@ -185,14 +182,10 @@ impl Gates {
                     self.closed.fetch_sub(1, Ordering::AcqRel);
                 }
                 keep
-            });
-        }
-        if map.len() >= self.settings.max_partitions {
-            return Some(self.default.clone());
-        }
-        let gate = Arc::new(Gate::default());
-        map.insert(key.clone(), gate.clone());
-        Some(gate)
+            },
+            Gate::default,
+        );
+        Some(gate.unwrap_or_else(|| self.default.clone()))
     }
 
     pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
@@ -319,7 +312,7 @@ impl Gates {
 
     /// The longest any gate stays closed from now.
     pub(crate) fn longest_closed(&self) -> Option<Duration> {
-        let map = lock(&self.keyed);
+        let map = self.keyed.snapshot();
         map.values()
             .chain(std::iter::once(&self.default))
             .filter_map(|g| self.remaining(g))

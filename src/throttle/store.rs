@@ -1,11 +1,10 @@
 //! Where buckets live: in this process ([`LocalStore`], the default), or in a shared store
 //! such as Redis (feature `redis`), behind the [`BucketStore`] trait.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -139,7 +138,7 @@ impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
 pub struct LocalStore {
     base: Instant,
     default: Bucket,
-    keyed: Mutex<HashMap<PartitionKey, Arc<Bucket>>>,
+    keyed: crate::partition::Registry<Bucket>,
     max_partitions: usize,
 }
 
@@ -163,7 +162,7 @@ impl LocalStore {
         LocalStore {
             base: Instant::now(),
             default: Bucket::default(),
-            keyed: Mutex::new(HashMap::new()),
+            keyed: crate::partition::Registry::default(),
             max_partitions: 4096,
         }
     }
@@ -179,10 +178,7 @@ impl LocalStore {
 
     /// Keyed buckets currently held.
     pub fn partitions(&self) -> usize {
-        self.keyed
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        self.keyed.len()
     }
 
     fn now(&self) -> u64 {
@@ -200,24 +196,12 @@ impl LocalStore {
         let Some(key) = key else {
             return f(&self.default);
         };
-        let bucket = {
-            let mut map = self.keyed.lock().unwrap_or_else(PoisonError::into_inner);
-            match map.get(key) {
-                Some(bucket) => Some(bucket.clone()),
-                None => {
-                    if map.len() >= self.max_partitions {
-                        map.retain(|_, bucket| !bucket.is_idle(now));
-                    }
-                    if map.len() < self.max_partitions {
-                        let bucket = Arc::new(Bucket::default());
-                        map.insert(key.clone(), bucket.clone());
-                        Some(bucket)
-                    } else {
-                        None
-                    }
-                }
-            }
-        };
+        let bucket = self.keyed.get_or_insert(
+            key,
+            self.max_partitions,
+            |bucket| !bucket.is_idle(now),
+            Bucket::default,
+        );
         match bucket {
             Some(bucket) => f(&bucket),
             None => f(&self.default),

@@ -32,7 +32,10 @@
 use std::fmt;
 
 use bytes::Bytes;
+
+mod registry;
 use http::{HeaderMap, Method, Request, Uri};
+pub(crate) use registry::{upstream_of, Registry};
 
 /// The parts of a request a [`Partition`] may look at.
 #[derive(Clone, Copy, Debug)]
@@ -56,50 +59,95 @@ impl<'a> RequestHead<'a> {
     }
 }
 
-/// The name of one partition: cheap to clone (reference-counted bytes).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionKey(Bytes);
+/// The name of one partition: cheap to clone (reference-counted bytes), hashed once when made,
+/// so that finding a partition's state costs no hashing of its name.
+#[derive(Clone)]
+pub struct PartitionKey {
+    bytes: Bytes,
+    hash: u64,
+}
+
+/// The keyed hash of partition names: random per process, so no one can choose names that
+/// collide in the per-partition maps.
+static NAME_HASH: std::sync::LazyLock<std::collections::hash_map::RandomState> =
+    std::sync::LazyLock::new(std::collections::hash_map::RandomState::new);
 
 impl PartitionKey {
+    fn new(bytes: Bytes) -> Self {
+        use std::hash::BuildHasher;
+        let hash = NAME_HASH.hash_one(&*bytes);
+        PartitionKey { bytes, hash }
+    }
+
     /// The key's bytes.
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
+    }
+}
+
+impl PartialEq for PartitionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.hash == other.hash && self.bytes == other.bytes
+    }
+}
+
+impl Eq for PartitionKey {}
+
+impl std::hash::Hash for PartitionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.hash);
+    }
+}
+
+impl PartialOrd for PartitionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PartitionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.bytes.cmp(&other.bytes)
     }
 }
 
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PartitionKey({:?})", String::from_utf8_lossy(&self.0))
+        write!(
+            f,
+            "PartitionKey({:?})",
+            String::from_utf8_lossy(&self.bytes)
+        )
     }
 }
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&String::from_utf8_lossy(&self.0))
+        f.write_str(&String::from_utf8_lossy(&self.bytes))
     }
 }
 
 impl From<Bytes> for PartitionKey {
     fn from(bytes: Bytes) -> Self {
-        PartitionKey(bytes)
+        PartitionKey::new(bytes)
     }
 }
 
 impl From<&[u8]> for PartitionKey {
     fn from(bytes: &[u8]) -> Self {
-        PartitionKey(Bytes::copy_from_slice(bytes))
+        PartitionKey::new(Bytes::copy_from_slice(bytes))
     }
 }
 
 impl From<&str> for PartitionKey {
     fn from(s: &str) -> Self {
-        PartitionKey(Bytes::copy_from_slice(s.as_bytes()))
+        PartitionKey::new(Bytes::copy_from_slice(s.as_bytes()))
     }
 }
 
 impl From<String> for PartitionKey {
     fn from(s: String) -> Self {
-        PartitionKey(Bytes::from(s))
+        PartitionKey::new(Bytes::from(s))
     }
 }
 
@@ -258,28 +306,21 @@ pub(crate) fn upstream_key(uri: &Uri) -> Option<String> {
     String::from_utf8(key).ok()
 }
 
-/// The upstream of a request, worked out once per logical call by the outermost layer that
-/// keys its state by upstream (the retry layer's budget), and read by the layers inside it.
-#[derive(Clone, Debug)]
-pub(crate) struct UpstreamOf(pub(crate) PartitionKey);
-
-/// Whether `partition` keys by upstream, so that a key already in the request's extensions
+/// Whether `partition` keys by upstream, so that the remembered key of the request's upstream
 /// can be used.
 fn keys_by_upstream<P: Partition>(partition: &P) -> bool {
     let any = partition as &dyn std::any::Any;
     any.downcast_ref::<Scope>() == Some(&Scope::Upstream) || any.is::<ByUpstream>()
 }
 
-/// The partition key of a request: `None` for a global partition, the upstream already worked
-/// out for this call when there is one, else what the partition says.
+/// The partition key of a request: `None` for a global partition, the upstream's remembered
+/// key (no allocation) for a partition by upstream, else what the partition says.
 pub(crate) fn key_of<P: Partition, B>(partition: &P, request: &Request<B>) -> Option<PartitionKey> {
     if partition.is_global() {
         return None;
     }
     if keys_by_upstream(partition) {
-        if let Some(UpstreamOf(key)) = request.extensions().get::<UpstreamOf>() {
-            return Some(key.clone());
-        }
+        return upstream_of(request.uri());
     }
     partition.key(&RequestHead::of(request))
 }
