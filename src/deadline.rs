@@ -71,6 +71,35 @@ impl Deadline {
     }
 }
 
+pin_project! {
+    /// A timer armed on first use: a future that finishes without waiting never registers
+    /// one with the runtime's timer wheel (nor reads the clock for it).
+    #[project = TimerProj]
+    pub(crate) enum Timer {
+        Unarmed,
+        Armed { #[pin] sleep: Sleep },
+    }
+}
+
+impl Timer {
+    /// Polls the timer for `at`: armed on first use, moved when `at` changed.
+    pub(crate) fn poll_at(mut self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if let TimerProj::Armed { mut sleep } = self.as_mut().project() {
+            if sleep.deadline() != at {
+                sleep.as_mut().reset(at);
+            }
+            return sleep.poll(cx);
+        }
+        self.set(Timer::Armed {
+            sleep: tokio::time::sleep_until(at),
+        });
+        match self.project() {
+            TimerProj::Armed { sleep } => sleep.poll(cx),
+            TimerProj::Unarmed => Poll::Pending,
+        }
+    }
+}
+
 /// About thirty years after `now`: never, in practice, and representable on every platform.
 pub(crate) fn far_future(now: Instant) -> Instant {
     now + Duration::from_secs(30 * 365 * 24 * 3600)

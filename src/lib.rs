@@ -71,6 +71,7 @@ pub mod retry;
 pub mod retry_after;
 mod sync;
 pub mod throttle;
+pub mod timeout;
 
 pub use circuit::{CircuitBreakerLayer, CircuitState};
 pub use dead_letter::{DeadLetter, DeadLetterLayer, JsonLinesSink, MemorySink, Sink};

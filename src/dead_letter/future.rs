@@ -25,6 +25,7 @@ pin_project! {
     /// # Panics
     ///
     /// When polled again after it completed, as futures may.
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, C, B>
     where
         S: Service<Request<ReplayBody>>,
@@ -37,7 +38,9 @@ pin_project! {
         parts: Option<Parts>,
         body: Option<Bytes>,
         record: bool,
-        started: SystemTime,
+        // When the call was first seen pending (a call that ends in its first poll took no
+        // time worth a clock read).
+        started: Option<SystemTime>,
     }
 }
 
@@ -129,7 +132,6 @@ where
         parts: Parts,
         buffer: Buffer<B>,
         record: bool,
-        started: SystemTime,
     ) -> Self {
         ResponseFuture {
             state: State::Buffering { buffer },
@@ -139,7 +141,7 @@ where
             parts: Some(parts),
             body: None,
             record,
-            started,
+            started: None,
         }
     }
 }
@@ -157,71 +159,90 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            let result = match this.state.as_mut().project() {
-                StateProj::Buffering { buffer } => match ready!(buffer.poll(cx)) {
-                    Ok(mut buffered) => {
-                        *this.body = buffered.bytes().cloned();
-                        if this.body.is_none() {
-                            tracing::warn!(
+        let poll = step(&mut this, cx);
+        if poll.is_pending() && this.started.is_none() {
+            *this.started = Some(SystemTime::now());
+        }
+        poll
+    }
+}
+
+/// Runs the call as far as it goes without waiting.
+fn step<S, C, B, ResB>(
+    this: &mut ResponseFutureProj<'_, S, C, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResB>, Error>>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        let result = match this.state.as_mut().project() {
+            StateProj::Buffering { buffer } => match ready!(buffer.poll(cx)) {
+                Ok(mut buffered) => {
+                    *this.body = buffered.bytes().cloned();
+                    if this.body.is_none() {
+                        tracing::warn!(
                                 limit = this.config.max_body,
                                 "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
                             );
+                    }
+                    match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
+                        (Ok(()), Some(body)) => {
+                            let parts = this.parts.clone().expect("the head is kept until the end");
+                            let future = this.inner.call(Request::from_parts(parts, body));
+                            this.state.set(State::Calling { future });
+                            continue;
                         }
-                        match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
-                            (Ok(()), Some(body)) => {
-                                let parts =
-                                    this.parts.clone().expect("the head is kept until the end");
-                                let future = this.inner.call(Request::from_parts(parts, body));
-                                this.state.set(State::Calling { future });
-                                continue;
-                            }
-                            // The call never went out; a dead letter still records it.
-                            (Err(err), _) => Err(Error::from_box(err.into())),
-                            (Ok(()), None) => {
-                                Err(Error::with_source(Kind::Body, "request body is gone"))
-                            }
+                        // The call never went out; a dead letter still records it.
+                        (Err(err), _) => Err(Error::from_box(err.into())),
+                        (Ok(()), None) => {
+                            Err(Error::with_source(Kind::Body, "request body is gone"))
                         }
                     }
-                    Err(err) => Err(Error::with_source(Kind::Body, err)),
-                },
-                StateProj::Calling { future } => {
-                    let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
-                    let outcome = this.classify.classify(Attempt::of(&result));
-                    let failed = result.is_err()
-                        || matches!(
-                            outcome,
-                            Outcome::RateLimited | Outcome::Transient | Outcome::ServerError
-                        );
-                    if !failed {
-                        return Poll::Ready(result);
-                    }
-                    result
                 }
-                StateProj::Recording { write, result } => {
-                    let recorded = ready!(write.poll(cx));
-                    let mut result = result.take().expect("future polled after completion");
-                    match &mut result {
-                        Ok(response) => {
-                            response.extensions_mut().insert(recorded);
-                        }
-                        Err(error) => error.set_dead_letter(recorded),
-                    }
+                Err(err) => Err(Error::with_source(Kind::Body, err)),
+            },
+            StateProj::Calling { future } => {
+                let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
+                let outcome = this.classify.classify(Attempt::of(&result));
+                let failed = result.is_err()
+                    || matches!(
+                        outcome,
+                        Outcome::RateLimited | Outcome::Transient | Outcome::ServerError
+                    );
+                if !failed {
                     return Poll::Ready(result);
                 }
-            };
-            let refused = matches!(&result, Err(e) if e.is_refusal());
-            let record = *this.record && (this.config.record_refusals || !refused);
-            match record
-                .then(|| letter(this.config, this.parts, this.body, this.started, &result))
-                .flatten()
-            {
-                Some(letter) => this.state.set(State::Recording {
-                    write: Write::start(this.config, letter),
-                    result: Some(result),
-                }),
-                None => return Poll::Ready(result),
+                result
             }
+            StateProj::Recording { write, result } => {
+                let recorded = ready!(write.poll(cx));
+                let mut result = result.take().expect("future polled after completion");
+                match &mut result {
+                    Ok(response) => {
+                        response.extensions_mut().insert(recorded);
+                    }
+                    Err(error) => error.set_dead_letter(recorded),
+                }
+                return Poll::Ready(result);
+            }
+        };
+        let refused = matches!(&result, Err(e) if e.is_refusal());
+        let record = *this.record && (this.config.record_refusals || !refused);
+        match record
+            .then(|| letter(this.config, this.parts, this.body, this.started, &result))
+            .flatten()
+        {
+            Some(letter) => this.state.set(State::Recording {
+                write: Write::start(this.config, letter),
+                result: Some(result),
+            }),
+            None => return Poll::Ready(result),
         }
     }
 }
@@ -231,10 +252,11 @@ fn letter<R>(
     config: &Arc<Config>,
     parts: &mut Option<Parts>,
     body: &Option<Bytes>,
-    started: &SystemTime,
+    started: &Option<SystemTime>,
     result: &Result<Response<R>, Error>,
 ) -> Option<DeadLetter> {
     let parts = parts.take()?;
+    let now = SystemTime::now();
     let (outcome, attempts, waited) = outcome_of(result);
     let uri_redacted = !config.keep_secret_uris && config.redactor.has_secrets(&parts.uri);
     let uri = if config.keep_secret_uris {
@@ -259,8 +281,8 @@ fn letter<R>(
         outcome,
         attempts,
         waited_ms: millis(waited),
-        first_attempt_at_ms: unix_ms(*started),
-        last_attempt_at_ms: unix_ms(SystemTime::now()),
+        first_attempt_at_ms: unix_ms(started.unwrap_or(now)),
+        last_attempt_at_ms: unix_ms(now),
     };
     let logged_uri = if config.keep_secret_uris {
         config.redactor.uri(&parts.uri)

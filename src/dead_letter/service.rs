@@ -1,6 +1,5 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::SystemTime;
 
 use http::{Request, Response};
 use http_body::Body;
@@ -75,7 +74,6 @@ where
             parts,
             Buffer::new(body, self.config.max_body),
             record,
-            SystemTime::now(),
         )
     }
 }

@@ -63,7 +63,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Request;
-use tower::timeout::{Timeout, TimeoutLayer};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -76,6 +75,7 @@ use crate::partition::Scope;
 use crate::retry::{Jitter, Retry, RetryBudget};
 use crate::retry_after::RetryAfter;
 use crate::throttle::Throttle;
+use crate::timeout::{Timeout, TimeoutLayer};
 use crate::{
     CircuitBreakerLayer, DeadLetterLayer, IdempotencyKeyLayer, RetryAfterLayer, RetryLayer,
     ThrottleLayer,

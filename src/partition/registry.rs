@@ -200,6 +200,18 @@ thread_local! {
 pub(crate) fn upstream_of(uri: &Uri) -> Option<PartitionKey> {
     let authority = uri.authority()?.as_str();
     let scheme = uri.scheme_str().unwrap_or("");
+    let cached = LAST.try_with(|last| {
+        let last = last.try_borrow().ok()?;
+        let key = last.key.as_ref()?;
+        let spelled = last.spelled.get(..last.len)?;
+        let same = spelled.get(..scheme.len()) == Some(scheme.as_bytes())
+            && spelled.get(scheme.len()) == Some(&0)
+            && spelled.get(scheme.len() + 1..) == Some(authority.as_bytes());
+        same.then(|| key.clone())
+    });
+    if let Ok(Some(key)) = cached {
+        return Some(key);
+    }
     let mut raw = [0u8; SPELLED];
     let len = scheme.len() + 1 + authority.len();
     let Some(spelled) = raw.get_mut(..len) else {
@@ -209,14 +221,6 @@ pub(crate) fn upstream_of(uri: &Uri) -> Option<PartitionKey> {
     spelled[scheme.len()] = 0;
     spelled[scheme.len() + 1..].copy_from_slice(authority.as_bytes());
     let spelled = &*spelled;
-    let cached = LAST.try_with(|last| {
-        let last = last.try_borrow().ok()?;
-        let key = last.key.as_ref()?;
-        (last.spelled.get(..last.len) == Some(spelled)).then(|| key.clone())
-    });
-    if let Ok(Some(key)) = cached {
-        return Some(key);
-    }
     let key = interned(uri, spelled, authority)?;
     if authority.contains('@') {
         // Never remembered: the table holds no credential.

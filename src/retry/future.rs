@@ -9,7 +9,7 @@ use http::uri::Authority;
 use http::{request::Parts, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::budget::Allowance;
@@ -17,6 +17,7 @@ use super::layer::Config;
 use super::Attempts;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
+use crate::deadline::Timer;
 use crate::error::{BoxError, Error, Kind};
 use crate::rate_limit::RateLimitInfo;
 
@@ -56,33 +57,6 @@ pin_project! {
         Ready,
         Calling { #[pin] future: F },
         Waiting { until: Instant },
-    }
-}
-
-pin_project! {
-    #[project = TimerProj]
-    enum Timer {
-        Unarmed,
-        Armed { #[pin] sleep: Sleep },
-    }
-}
-
-impl Timer {
-    /// Polls the timer for `at`: armed on first use, moved when `at` changed.
-    fn poll_at(mut self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        if let TimerProj::Armed { mut sleep } = self.as_mut().project() {
-            if sleep.deadline() != at {
-                sleep.as_mut().reset(at);
-            }
-            return sleep.poll(cx);
-        }
-        self.set(Timer::Armed {
-            sleep: tokio::time::sleep_until(at),
-        });
-        match self.project() {
-            TimerProj::Armed { sleep } => sleep.poll(cx),
-            TimerProj::Unarmed => Poll::Pending,
-        }
     }
 }
 

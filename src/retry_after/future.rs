@@ -33,14 +33,20 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
-        Waiting {
-            #[pin]
-            sleep: Sleep,
-            inner: S,
-            request: Option<Request<B>>,
-        },
+        // Boxed: held requests are rare, and the calling state stays small to move.
+        Waiting { held: Pin<Box<Held<S, B>>> },
         Calling { #[pin] future: F },
         Refused { error: Option<Error> },
+    }
+}
+
+pin_project! {
+    /// A request held at the closed gate.
+    struct Held<S, B> {
+        #[pin]
+        sleep: Sleep,
+        inner: S,
+        request: Option<Request<B>>,
     }
 }
 
@@ -75,9 +81,11 @@ where
         gates.stats.delayed_one();
         ResponseFuture {
             state: State::Waiting {
-                sleep: tokio::time::sleep_until(until),
-                inner,
-                request: Some(request),
+                held: Box::pin(Held {
+                    sleep: tokio::time::sleep_until(until),
+                    inner,
+                    request: Some(request),
+                }),
             },
             gates,
             key,
@@ -105,11 +113,9 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting {
-                    mut sleep,
-                    inner,
-                    request,
-                } => {
+                StateProj::Waiting { held } => {
+                    let held = held.as_mut().project();
+                    let (mut sleep, inner, request) = (held.sleep, held.inner, held.request);
                     ready!(sleep.as_mut().poll(cx));
                     // Another response may have closed the gate again while this one slept.
                     match this.gates.pass(this.key.as_ref()) {

@@ -63,20 +63,43 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
+        // The held request is boxed: waiting is rare, and the calling state stays small to
+        // move.
         Deciding {
             decision: Deciding,
-            inner: Option<S>,
-            request: Option<Request<B>>,
+            held: Option<Pin<Box<Held<S, B>>>>,
         },
-        Waiting {
-            #[pin]
-            sleep: Sleep,
-            inner: Option<S>,
-            request: Option<Request<B>>,
-        },
+        Waiting { held: Pin<Box<Held<S, B>>> },
         Calling { #[pin] future: F },
         Failed { error: Option<Error> },
     }
+}
+
+pin_project! {
+    /// A request held until its slot comes.
+    struct Held<S, B> {
+        #[pin]
+        sleep: Sleep,
+        inner: Option<S>,
+        request: Option<Request<B>>,
+    }
+}
+
+impl<S, B> Held<S, B> {
+    fn boxed(wait: Duration, inner: S, request: Request<B>) -> Pin<Box<Self>> {
+        Box::pin(Held {
+            sleep: tokio::time::sleep_until(after(wait)),
+            inner: Some(inner),
+            request: Some(request),
+        })
+    }
+}
+
+/// The instant `wait` from now (about thirty years for a wait past the clock's range).
+fn after(wait: Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(wait)
+        .unwrap_or_else(|| crate::deadline::far_future(now))
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
@@ -132,9 +155,7 @@ where
         shared.outstanding.fetch_add(1, Ordering::AcqRel);
         ResponseFuture {
             state: State::Waiting {
-                sleep: tokio::time::sleep(wait),
-                inner: Some(inner),
-                request: Some(request),
+                held: Held::boxed(wait, inner, request),
             },
             shared,
             key,
@@ -153,8 +174,7 @@ where
         ResponseFuture {
             state: State::Deciding {
                 decision,
-                inner: Some(inner),
-                request: Some(request),
+                held: Some(Held::boxed(Duration::ZERO, inner, request)),
             },
             shared,
             key,
@@ -175,24 +195,19 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Deciding {
-                    decision,
-                    inner,
-                    request,
-                } => {
+                StateProj::Deciding { decision, held } => {
                     let decision = ready!(decision.as_mut().poll(cx));
-                    let upstream = request.as_ref().and_then(|r| r.uri().authority().cloned());
+                    let upstream = held
+                        .as_ref()
+                        .and_then(|h| h.request.as_ref())
+                        .and_then(|r| r.uri().authority().cloned());
                     match decision {
                         Ok(Decision::Go) => {
                             this.shared.stats.count(0, 1);
                             this.shared.outstanding.fetch_add(1, Ordering::AcqRel);
                             *this.outstanding = true;
-                            let (inner, request) = (inner.take(), request.take());
-                            this.state.set(State::Waiting {
-                                sleep: tokio::time::sleep(Duration::ZERO),
-                                inner,
-                                request,
-                            });
+                            let held = held.take().expect("the request is held once");
+                            this.state.set(State::Waiting { held });
                         }
                         Ok(Decision::Wait { wait, reservation }) => {
                             this.shared.stats.count(1, 1);
@@ -200,12 +215,9 @@ where
                             this.shared.outstanding.fetch_add(1, Ordering::AcqRel);
                             *this.outstanding = true;
                             *this.reservation = Some(reservation);
-                            let (inner, request) = (inner.take(), request.take());
-                            this.state.set(State::Waiting {
-                                sleep: tokio::time::sleep(wait),
-                                inner,
-                                request,
-                            });
+                            let mut held = held.take().expect("the request is held once");
+                            held.as_mut().project().sleep.reset(after(wait));
+                            this.state.set(State::Waiting { held });
                         }
                         Ok(Decision::Reject { wait }) => {
                             this.shared.stats.count(2, 1);
@@ -218,12 +230,10 @@ where
                         }
                     }
                 }
-                StateProj::Waiting {
-                    sleep,
-                    inner,
-                    request,
-                } => {
-                    ready!(sleep.poll(cx));
+                StateProj::Waiting { held } => {
+                    let held = held.as_mut().project();
+                    let (inner, request) = (held.inner, held.request);
+                    ready!(held.sleep.poll(cx));
                     let service = inner.as_mut().expect("the service is used once");
                     ready!(service.poll_ready(cx)).map_err(|e| Error::from_box(e.into()))?;
                     // The slot is used from here on.
