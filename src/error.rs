@@ -100,6 +100,9 @@ struct Inner {
     upstream: Option<Authority>,
     dead_letter: Option<Recorded>,
     source: Option<BoxError>,
+    /// The failed call's request head, handed by the retry layer to the dead-letter layer
+    /// around it (see `RequestHead`); never shown, and taken before the error leaves them.
+    request: Option<Box<http::request::Parts>>,
 }
 
 impl Error {
@@ -113,6 +116,7 @@ impl Error {
                 upstream: None,
                 dead_letter: None,
                 source: None,
+                request: None,
             }),
         }
     }
@@ -170,6 +174,14 @@ impl Error {
 
     pub(crate) fn set_dead_letter(&mut self, recorded: Recorded) {
         self.inner.dead_letter = Some(recorded);
+    }
+
+    pub(crate) fn set_request_head(&mut self, parts: http::request::Parts) {
+        self.inner.request = Some(Box::new(parts));
+    }
+
+    pub(crate) fn take_request_head(&mut self) -> Option<http::request::Parts> {
+        self.inner.request.take().map(|parts| *parts)
     }
 
     /// Whether the call was refused by a layer of this crate before it reached the upstream:

@@ -385,3 +385,64 @@ async fn concurrent_writers_produce_whole_lines() {
     assert_eq!(sink.read_all().await.unwrap().len(), 64);
     assert_eq!(sink.skipped_lines(), 0);
 }
+
+/// Through `Outbound` the dead-letter layer keeps no copy of the request head: the retry layer
+/// inside hands it back with every failure. Each kind of failure must still give a letter
+/// with the whole head (redacted), and a client error must not carry the head out.
+#[tokio::test(start_paused = true)]
+async fn outbound_letters_keep_the_whole_head_for_every_kind_of_failure() {
+    let (upstream, _) = upstream();
+    let sink = MemorySink::new();
+    let svc = tower_outbound::Outbound::new()
+        .retry(tower_outbound::RetryLayer::new().rng_seed(3))
+        .retry_budget(None)
+        .circuit_breaker(None)
+        .dead_letters(Some(DeadLetterLayer::new(sink.clone())))
+        .service(upstream);
+
+    // Retried, then given up: a final 503 response.
+    let response = svc
+        .clone()
+        .oneshot(post("/down", b"{\"a\":1}"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A transport error, retried and given up.
+    svc.clone().oneshot(post("/boom", b"{}")).await.unwrap_err();
+    // Not repeatable (no key, and none added), failed at once.
+    let (upstream, _) = self::upstream();
+    let keyless = tower_outbound::Outbound::new()
+        .idempotency(None)
+        .circuit_breaker(None)
+        .dead_letters(Some(DeadLetterLayer::new(sink.clone())))
+        .service(upstream);
+    let mut once = post("/down", b"{}");
+    once.headers_mut().remove("idempotency-key");
+    keyless.oneshot(once).await.unwrap();
+    // A client error: no letter, and nothing of the head left in the response.
+    let bad = svc.clone().oneshot(post("/bad", b"{}")).await.unwrap();
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        bad.extensions().len(),
+        0,
+        "the response carries no request head"
+    );
+
+    let letters = sink.letters();
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    for letter in &letters {
+        let names: Vec<&str> = letter.headers.iter().map(|h| h.name.as_str()).collect();
+        assert!(names.contains(&"content-type"), "{names:?}");
+        let authorization = letter.headers.iter().find(|h| h.name == "authorization");
+        assert_eq!(
+            authorization.and_then(|h| h.value.as_deref()),
+            Some("[redacted]")
+        );
+        assert_eq!(letter.method, "POST");
+        assert!(letter.uri.starts_with("https://api.example.com/"));
+    }
+    assert_eq!(letters[0].attempts, 4, "the 503 was retried");
+    assert_eq!(letters[0].idempotency_key.as_deref(), Some("idem-1"));
+    assert_eq!(letters[2].idempotency_key, None);
+    assert_eq!(letters[2].attempts, 1);
+}

@@ -6,7 +6,7 @@ use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{request::Parts, Request, Response};
+use http::{request::Parts, Method, Request, Response, Uri};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
@@ -17,6 +17,7 @@ use super::{Config, Recorded};
 use crate::body::{Buffer, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
 use crate::error::{BoxError, Error, Kind};
+use crate::retry::HandedHead;
 
 pin_project! {
     /// The response future of [`DeadLetterService`](super::DeadLetterService): reads the body,
@@ -36,6 +37,9 @@ pin_project! {
         config: Arc<Config>,
         classify: C,
         parts: Option<Parts>,
+        // With `head_from_inner`: the method and URI, for a letter if the head does not come
+        // back.
+        sent: Option<(Method, Uri)>,
         body: Option<Bytes>,
         record: bool,
         // When the call was first seen pending (a call that ends in its first poll took no
@@ -139,6 +143,7 @@ where
             config,
             classify,
             parts: Some(parts),
+            sent: None,
             body: None,
             record,
             started: None,
@@ -193,7 +198,13 @@ where
                     }
                     match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
                         (Ok(()), Some(body)) => {
-                            let parts = this.parts.clone().expect("the head is kept until the end");
+                            let parts = if this.config.head_from_inner {
+                                let parts = this.parts.take().expect("the head is sent once");
+                                *this.sent = Some((parts.method.clone(), parts.uri.clone()));
+                                parts
+                            } else {
+                                this.parts.clone().expect("the head is kept until the end")
+                            };
                             let future = this.inner.call(Request::from_parts(parts, body));
                             this.state.set(State::Calling { future });
                             continue;
@@ -208,7 +219,18 @@ where
                 Err(err) => Err(Error::with_source(Kind::Body, err)),
             },
             StateProj::Calling { future } => {
-                let result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
+                let mut result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
+                let handed = if this.config.head_from_inner {
+                    match &mut result {
+                        Ok(response) => response
+                            .extensions_mut()
+                            .remove::<HandedHead>()
+                            .map(|handed| handed.0),
+                        Err(error) => error.take_request_head(),
+                    }
+                } else {
+                    None
+                };
                 let outcome = this.classify.classify(Attempt::of(&result));
                 let failed = result.is_err()
                     || matches!(
@@ -217,6 +239,9 @@ where
                     );
                 if !failed {
                     return Poll::Ready(result);
+                }
+                if this.parts.is_none() {
+                    *this.parts = handed.or_else(|| head_of_sent(this.sent.take()));
                 }
                 result
             }
@@ -245,6 +270,17 @@ where
             None => return Poll::Ready(result),
         }
     }
+}
+
+/// A head with only the method and URI, for a failed call whose full head did not come back
+/// from the layer inside (which should not happen: it is logged).
+fn head_of_sent(sent: Option<(Method, Uri)>) -> Option<Parts> {
+    let (method, uri) = sent?;
+    tracing::error!("the request head of a failed call did not come back; its dead letter keeps the method and URI only");
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.method = method;
+    parts.uri = uri;
+    Some(parts)
 }
 
 /// The dead letter of a failed call.

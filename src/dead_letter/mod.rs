@@ -108,6 +108,9 @@ pub(crate) struct Config {
     pub(crate) idempotency_header: HeaderName,
     pub(crate) stats: DeadLetterStats,
     pub(crate) writer: Arc<Writer>,
+    /// Whether the service inside hands a failed call's request head back (the retry layer,
+    /// when `Outbound` puts it directly inside), so no copy is kept here.
+    pub(crate) head_from_inner: bool,
 }
 
 impl std::fmt::Debug for Config {

@@ -314,8 +314,12 @@ impl<S> Layer<S> for Outbound {
             .clone()
             .retry_budget(self.retry_budget.clone())
             .deadline(self.deadline)
+            .hand_back_head(self.dead_letters.is_some())
             .layer(observe::attempts(attempt));
-        let call = MaybeLayer(self.dead_letters.clone()).layer(call);
+        // The dead-letter layer takes a failed call's head from the retry layer directly
+        // inside it: one copy of the head per call, not two.
+        let dead_letters = self.dead_letters.clone().map(|d| d.head_from_inner(true));
+        let call = MaybeLayer(dead_letters).layer(call);
         let call = observe::calls(call, self.circuit_breaker.is_some());
         let call = MaybeLayer(self.idempotency.clone()).layer(call);
         OutboundService { inner: call }

@@ -24,6 +24,7 @@ use crate::rate_limit::RateLimitInfo;
 pin_project! {
     /// The response future of [`Retry`](super::Retry): reads the body once, then runs attempts
     /// and the waits between them until one is final.
+    #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, C, B>
     where
         S: Service<Request<ReplayBody>>,
@@ -41,6 +42,8 @@ pin_project! {
         parts: Option<Parts>,
         body: Option<Buffered>,
         may_retry: bool,
+        // Whether the attempt in flight may be followed by another.
+        repeatable: bool,
         budget: Option<Arc<Allowance>>,
         upstream: Option<Authority>,
         deadline: Option<Instant>,
@@ -87,6 +90,7 @@ where
             parts: Some(parts),
             body: None,
             may_retry,
+            repeatable: false,
             budget,
             attempts: 0,
             waited: Duration::ZERO,
@@ -135,195 +139,241 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        loop {
-            match this.state.as_mut().project() {
-                StateProj::Buffering { buffer } => {
-                    let Poll::Ready(buffered) = buffer.poll(cx) else {
-                        return until_deadline(
-                            this.timer,
-                            *this.deadline,
-                            cx,
-                            this.upstream.as_ref(),
-                            *this.attempts,
-                            *this.waited,
-                        );
-                    };
-                    let buffered = match buffered {
-                        Ok(buffered) => buffered,
-                        Err(err) => return Poll::Ready(Err(Error::with_source(Kind::Body, err))),
-                    };
-                    if *this.may_retry && !buffered.is_replayable() {
-                        tracing::warn!(
+        let mut poll = step(&mut this, cx);
+        if this.config.hand_back_head {
+            if let Poll::Ready(result) = &mut poll {
+                hand_back(result, this.parts, this.classify);
+            }
+        }
+        poll
+    }
+}
+
+/// The head of a failed call goes out with it, for the dead-letter layer around this one
+/// (`Config::hand_back_head`): that layer then keeps no copy of its own.
+fn hand_back<ResB, C: Classify>(
+    result: &mut Result<Response<ResB>, Error>,
+    parts: &mut Option<Parts>,
+    classify: &C,
+) {
+    match result {
+        Err(err) => {
+            if let Some(parts) = parts.take() {
+                err.set_request_head(parts);
+            }
+        }
+        Ok(response) => {
+            let outcome = classify.classify(Attempt::Response {
+                status: response.status(),
+                headers: response.headers(),
+            });
+            if !outcome.is_success() {
+                if let Some(parts) = parts.take() {
+                    response.extensions_mut().insert(HandedHead(parts));
+                }
+            }
+        }
+    }
+}
+
+/// A failed call's request head, in its response's extensions between the retry layer and
+/// the dead-letter layer around it, which takes it out.
+#[derive(Clone)]
+pub(crate) struct HandedHead(pub(crate) Parts);
+
+/// Runs the call as far as it goes without waiting.
+fn step<S, C, B, ResB>(
+    this: &mut ResponseFutureProj<'_, S, C, B>,
+    cx: &mut Context<'_>,
+) -> Poll<Result<Response<ResB>, Error>>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    C: Classify,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    loop {
+        match this.state.as_mut().project() {
+            StateProj::Buffering { buffer } => {
+                let Poll::Ready(buffered) = buffer.poll(cx) else {
+                    return until_deadline(
+                        this.timer.as_mut(),
+                        *this.deadline,
+                        cx,
+                        this.upstream.as_ref(),
+                        *this.attempts,
+                        *this.waited,
+                    );
+                };
+                let buffered = match buffered {
+                    Ok(buffered) => buffered,
+                    Err(err) => return Poll::Ready(Err(Error::with_source(Kind::Body, err))),
+                };
+                if *this.may_retry && !buffered.is_replayable() {
+                    tracing::warn!(
                             limit = this.config.max_buffered_body,
                             "request body is larger than max_buffered_body: it is sent once and not retried"
                         );
-                    }
-                    *this.body = Some(buffered);
-                    this.state.set(State::Ready);
                 }
-                StateProj::Ready => {
-                    let Poll::Ready(ready) = this.inner.poll_ready(cx) else {
-                        return until_deadline(
-                            this.timer,
-                            *this.deadline,
-                            cx,
-                            this.upstream.as_ref(),
-                            *this.attempts,
-                            *this.waited,
-                        );
-                    };
-                    if let Err(err) = ready {
-                        let mut err = Error::from_box(err.into());
-                        err.set_attempts(*this.attempts, *this.waited);
-                        return Poll::Ready(Err(err));
-                    }
-                    let (Some(body), Some(parts)) = (
-                        this.body.as_mut().and_then(Buffered::take_attempt),
-                        this.parts.take(),
-                    ) else {
-                        return Poll::Ready(Err(Error::with_source(
-                            Kind::Body,
-                            "request body is no longer available for another attempt",
-                        )));
-                    };
-                    *this.attempts += 1;
-                    let repeatable = *this.may_retry
-                        && *this.attempts < this.config.max_attempts
-                        && this.body.as_ref().is_some_and(Buffered::is_replayable);
-                    // The head is cloned only while another attempt may need it.
-                    if repeatable {
-                        *this.parts = Some(parts.clone());
-                    }
-                    let future = this.inner.call(Request::from_parts(parts, body));
-                    this.state.set(State::Calling { future });
+                *this.body = Some(buffered);
+                this.state.set(State::Ready);
+            }
+            StateProj::Ready => {
+                let Poll::Ready(ready) = this.inner.poll_ready(cx) else {
+                    return until_deadline(
+                        this.timer.as_mut(),
+                        *this.deadline,
+                        cx,
+                        this.upstream.as_ref(),
+                        *this.attempts,
+                        *this.waited,
+                    );
+                };
+                if let Err(err) = ready {
+                    let mut err = Error::from_box(err.into());
+                    err.set_attempts(*this.attempts, *this.waited);
+                    return Poll::Ready(Err(err));
                 }
-                StateProj::Calling { future } => match future.poll(cx) {
-                    Poll::Pending => {
-                        return until_deadline(
-                            this.timer,
+                let (Some(body), Some(parts)) = (
+                    this.body.as_mut().and_then(Buffered::take_attempt),
+                    this.parts.take(),
+                ) else {
+                    return Poll::Ready(Err(Error::with_source(
+                        Kind::Body,
+                        "request body is no longer available for another attempt",
+                    )));
+                };
+                *this.attempts += 1;
+                let repeatable = *this.may_retry
+                    && *this.attempts < this.config.max_attempts
+                    && this.body.as_ref().is_some_and(Buffered::is_replayable);
+                *this.repeatable = repeatable;
+                // The head is cloned only while another attempt (or the dead-letter layer
+                // around this one) may need it.
+                if repeatable || this.config.hand_back_head {
+                    *this.parts = Some(parts.clone());
+                }
+                let future = this.inner.call(Request::from_parts(parts, body));
+                this.state.set(State::Calling { future });
+            }
+            StateProj::Calling { future } => match future.poll(cx) {
+                Poll::Pending => {
+                    return until_deadline(
+                        this.timer.as_mut(),
+                        *this.deadline,
+                        cx,
+                        this.upstream.as_ref(),
+                        *this.attempts,
+                        *this.waited,
+                    );
+                }
+                Poll::Ready(result) => match result {
+                    Ok(mut response) => {
+                        let outcome = this.classify.classify(Attempt::Response {
+                            status: response.status(),
+                            headers: response.headers(),
+                        });
+                        if !outcome.is_retryable() {
+                            return Poll::Ready(Ok(finish(
+                                response,
+                                outcome,
+                                *this.attempts,
+                                *this.waited,
+                                None,
+                                &this.config.stats,
+                            )));
+                        }
+                        let hint = server_wait(&mut response, outcome);
+                        match plan(
+                            this.config,
+                            *this.repeatable,
                             *this.deadline,
-                            cx,
-                            this.upstream.as_ref(),
-                            *this.attempts,
-                            *this.waited,
-                        );
-                    }
-                    Poll::Ready(result) => match result {
-                        Ok(mut response) => {
-                            let outcome = this.classify.classify(Attempt::Response {
-                                status: response.status(),
-                                headers: response.headers(),
-                            });
-                            if !outcome.is_retryable() {
+                            Progress {
+                                attempts: *this.attempts,
+                                waited: *this.waited,
+                                previous_delay: *this.previous_delay,
+                            },
+                            hint,
+                            this.budget.as_deref(),
+                        ) {
+                            Ok(delay) => {
+                                log_retry(
+                                    *this.attempts,
+                                    delay,
+                                    &response.status(),
+                                    this.upstream.as_ref(),
+                                );
+                                drop(response);
+                                schedule(this.state.as_mut(), this.config, delay, hint.is_some());
+                                *this.previous_delay = delay;
+                                *this.waited = this.waited.saturating_add(delay);
+                            }
+                            Err(give_up) => {
+                                if *this.may_retry {
+                                    this.config.stats.record_give_up();
+                                }
+                                let retry_after = match give_up {
+                                    GiveUp::TooLong(wait) => Some(wait),
+                                    GiveUp::Budget => hint,
+                                    GiveUp::NotRepeatable
+                                    | GiveUp::Exhausted
+                                    | GiveUp::RetryBudget => None,
+                                };
                                 return Poll::Ready(Ok(finish(
                                     response,
                                     outcome,
                                     *this.attempts,
                                     *this.waited,
-                                    None,
+                                    retry_after,
                                     &this.config.stats,
                                 )));
                             }
-                            let hint = server_wait(&mut response, outcome);
-                            match plan(
-                                this.config,
-                                this.parts.is_some(),
-                                *this.deadline,
-                                Progress {
-                                    attempts: *this.attempts,
-                                    waited: *this.waited,
-                                    previous_delay: *this.previous_delay,
-                                },
-                                hint,
-                                this.budget.as_deref(),
-                            ) {
-                                Ok(delay) => {
-                                    log_retry(
-                                        *this.attempts,
-                                        delay,
-                                        &response.status(),
-                                        this.upstream.as_ref(),
-                                    );
-                                    drop(response);
-                                    schedule(
-                                        this.state.as_mut(),
-                                        this.config,
-                                        delay,
-                                        hint.is_some(),
-                                    );
-                                    *this.previous_delay = delay;
-                                    *this.waited = this.waited.saturating_add(delay);
-                                }
-                                Err(give_up) => {
-                                    if *this.may_retry {
-                                        this.config.stats.record_give_up();
-                                    }
-                                    let retry_after = match give_up {
-                                        GiveUp::TooLong(wait) => Some(wait),
-                                        GiveUp::Budget => hint,
-                                        GiveUp::NotRepeatable
-                                        | GiveUp::Exhausted
-                                        | GiveUp::RetryBudget => None,
-                                    };
-                                    return Poll::Ready(Ok(finish(
-                                        response,
-                                        outcome,
-                                        *this.attempts,
-                                        *this.waited,
-                                        retry_after,
-                                        &this.config.stats,
-                                    )));
-                                }
-                            }
                         }
-                        Err(err) => {
-                            let mut err = Error::from_box(err.into());
-                            let outcome = this.classify.classify(Attempt::Error(&err));
-                            err.set_upstream(this.upstream.as_ref());
-                            if !outcome.is_retryable() {
+                    }
+                    Err(err) => {
+                        let mut err = Error::from_box(err.into());
+                        let outcome = this.classify.classify(Attempt::Error(&err));
+                        err.set_upstream(this.upstream.as_ref());
+                        if !outcome.is_retryable() {
+                            err.set_attempts(*this.attempts, *this.waited);
+                            return Poll::Ready(Err(err));
+                        }
+                        let hint = err.retry_after();
+                        match plan(
+                            this.config,
+                            *this.repeatable,
+                            *this.deadline,
+                            Progress {
+                                attempts: *this.attempts,
+                                waited: *this.waited,
+                                previous_delay: *this.previous_delay,
+                            },
+                            hint,
+                            this.budget.as_deref(),
+                        ) {
+                            Ok(delay) => {
+                                log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
+                                schedule(this.state.as_mut(), this.config, delay, hint.is_some());
+                                *this.previous_delay = delay;
+                                *this.waited = this.waited.saturating_add(delay);
+                            }
+                            Err(_) => {
+                                if *this.may_retry {
+                                    this.config.stats.record_give_up();
+                                }
                                 err.set_attempts(*this.attempts, *this.waited);
                                 return Poll::Ready(Err(err));
                             }
-                            let hint = err.retry_after();
-                            match plan(
-                                this.config,
-                                this.parts.is_some(),
-                                *this.deadline,
-                                Progress {
-                                    attempts: *this.attempts,
-                                    waited: *this.waited,
-                                    previous_delay: *this.previous_delay,
-                                },
-                                hint,
-                                this.budget.as_deref(),
-                            ) {
-                                Ok(delay) => {
-                                    log_retry(*this.attempts, delay, &err, this.upstream.as_ref());
-                                    schedule(
-                                        this.state.as_mut(),
-                                        this.config,
-                                        delay,
-                                        hint.is_some(),
-                                    );
-                                    *this.previous_delay = delay;
-                                    *this.waited = this.waited.saturating_add(delay);
-                                }
-                                Err(_) => {
-                                    if *this.may_retry {
-                                        this.config.stats.record_give_up();
-                                    }
-                                    err.set_attempts(*this.attempts, *this.waited);
-                                    return Poll::Ready(Err(err));
-                                }
-                            }
                         }
-                    },
+                    }
                 },
-                StateProj::Waiting { until } => {
-                    let until = *until;
-                    ready!(this.timer.as_mut().poll_at(until, cx));
-                    this.state.set(State::Ready);
-                }
+            },
+            StateProj::Waiting { until } => {
+                let until = *until;
+                ready!(this.timer.as_mut().poll_at(until, cx));
+                this.state.set(State::Ready);
             }
         }
     }

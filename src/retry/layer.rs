@@ -24,6 +24,9 @@ pub(crate) struct Config {
     pub(crate) stats: RetryStats,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) deadline: Option<Duration>,
+    /// Whether a failed call's request head goes out with its error or response, for a
+    /// dead-letter layer directly around this one (set by `Outbound`).
+    pub(crate) hand_back_head: bool,
 }
 
 impl Config {
@@ -93,6 +96,7 @@ impl RetryLayer {
                 stats: RetryStats::default(),
                 budget: None,
                 deadline: None,
+                hand_back_head: false,
             },
             classify: DefaultClassifier,
         }
@@ -218,6 +222,14 @@ impl<C> RetryLayer<C> {
     /// The counters of every service made by this layer and its clones.
     pub fn stats(&self) -> RetryStats {
         self.config.stats.clone()
+    }
+}
+
+impl<C> RetryLayer<C> {
+    /// Hands a failed call's request head to the dead-letter layer directly around this one.
+    pub(crate) fn hand_back_head(mut self, yes: bool) -> Self {
+        self.config.hand_back_head = yes;
+        self
     }
 }
 
