@@ -446,3 +446,55 @@ async fn outbound_letters_keep_the_whole_head_for_every_kind_of_failure() {
     assert_eq!(letters[2].idempotency_key, None);
     assert_eq!(letters[2].attempts, 1);
 }
+
+/// A service that is not ready on every second `poll_ready` (it wakes the task at once), and
+/// records the bodies it receives.
+#[derive(Clone, Default)]
+struct Hesitant {
+    polls: Arc<std::sync::atomic::AtomicUsize>,
+    bodies: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl tower::Service<Request<ReplayBody>> for Hesitant {
+    type Response = Response<()>;
+    type Error = Error;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Response<()>, Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        let n = self.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n % 2 == 1 {
+            cx.waker().wake_by_ref();
+            return std::task::Poll::Pending;
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<ReplayBody>) -> Self::Future {
+        let bodies = self.bodies.clone();
+        Box::pin(async move {
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            bodies.lock().unwrap().push(body);
+            Ok(Response::new(()))
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_body_read_while_the_inner_service_is_not_ready_is_still_sent() {
+    let upstream = Hesitant::default();
+    let sink = MemorySink::new();
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(sink.clone()))
+        .service(upstream.clone());
+
+    let response = svc.oneshot(post("/ok", b"hello")).await;
+
+    assert!(response.is_ok(), "{response:?}");
+    assert_eq!(*upstream.bodies.lock().unwrap(), vec![Bytes::from_static(b"hello")]);
+    assert!(sink.letters().is_empty());
+}

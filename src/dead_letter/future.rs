@@ -14,7 +14,7 @@ use tower_service::Service;
 use super::record::{millis, new_id, outcome_of, store_headers, unix_ms, DeadLetter, StoredBody};
 use super::sink::BoxFuture;
 use super::{Config, Recorded};
-use crate::body::{Buffer, ReplayBody};
+use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
 use crate::error::{BoxError, Error, Kind};
 use crate::retry::HandedHead;
@@ -36,10 +36,7 @@ pin_project! {
         inner: S,
         config: Arc<Config>,
         classify: C,
-        parts: Option<Parts>,
-        // With `head_from_inner`: the method and URI, for a letter if the head does not come
-        // back.
-        sent: Option<(Method, Uri)>,
+        head: Head,
         body: Option<Bytes>,
         record: bool,
         // When the call was first seen pending (a call that ends in its first poll took no
@@ -52,6 +49,8 @@ pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
         Buffering { #[pin] buffer: Buffer<B> },
+        // The body is read; waiting for the inner service to be ready.
+        Buffered { buffered: Buffered },
         Calling { #[pin] future: F },
         Recording {
             write: Write,
@@ -142,8 +141,7 @@ where
             inner,
             config,
             classify,
-            parts: Some(parts),
-            sent: None,
+            head: Head::Kept(parts),
             body: None,
             record,
             started: None,
@@ -188,7 +186,7 @@ where
     loop {
         let result = match this.state.as_mut().project() {
             StateProj::Buffering { buffer } => match ready!(buffer.poll(cx)) {
-                Ok(mut buffered) => {
+                Ok(buffered) => {
                     *this.body = buffered.bytes().cloned();
                     if this.body.is_none() {
                         tracing::warn!(
@@ -196,19 +194,22 @@ where
                                 "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
                             );
                     }
+                    this.state.set(State::Buffered { buffered });
+                    continue;
+                }
+                Err(err) => Err(Error::with_source(Kind::Body, err)),
+            },
+            StateProj::Buffered { buffered } => {
+                {
                     match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
-                        (Ok(()), Some(body)) => {
-                            let parts = if this.config.head_from_inner {
-                                let parts = this.parts.take().expect("the head is sent once");
-                                *this.sent = Some((parts.method.clone(), parts.uri.clone()));
-                                parts
-                            } else {
-                                this.parts.clone().expect("the head is kept until the end")
-                            };
-                            let future = this.inner.call(Request::from_parts(parts, body));
-                            this.state.set(State::Calling { future });
-                            continue;
-                        }
+                        (Ok(()), Some(body)) => match this.head.send(this.config) {
+                            Some(parts) => {
+                                let future = this.inner.call(Request::from_parts(parts, body));
+                                this.state.set(State::Calling { future });
+                                continue;
+                            }
+                            None => Err(Error::with_source(Kind::Body, "request head is gone")),
+                        },
                         // The call never went out; a dead letter still records it.
                         (Err(err), _) => Err(Error::from_box(err.into())),
                         (Ok(()), None) => {
@@ -216,8 +217,7 @@ where
                         }
                     }
                 }
-                Err(err) => Err(Error::with_source(Kind::Body, err)),
-            },
+            }
             StateProj::Calling { future } => {
                 let mut result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
                 let handed = if this.config.head_from_inner {
@@ -240,8 +240,8 @@ where
                 if !failed {
                     return Poll::Ready(result);
                 }
-                if this.parts.is_none() {
-                    *this.parts = handed.or_else(|| head_of_sent(this.sent.take()));
+                if let Some(parts) = handed {
+                    *this.head = Head::Kept(parts);
                 }
                 result
             }
@@ -260,7 +260,7 @@ where
         let refused = matches!(&result, Err(e) if e.is_refusal());
         let record = *this.record && (this.config.record_refusals || !refused);
         match record
-            .then(|| letter(this.config, this.parts, this.body, this.started, &result))
+            .then(|| letter(this.config, this.head, this.body, this.started, &result))
             .flatten()
         {
             Some(letter) => this.state.set(State::Recording {
@@ -272,26 +272,64 @@ where
     }
 }
 
-/// A head with only the method and URI, for a failed call whose full head did not come back
-/// from the layer inside (which should not happen: it is logged).
-fn head_of_sent(sent: Option<(Method, Uri)>) -> Option<Parts> {
-    let (method, uri) = sent?;
-    tracing::error!("the request head of a failed call did not come back; its dead letter keeps the method and URI only");
-    let (mut parts, ()) = Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    Some(parts)
+/// The request head a letter is made from.
+enum Head {
+    /// Kept here (or handed back by the layer inside).
+    Kept(Parts),
+    /// Sent on, with `head_from_inner`: the layer inside hands it back with a failure. The
+    /// method and URI stay, for a letter should it not come back.
+    Sent(Method, Uri),
+    /// Used for a letter.
+    Gone,
+}
+
+impl Head {
+    /// The head to send: the one kept here, moved on when the layer inside hands it back
+    /// (`head_from_inner`), else a copy.
+    fn send(&mut self, config: &Config) -> Option<Parts> {
+        match std::mem::replace(self, Head::Gone) {
+            Head::Kept(parts) if config.head_from_inner => {
+                *self = Head::Sent(parts.method.clone(), parts.uri.clone());
+                Some(parts)
+            }
+            Head::Kept(parts) => {
+                let sent = parts.clone();
+                *self = Head::Kept(parts);
+                Some(sent)
+            }
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    fn take(&mut self) -> Option<Parts> {
+        match std::mem::replace(self, Head::Gone) {
+            Head::Kept(parts) => Some(parts),
+            Head::Sent(method, uri) => {
+                // Cannot happen with the retry layer `Outbound` puts inside: logged, and the
+                // letter still records the call.
+                tracing::error!("the request head of a failed call did not come back; its dead letter keeps the method and URI only");
+                let (mut parts, ()) = Request::new(()).into_parts();
+                parts.method = method;
+                parts.uri = uri;
+                Some(parts)
+            }
+            Head::Gone => None,
+        }
+    }
 }
 
 /// The dead letter of a failed call.
 fn letter<R>(
     config: &Arc<Config>,
-    parts: &mut Option<Parts>,
+    head: &mut Head,
     body: &Option<Bytes>,
     started: &Option<SystemTime>,
     result: &Result<Response<R>, Error>,
 ) -> Option<DeadLetter> {
-    let parts = parts.take()?;
+    let parts = head.take()?;
     let now = SystemTime::now();
     let (outcome, attempts, waited) = outcome_of(result);
     let uri_redacted = !config.keep_secret_uris && config.redactor.has_secrets(&parts.uri);

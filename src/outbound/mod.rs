@@ -297,8 +297,9 @@ type Throttled<S> = Maybe<Throttle<Timed<S>, Scope>, Timed<S>>;
 type Timed<S> = Maybe<Timeout<S>, S>;
 /// The logical call: the retries, within the deadline (which the retry layer keeps).
 type Call<S> = Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>;
-/// The whole stack's type.
-type Stack<S> = Maybe<IdempotencyKey<Observed<S>>, Observed<S>>;
+/// The whole stack's type. Without idempotency keys the key layer is there with no methods:
+/// its future is the inner one either way, so the call's future is not wrapped once more.
+type Stack<S> = IdempotencyKey<Observed<S>>;
 type Observed<S> = observe::Calls<Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>>;
 
 impl<S> Layer<S> for Outbound {
@@ -321,7 +322,11 @@ impl<S> Layer<S> for Outbound {
         let dead_letters = self.dead_letters.clone().map(|d| d.head_from_inner(true));
         let call = MaybeLayer(dead_letters).layer(call);
         let call = observe::calls(call, self.circuit_breaker.is_some());
-        let call = MaybeLayer(self.idempotency.clone()).layer(call);
+        let keys = self
+            .idempotency
+            .clone()
+            .unwrap_or_else(|| IdempotencyKeyLayer::new().methods([]));
+        let call = keys.layer(call);
         OutboundService { inner: call }
     }
 }
