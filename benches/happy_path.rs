@@ -219,10 +219,24 @@ fn case<S, M>(
     S: Service<Request<Body>>,
     S::Error: std::fmt::Debug,
 {
+    if let Some((case, calls)) = count_mode() {
+        if case == name {
+            runtime.block_on(drive(make(), request, calls));
+        }
+        return;
+    }
     group.bench_function(name, |b| {
         b.to_async(runtime)
             .iter_custom(|iters| drive(make(), request, iters))
     });
+}
+
+/// `HAPPY_PATH_CALLS=N HAPPY_PATH_CASE=outbound/get`: make exactly `N` calls of that one case
+/// and exit, without criterion, so a profiler can count what the calls cost
+/// (`scripts/instructions.sh` runs it under callgrind with two values of `N` and differences).
+fn count_mode() -> Option<(String, u64)> {
+    let calls = std::env::var("HAPPY_PATH_CALLS").ok()?.parse().ok()?;
+    Some((std::env::var("HAPPY_PATH_CASE").ok()?, calls))
 }
 
 fn happy_path(c: &mut Criterion) {
@@ -262,6 +276,16 @@ fn happy_path(c: &mut Criterion) {
     case(&mut group, &runtime, "layer/deadline/get", get, || {
         deadline.clone()
     });
+    let retry_deadline = RetryLayer::new()
+        .deadline(Some(Duration::from_secs(30)))
+        .layer(Noop);
+    case(
+        &mut group,
+        &runtime,
+        "layer/retry_with_deadline/get",
+        get,
+        || retry_deadline.clone(),
+    );
     let retry = RetryLayer::new().layer(Noop);
     case(&mut group, &runtime, "layer/retry/get", get, || {
         retry.clone()
@@ -288,6 +312,11 @@ fn happy_path(c: &mut Criterion) {
     let timeout = TimeoutLayer::new(Duration::from_secs(10)).layer(Noop);
     case(&mut group, &runtime, "layer/tower_timeout/get", get, || {
         timeout.clone()
+    });
+    let attempt_timeout =
+        tower_outbound::timeout::TimeoutLayer::new(Duration::from_secs(10)).layer(Noop);
+    case(&mut group, &runtime, "layer/timeout/get", get, || {
+        attempt_timeout.clone()
     });
 
     // The whole stack, tower's and tower-resilience's.
@@ -334,6 +363,9 @@ where
 }
 
 fn contention(c: &mut Criterion) {
+    if count_mode().is_some() {
+        return;
+    }
     let mut group = c.benchmark_group("contention");
     group
         .warm_up_time(Duration::from_millis(300))

@@ -100,9 +100,9 @@ struct Inner {
     upstream: Option<Authority>,
     dead_letter: Option<Recorded>,
     source: Option<BoxError>,
-    /// The failed call's request head, handed by the retry layer to the dead-letter layer
-    /// around it (see `RequestHead`); never shown, and taken before the error leaves them.
-    request: Option<Box<http::request::Parts>>,
+    /// The failed call's request, handed by the retry layer to the dead-letter layer around
+    /// it; never shown, and taken before the error leaves them.
+    handed: Option<Box<crate::retry::Handed>>,
 }
 
 impl Error {
@@ -116,7 +116,7 @@ impl Error {
                 upstream: None,
                 dead_letter: None,
                 source: None,
-                request: None,
+                handed: None,
             }),
         }
     }
@@ -176,12 +176,12 @@ impl Error {
         self.inner.dead_letter = Some(recorded);
     }
 
-    pub(crate) fn set_request_head(&mut self, parts: http::request::Parts) {
-        self.inner.request = Some(Box::new(parts));
+    pub(crate) fn set_handed(&mut self, handed: crate::retry::Handed) {
+        self.inner.handed = Some(Box::new(handed));
     }
 
-    pub(crate) fn take_request_head(&mut self) -> Option<http::request::Parts> {
-        self.inner.request.take().map(|parts| *parts)
+    pub(crate) fn take_handed(&mut self) -> Option<crate::retry::Handed> {
+        self.inner.handed.take().map(|handed| *handed)
     }
 
     /// Whether the call was refused by a layer of this crate before it reached the upstream:

@@ -442,6 +442,12 @@ async fn outbound_letters_keep_the_whole_head_for_every_kind_of_failure() {
         assert!(letter.uri.starts_with("https://api.example.com/"));
     }
     assert_eq!(letters[0].attempts, 4, "the 503 was retried");
+    assert_eq!(
+        letters[0].body,
+        Some(StoredBody::Text(r#"{"a":1}"#.to_owned())),
+        "the body the retry layer kept is the letter's"
+    );
+    assert!(letters[0].body_kept);
     assert_eq!(letters[0].idempotency_key.as_deref(), Some("idem-1"));
     assert_eq!(letters[2].idempotency_key, None);
     assert_eq!(letters[2].attempts, 1);
@@ -458,9 +464,8 @@ struct Hesitant {
 impl tower::Service<Request<ReplayBody>> for Hesitant {
     type Response = Response<()>;
     type Error = Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Response<()>, Error>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<()>, Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
@@ -495,6 +500,30 @@ async fn a_body_read_while_the_inner_service_is_not_ready_is_still_sent() {
     let response = svc.oneshot(post("/ok", b"hello")).await;
 
     assert!(response.is_ok(), "{response:?}");
-    assert_eq!(*upstream.bodies.lock().unwrap(), vec![Bytes::from_static(b"hello")]);
+    assert_eq!(
+        *upstream.bodies.lock().unwrap(),
+        vec![Bytes::from_static(b"hello")]
+    );
     assert!(sink.letters().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn outbound_sends_a_body_too_large_to_keep_whole_and_its_letter_says_so() {
+    let (upstream, seen) = upstream();
+    let sink = MemorySink::new();
+    let svc = tower_outbound::Outbound::new()
+        .retry(tower_outbound::RetryLayer::new().max_buffered_body(4))
+        .circuit_breaker(None)
+        .dead_letters(Some(DeadLetterLayer::new(sink.clone())))
+        .service(upstream);
+
+    let response = svc.oneshot(post("/down", b"0123456789")).await.unwrap();
+
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap()[0].1, Bytes::from_static(b"0123456789"));
+    let letters = sink.letters();
+    assert_eq!(letters.len(), 1);
+    assert!(!letters[0].body_kept);
+    assert_eq!(letters[0].body, None);
+    assert_eq!(letters[0].attempts, 1, "a body sent once is not retried");
 }

@@ -17,7 +17,7 @@ use super::{Config, Recorded};
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::classify::{Attempt, Classify, Outcome};
 use crate::error::{BoxError, Error, Kind};
-use crate::retry::HandedHead;
+use crate::retry::Handed;
 
 pin_project! {
     /// The response future of [`DeadLetterService`](super::DeadLetterService): reads the body,
@@ -33,7 +33,8 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, B, S::Response>,
-        inner: S,
+        // The service to call once the body is read (`None` when the call went out at once).
+        inner: Option<S>,
         config: Arc<Config>,
         classify: C,
         head: Head,
@@ -138,10 +139,31 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Buffering { buffer },
-            inner,
+            inner: Some(inner),
             config,
             classify,
             head: Head::Kept(parts),
+            body: None,
+            record,
+            started: None,
+        }
+    }
+
+    /// A call already sent by the service (with `head_from_inner`): the layer inside hands
+    /// the head and body back if it fails; `sent` is kept should they not come back.
+    pub(crate) fn passing(
+        future: S::Future,
+        config: Arc<Config>,
+        classify: C,
+        sent: (Method, Uri),
+        record: bool,
+    ) -> Self {
+        ResponseFuture {
+            state: State::Calling { future },
+            inner: None,
+            config,
+            classify,
+            head: Head::Sent(sent.0, sent.1),
             body: None,
             record,
             started: None,
@@ -201,10 +223,16 @@ where
             },
             StateProj::Buffered { buffered } => {
                 {
-                    match (ready!(this.inner.poll_ready(cx)), buffered.take_attempt()) {
+                    let Some(inner) = this.inner.as_mut() else {
+                        return Poll::Ready(Err(Error::with_source(
+                            Kind::Body,
+                            "request was already sent",
+                        )));
+                    };
+                    match (ready!(inner.poll_ready(cx)), buffered.take_attempt()) {
                         (Ok(()), Some(body)) => match this.head.send(this.config) {
                             Some(parts) => {
-                                let future = this.inner.call(Request::from_parts(parts, body));
+                                let future = inner.call(Request::from_parts(parts, body));
                                 this.state.set(State::Calling { future });
                                 continue;
                             }
@@ -222,11 +250,8 @@ where
                 let mut result = ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()));
                 let handed = if this.config.head_from_inner {
                     match &mut result {
-                        Ok(response) => response
-                            .extensions_mut()
-                            .remove::<HandedHead>()
-                            .map(|handed| handed.0),
-                        Err(error) => error.take_request_head(),
+                        Ok(response) => response.extensions_mut().remove::<Handed>(),
+                        Err(error) => error.take_handed(),
                     }
                 } else {
                     None
@@ -240,8 +265,11 @@ where
                 if !failed {
                     return Poll::Ready(result);
                 }
-                if let Some(parts) = handed {
+                if let Some(Handed { parts, body }) = handed {
                     *this.head = Head::Kept(parts);
+                    if this.body.is_none() {
+                        *this.body = body.filter(|b| b.len() <= this.config.max_body);
+                    }
                 }
                 result
             }

@@ -142,7 +142,7 @@ where
         let mut poll = step(&mut this, cx);
         if this.config.hand_back_head {
             if let Poll::Ready(result) = &mut poll {
-                hand_back(result, this.parts, this.classify);
+                hand_back(result, this.parts, this.body.as_ref(), this.classify);
             }
         }
         poll
@@ -154,12 +154,17 @@ where
 fn hand_back<ResB, C: Classify>(
     result: &mut Result<Response<ResB>, Error>,
     parts: &mut Option<Parts>,
+    body: Option<&Buffered>,
     classify: &C,
 ) {
+    let handed = |parts: Parts| Handed {
+        parts,
+        body: body.and_then(Buffered::bytes).cloned(),
+    };
     match result {
         Err(err) => {
             if let Some(parts) = parts.take() {
-                err.set_request_head(parts);
+                err.set_handed(handed(parts));
             }
         }
         Ok(response) => {
@@ -169,17 +174,21 @@ fn hand_back<ResB, C: Classify>(
             });
             if !outcome.is_success() {
                 if let Some(parts) = parts.take() {
-                    response.extensions_mut().insert(HandedHead(parts));
+                    response.extensions_mut().insert(handed(parts));
                 }
             }
         }
     }
 }
 
-/// A failed call's request head, in its response's extensions between the retry layer and
-/// the dead-letter layer around it, which takes it out.
+/// A failed call's request head and body (when it was kept), handed by the retry layer to the
+/// dead-letter layer around it: in the error, or in the response's extensions, from which
+/// that layer takes it out.
 #[derive(Clone)]
-pub(crate) struct HandedHead(pub(crate) Parts);
+pub(crate) struct Handed {
+    pub(crate) parts: Parts,
+    pub(crate) body: Option<bytes::Bytes>,
+}
 
 /// Runs the call as far as it goes without waiting.
 fn step<S, C, B, ResB>(

@@ -103,7 +103,7 @@ mod service;
 
 pub use backoff::{ExponentialBackoff, Jitter};
 pub use budget::RetryBudget;
-pub(crate) use future::HandedHead;
+pub(crate) use future::Handed;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use service::Retry;
