@@ -46,13 +46,18 @@ pub const DEFAULT_MAX_BUFFERED: usize = 1024 * 1024;
 
 /// A request body as sent by the layers: either bytes held in memory, which can be sent any
 /// number of times, or a stream that is sent once. See the [module docs](self).
-pub enum ReplayBody {
+///
+/// It is small (48 bytes) because every attempt moves it through the layers and the client:
+/// the rare trailers are boxed.
+pub struct ReplayBody(Replay);
+
+enum Replay {
     /// Bytes held in memory (and the trailers, if the original body had any).
     Buffered {
         /// The data, sent as one frame (`None` once sent, or for an empty body).
         data: Option<Bytes>,
         /// The trailers, sent after the data.
-        trailers: Option<HeaderMap>,
+        trailers: Option<Box<HeaderMap>>,
     },
     /// A body sent once: the chunks already read, then the rest of the original stream.
     Streaming {
@@ -66,10 +71,10 @@ pub enum ReplayBody {
 impl ReplayBody {
     /// A body of these bytes.
     pub fn from_bytes(data: Bytes) -> Self {
-        ReplayBody::Buffered {
+        ReplayBody(Replay::Buffered {
             data: (!data.is_empty()).then_some(data),
             trailers: None,
-        }
+        })
     }
 
     /// The original body, sent once without being read first.
@@ -92,13 +97,12 @@ impl ReplayBody {
             .map_frame(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
             .map_err(Into::into)
             .boxed_unsync();
-        ReplayBody::Streaming { prefix, rest }
+        ReplayBody(Replay::Streaming { prefix, rest })
     }
 
     /// `body` as a `ReplayBody` without waiting: a body whose bytes are all there at once (a
-    /// `Full`, an `Empty`, a `ReplayBody` in memory) becomes [`Buffered`](ReplayBody::Buffered)
-    /// without allocating; any other goes on as [`Streaming`](ReplayBody::Streaming), what was
-    /// read first included. Nothing is lost either way: data, trailers and errors come out as
+    /// `Full`, an `Empty`, a `ReplayBody` in memory) is held in memory without allocating; any
+    /// other is sent once, as a stream, what was read first included. Nothing is lost either way: data, trailers and errors come out as
     /// they went in.
     pub(crate) fn now_or_streaming<B>(mut body: B) -> Self
     where
@@ -127,10 +131,10 @@ impl ReplayBody {
                 Self::streaming(VecDeque::from([data]), body)
             }
             Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => ReplayBody::Buffered {
+                Ok(trailers) => ReplayBody(Replay::Buffered {
                     data: None,
-                    trailers: Some(trailers),
-                },
+                    trailers: Some(Box::new(trailers)),
+                }),
                 // A frame that is neither data nor trailers: none exist in http-body 1.
                 Err(_) => Self::streaming(VecDeque::new(), body),
             },
@@ -139,21 +143,21 @@ impl ReplayBody {
 
     /// The bytes of a buffered body; `None` for a body that is sent once.
     pub fn bytes(&self) -> Option<Bytes> {
-        match self {
-            ReplayBody::Buffered { data, .. } => Some(data.clone().unwrap_or_default()),
-            ReplayBody::Streaming { .. } => None,
+        match &self.0 {
+            Replay::Buffered { data, .. } => Some(data.clone().unwrap_or_default()),
+            Replay::Streaming { .. } => None,
         }
     }
 }
 
 impl fmt::Debug for ReplayBody {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ReplayBody::Buffered { data, .. } => f
+        match &self.0 {
+            Replay::Buffered { data, .. } => f
                 .debug_struct("ReplayBody::Buffered")
                 .field("len", &data.as_ref().map_or(0, Bytes::len))
                 .finish(),
-            ReplayBody::Streaming { prefix, .. } => f
+            Replay::Streaming { prefix, .. } => f
                 .debug_struct("ReplayBody::Streaming")
                 .field("prefix_chunks", &prefix.len())
                 .finish_non_exhaustive(),
@@ -169,14 +173,14 @@ impl Body for ReplayBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            ReplayBody::Buffered { data, trailers } => {
+        match &mut self.get_mut().0 {
+            Replay::Buffered { data, trailers } => {
                 if let Some(data) = data.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
-                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t))))
+                Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(*t))))
             }
-            ReplayBody::Streaming { prefix, rest } => {
+            Replay::Streaming { prefix, rest } => {
                 if let Some(chunk) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(Frame::data(chunk))));
                 }
@@ -186,18 +190,18 @@ impl Body for ReplayBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            ReplayBody::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
-            ReplayBody::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+        match &self.0 {
+            Replay::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
+            Replay::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            ReplayBody::Buffered { data, .. } => {
+        match &self.0 {
+            Replay::Buffered { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ReplayBody::Streaming { prefix, rest } => {
+            Replay::Streaming { prefix, rest } => {
                 let read: u64 = prefix.iter().map(|c| c.len() as u64).sum();
                 let rest = rest.size_hint();
                 let mut hint = SizeHint::new();
@@ -233,10 +237,10 @@ pub enum Buffered {
     Complete {
         /// All data frames, joined.
         data: Bytes,
-        /// The trailers, if the body had any.
-        trailers: Option<HeaderMap>,
+        /// The trailers, if the body had any (boxed: they are rare, and this is moved often).
+        trailers: Option<Box<HeaderMap>>,
     },
-    /// The body went over the limit; it can be sent once as [`ReplayBody::Streaming`].
+    /// The body went over the limit; it can be sent once, as a stream.
     TooLarge(ReplayBody),
     /// A too-large body that was already handed over: nothing is left to send.
     Sent,
@@ -248,10 +252,10 @@ impl Buffered {
     /// every later call returns `None`, since nothing is left to send.
     pub fn take_attempt(&mut self) -> Option<ReplayBody> {
         match self {
-            Buffered::Complete { data, trailers } => Some(ReplayBody::Buffered {
+            Buffered::Complete { data, trailers } => Some(ReplayBody(Replay::Buffered {
                 data: (!data.is_empty()).then(|| data.clone()),
                 trailers: trailers.clone(),
-            }),
+            })),
             Buffered::TooLarge(_) => match std::mem::replace(self, Buffered::Sent) {
                 Buffered::TooLarge(body) => Some(body),
                 _ => None,
@@ -276,7 +280,7 @@ impl Buffered {
 
 /// Reads a body into memory up to a limit. Resolves to [`Buffered`].
 ///
-/// A body that is already a [`ReplayBody::Buffered`] (because an outer layer read it) costs
+/// A body that is already a [`ReplayBody`] held in memory (because an outer layer read it) costs
 /// little more: its one chunk of bytes is taken over without copying.
 ///
 /// The body must be `Unpin`, as hyper's `Incoming`, `Full`, `Empty`, `BoxBody` and
@@ -312,7 +316,7 @@ impl<B> Buffer<B> {
         }
     }
 
-    fn complete(&mut self, trailers: Option<HeaderMap>) -> Buffered {
+    fn complete(&mut self, trailers: Option<Box<HeaderMap>>) -> Buffered {
         self.body = None;
         let data = match (self.first.take(), self.more.is_empty()) {
             (None, _) => Bytes::new(),
@@ -380,7 +384,7 @@ where
                     }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
-                            return Poll::Ready(Ok(this.complete(Some(trailers))));
+                            return Poll::Ready(Ok(this.complete(Some(Box::new(trailers)))));
                         }
                     }
                 },
@@ -427,18 +431,28 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_replay_body_stays_small_to_move() {
+        // Every attempt moves its request through each layer and the client.
+        assert!(
+            std::mem::size_of::<ReplayBody>() <= 56,
+            "{}",
+            std::mem::size_of::<ReplayBody>()
+        );
+    }
+
     #[tokio::test]
     async fn a_body_there_at_once_becomes_bytes_without_copying() {
         let original = Bytes::from_static(b"payload");
         let body = ReplayBody::now_or_streaming(Full::new(original.clone()));
-        match &body {
-            ReplayBody::Buffered {
+        match &body.0 {
+            Replay::Buffered {
                 data: Some(data),
                 trailers: None,
             } => {
                 assert_eq!(data.as_ptr(), original.as_ptr());
             }
-            other => panic!("held in memory: {other:?}"),
+            _ => panic!("held in memory: {body:?}"),
         }
         let empty = ReplayBody::now_or_streaming(http_body_util::Empty::<Bytes>::new());
         assert!(empty.is_end_stream());
@@ -447,7 +461,7 @@ mod tests {
     #[tokio::test]
     async fn a_stream_read_at_once_keeps_its_first_chunk_and_the_rest() {
         let body = ReplayBody::now_or_streaming(stream(&[b"ab", b"cd", b"ef"]));
-        assert!(matches!(body, ReplayBody::Streaming { .. }));
+        assert!(matches!(body.0, Replay::Streaming { .. }));
         assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
     }
 
