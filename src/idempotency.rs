@@ -74,9 +74,12 @@ impl MakeKey for UuidV4 {
     fn make_key(&self) -> HeaderValue {
         let bytes: [u8; 16] = rand::rng().random();
         let uuid = uuid::Builder::from_random_bytes(bytes).into_uuid();
-        let mut buf = uuid::Uuid::encode_buffer();
-        let text = uuid.hyphenated().encode_lower(&mut buf);
-        HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid.hyphenated().encode_lower(&mut text);
+        // One allocation, already shared: a copy of the request (the retry layer keeps one)
+        // then costs a reference count, not a second allocation.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid-uuid"))
     }
 }
 

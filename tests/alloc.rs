@@ -31,7 +31,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const GET_LIMIT: u64 = 3;
 /// Allocations per POST through `Outbound` (every layer on) over the bare service, today.
 /// The target is [`POST_TARGET`].
-const POST_LIMIT: u64 = 5;
+const POST_LIMIT: u64 = 4;
 /// The target for a GET: nothing beyond what the request itself needs.
 const GET_TARGET: u64 = 0;
 /// The target for a POST: the idempotency key only.
