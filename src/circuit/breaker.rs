@@ -1,6 +1,6 @@
 //! One breaker's state machine: closed → open → half-open → closed.
 
-use crate::sync::{lock, AtomicU8, Mutex, Ordering};
+use crate::sync::{lock, AtomicBool, AtomicU64, AtomicU8, Mutex, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -37,10 +37,16 @@ struct Inner {
 }
 
 /// One breaker. The state is mirrored in an atomic so a closed breaker admits a call without
-/// taking the lock.
+/// taking the lock; while its window holds no failure, a success is counted without the lock
+/// too (in `successes`, moved into the window by the next outcome that takes the lock), since
+/// it cannot change the verdict.
 #[derive(Debug)]
 pub(crate) struct Breaker {
     state: AtomicU8,
+    /// Whether the window holds a failure (then every outcome takes the lock).
+    failing: AtomicBool,
+    /// Successes counted without the lock, not yet in the window.
+    successes: AtomicU64,
     inner: Mutex<Inner>,
     pub(crate) key: Option<PartitionKey>,
 }
@@ -57,6 +63,8 @@ impl Breaker {
     pub(crate) fn new(settings: &Settings, key: Option<PartitionKey>) -> Self {
         Breaker {
             state: AtomicU8::new(0),
+            failing: AtomicBool::new(false),
+            successes: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
                 ring: Ring::new(settings.window),
@@ -87,8 +95,21 @@ impl Breaker {
 
     /// Whether a closed breaker has nothing worth keeping (for eviction).
     pub(crate) fn is_idle(&self) -> bool {
-        let inner = lock(&self.inner);
+        let mut inner = lock(&self.inner);
+        self.settle(&mut inner);
         inner.state == CircuitState::Closed && inner.ring.tally().failures == 0
+    }
+
+    /// Moves the successes counted without the lock into the window (dropped if the breaker
+    /// is no longer closed: they belong to a window that is over), and mirrors whether the
+    /// window holds a failure.
+    fn settle(&self, inner: &mut Inner) {
+        let successes = self.successes.swap(0, Ordering::AcqRel);
+        if successes > 0 && inner.state == CircuitState::Closed {
+            inner.ring.record_successes(successes);
+        }
+        self.failing
+            .store(inner.ring.tally().failures > 0, Ordering::Release);
     }
 
     /// When an open breaker lets the next probe through.
@@ -100,6 +121,7 @@ impl Breaker {
     }
 
     fn set(&self, inner: &mut Inner, to: CircuitState, changes: &mut Vec<StateChange>) {
+        self.settle(inner);
         let from = inner.state;
         let tally = inner.ring.tally();
         inner.state = to;
@@ -167,7 +189,18 @@ impl Breaker {
         settings: &Settings,
         changes: &mut Vec<StateChange>,
     ) {
+        if let (Admission::Call, Some(false), false) = (admission, failure, slow) {
+            if self.is_closed()
+                && !self.failing.load(Ordering::Acquire)
+                && matches!(settings.window, super::Window::Count(_))
+            {
+                // No failure in the window: this success cannot open the breaker.
+                self.successes.fetch_add(1, Ordering::AcqRel);
+                return;
+            }
+        }
         let mut inner = lock(&self.inner);
+        self.settle(&mut inner);
         match admission {
             Admission::Call => {
                 let Some(failure) = failure else { return };
@@ -179,6 +212,7 @@ impl Breaker {
                 let clock = inner.ring.needs_clock().then_some(now);
                 inner.ring.record(failure, slow, clock);
                 let tally = inner.ring.tally();
+                self.failing.store(tally.failures > 0, Ordering::Release);
                 let failing = tally.failure_rate() >= settings.failure_rate_threshold;
                 let slow_calls = settings
                     .slow_call
@@ -217,6 +251,7 @@ impl Breaker {
                         inner.probes_passed += 1;
                         if inner.probes_passed >= settings.half_open_probes {
                             inner.ring.clear();
+                            self.successes.store(0, Ordering::Release);
                             inner.open_for = settings.open_duration;
                             self.set(&mut inner, CircuitState::Closed, changes);
                         }
@@ -239,6 +274,73 @@ impl Breaker {
 
 #[cfg(all(test, not(tower_outbound_loom)))]
 mod properties {
+    #[test]
+    fn successes_counted_without_the_lock_are_in_the_window_when_a_failure_is_judged() {
+        let settings = Settings {
+            window: crate::circuit::Window::Count(4),
+            minimum_calls: 4,
+            failure_rate_threshold: 0.5,
+            ..Settings::default()
+        };
+        let breaker = Breaker::new(&settings, None);
+        let mut changes = Vec::new();
+        for failure in [false, false, true] {
+            breaker.record(
+                Admission::Call,
+                Some(failure),
+                false,
+                None,
+                &settings,
+                &mut changes,
+            );
+        }
+        assert!(breaker.is_closed(), "3 calls are under the minimum");
+        breaker.record(
+            Admission::Call,
+            Some(true),
+            false,
+            None,
+            &settings,
+            &mut changes,
+        );
+        assert!(!breaker.is_closed(), "2 failures in 4 calls: 50 %");
+    }
+
+    #[test]
+    fn a_success_that_reaches_the_minimum_with_failures_in_the_window_still_opens_it() {
+        let settings = Settings {
+            window: crate::circuit::Window::Count(4),
+            minimum_calls: 4,
+            failure_rate_threshold: 0.5,
+            ..Settings::default()
+        };
+        let breaker = Breaker::new(&settings, None);
+        let mut changes = Vec::new();
+        for failure in [true, true, false] {
+            breaker.record(
+                Admission::Call,
+                Some(failure),
+                false,
+                None,
+                &settings,
+                &mut changes,
+            );
+        }
+        assert!(breaker.is_closed());
+        breaker.record(
+            Admission::Call,
+            Some(false),
+            false,
+            None,
+            &settings,
+            &mut changes,
+        );
+        assert!(
+            !breaker.is_closed(),
+            "the fourth call, a success, completes the minimum"
+        );
+    }
+
     use super::*;
     use crate::circuit::Window;
     use proptest::prelude::*;
@@ -367,6 +469,45 @@ mod loom_models {
         );
         assert_eq!(lock(&breaker.inner).state, CircuitState::Open);
         breaker
+    }
+
+    #[test]
+    fn loom_a_success_counted_without_the_lock_is_never_lost_to_a_racing_failure() {
+        loom::model(|| {
+            let settings = Arc::new(Settings {
+                window: Window::Count(4),
+                minimum_calls: 4,
+                ..Settings::default()
+            });
+            let breaker = Arc::new(Breaker::new(&settings, None));
+            let threads: Vec<_> = [false, true]
+                .into_iter()
+                .map(|failure| {
+                    let (breaker, settings) = (breaker.clone(), settings.clone());
+                    thread::spawn(move || {
+                        let mut changes = Vec::new();
+                        breaker.record(
+                            Admission::Call,
+                            Some(failure),
+                            false,
+                            None,
+                            &settings,
+                            &mut changes,
+                        );
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().unwrap();
+            }
+            assert!(!breaker.is_idle(), "the failure is in the window");
+            let inner = lock(&breaker.inner);
+            assert_eq!(
+                inner.ring.tally().calls,
+                2,
+                "both outcomes are in the window"
+            );
+        });
     }
 
     #[test]

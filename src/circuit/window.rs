@@ -183,6 +183,19 @@ impl Ring {
         }
     }
 
+    /// `count` successes at once (only the last window's worth are kept), on a count window;
+    /// a time window records them as one each, now.
+    pub(crate) fn record_successes(&mut self, count: u64) {
+        let keep = match self {
+            Ring::Count { size, .. } => u64::try_from(*size).unwrap_or(u64::MAX).min(count),
+            // Successes on a time window always take the lock, one at a time: never here.
+            Ring::Time { .. } => count.min(4096),
+        };
+        for _ in 0..keep {
+            self.record(false, false, None);
+        }
+    }
+
     pub(crate) fn tally(&self) -> Tally {
         match self {
             Ring::Count { tally, .. } | Ring::Time { tally, .. } => *tally,
