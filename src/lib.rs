@@ -9,20 +9,23 @@
 //! |--------------------------|----------------------------------------------------------------------|
 //! | [`IdempotencyKeyLayer`]  | one `Idempotency-Key` per logical write, the same on every retry     |
 //! | [`DeadLetterLayer`]      | records every call that finally fails, to a [`Sink`]; [`dead_letter::replay`] sends them again |
-//! | [`deadline::DeadlineLayer`] | bounds a whole call, attempts and waits together                  |
+//! | [`deadline::DeadlineLayer`] | bounds a whole call, attempts and waits together (also [`RetryLayer::deadline`]) |
 //! | [`RetryLayer`]           | capped exponential backoff with jitter, attempt cap, wait budget; the server's `Retry-After` wins |
 //! | [`CircuitBreakerLayer`]  | fails fast while the upstream is down, probes it, recovers           |
 //! | [`RetryAfterLayer`]      | a gate shared by all clones: once the server asks for a pause, nobody calls it until then |
 //! | [`ThrottleLayer`]        | token-bucket pacing below the limit, adaptive to the server's view, shareable through Redis |
+//! | [`timeout::TimeoutLayer`] | ends a hung attempt; its timer is armed only when the attempt is pending |
 //!
 //! [`Outbound`] puts them together in the right order with one call, with presets for
 //! user-facing and background work. Every layer returns the one [`Error`] type; the server's
 //! rate-limit headers are parsed once into a [`RateLimitInfo`] response extension that every
 //! layer and the caller read. See `docs/design.md` for where each layer belongs and why.
 //!
-//! Features: `lehnz` (default) adds [`lehnz::Client`], a typed client for the Lehnz
-//! recommendation API built from these layers; `sim` (default) adds its simulator,
-//! [`lehnz::sim`]; `redis` adds the Redis-backed throttle store and dead-letter stream.
+//! Features (none is on by default): `lehnz` adds [`lehnz::Client`], a typed client for the Lehnz
+//! recommendation API built from these layers; `sim` adds its simulator,
+//! [`lehnz::sim`]; `redis` adds the Redis-backed throttle store and dead-letter stream;
+//! `metrics` exports the signals to alert on; `tower-http` adapts tower-http's classifiers and
+//! request-id makers.
 //!
 //! # Example
 //!
