@@ -274,8 +274,8 @@ impl Breaker {
 
 #[cfg(all(test, not(tower_outbound_loom)))]
 mod properties {
-    #[test]
-    fn successes_counted_without_the_lock_are_in_the_window_when_a_failure_is_judged() {
+    /// A breaker judging 4 calls at 50 %, after these outcomes (`true`: a failure).
+    fn after(outcomes: &[bool]) -> Breaker {
         let settings = Settings {
             window: crate::circuit::Window::Count(4),
             minimum_calls: 4,
@@ -284,59 +284,37 @@ mod properties {
         };
         let breaker = Breaker::new(&settings, None);
         let mut changes = Vec::new();
-        for failure in [false, false, true] {
+        for failure in outcomes {
+            let failure = Some(*failure);
             breaker.record(
                 Admission::Call,
-                Some(failure),
+                failure,
                 false,
                 None,
                 &settings,
                 &mut changes,
             );
         }
-        assert!(breaker.is_closed(), "3 calls are under the minimum");
-        breaker.record(
-            Admission::Call,
-            Some(true),
-            false,
-            None,
-            &settings,
-            &mut changes,
+        breaker
+    }
+
+    #[test]
+    fn successes_counted_without_the_lock_are_in_the_window_when_a_failure_is_judged() {
+        assert!(
+            after(&[false, false, true]).is_closed(),
+            "3 calls: under the minimum"
         );
-        assert!(!breaker.is_closed(), "2 failures in 4 calls: 50 %");
+        assert!(
+            !after(&[false, false, true, true]).is_closed(),
+            "2 failures in 4 calls: 50 %"
+        );
     }
 
     #[test]
     fn a_success_that_reaches_the_minimum_with_failures_in_the_window_still_opens_it() {
-        let settings = Settings {
-            window: crate::circuit::Window::Count(4),
-            minimum_calls: 4,
-            failure_rate_threshold: 0.5,
-            ..Settings::default()
-        };
-        let breaker = Breaker::new(&settings, None);
-        let mut changes = Vec::new();
-        for failure in [true, true, false] {
-            breaker.record(
-                Admission::Call,
-                Some(failure),
-                false,
-                None,
-                &settings,
-                &mut changes,
-            );
-        }
-        assert!(breaker.is_closed());
-        breaker.record(
-            Admission::Call,
-            Some(false),
-            false,
-            None,
-            &settings,
-            &mut changes,
-        );
+        assert!(after(&[true, true, false]).is_closed());
         assert!(
-            !breaker.is_closed(),
+            !after(&[true, true, false, false]).is_closed(),
             "the fourth call, a success, completes the minimum"
         );
     }
