@@ -212,9 +212,9 @@ where
                     *this.body = buffered.bytes().cloned();
                     if this.body.is_none() {
                         tracing::warn!(
-                                limit = this.config.max_body,
-                                "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
-                            );
+                            limit = this.config.max_body,
+                            "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
+                        );
                     }
                     this.state.set(State::Buffered { buffered });
                     continue;
@@ -222,28 +222,24 @@ where
                 Err(err) => Err(Error::with_source(Kind::Body, err)),
             },
             StateProj::Buffered { buffered } => {
-                {
-                    let Some(inner) = this.inner.as_mut() else {
-                        return Poll::Ready(Err(Error::with_source(
-                            Kind::Body,
-                            "request was already sent",
-                        )));
-                    };
-                    match (ready!(inner.poll_ready(cx)), buffered.take_attempt()) {
-                        (Ok(()), Some(body)) => match this.head.send(this.config) {
-                            Some(parts) => {
-                                let future = inner.call(Request::from_parts(parts, body));
-                                this.state.set(State::Calling { future });
-                                continue;
-                            }
-                            None => Err(Error::with_source(Kind::Body, "request head is gone")),
-                        },
-                        // The call never went out; a dead letter still records it.
-                        (Err(err), _) => Err(Error::from_box(err.into())),
-                        (Ok(()), None) => {
-                            Err(Error::with_source(Kind::Body, "request body is gone"))
+                let Some(inner) = this.inner.as_mut() else {
+                    return Poll::Ready(Err(Error::with_source(
+                        Kind::Body,
+                        "request was already sent",
+                    )));
+                };
+                match (ready!(inner.poll_ready(cx)), buffered.take_attempt()) {
+                    (Ok(()), Some(body)) => match this.head.send(this.config) {
+                        Some(parts) => {
+                            let future = inner.call(Request::from_parts(parts, body));
+                            this.state.set(State::Calling { future });
+                            continue;
                         }
-                    }
+                        None => Err(Error::with_source(Kind::Body, "request head is gone")),
+                    },
+                    // The call never went out; a dead letter still records it.
+                    (Err(err), _) => Err(Error::from_box(err.into())),
+                    (Ok(()), None) => Err(Error::with_source(Kind::Body, "request body is gone")),
                 }
             }
             StateProj::Calling { future } => {
