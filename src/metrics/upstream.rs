@@ -6,13 +6,17 @@
 //! after the first calls), the table registers them again with the new one.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use arc_swap::ArcSwapOption;
 
 use http::{Method, Uri};
 use metrics::{Counter, Gauge, Histogram, SharedString};
 
 use super::names;
+use crate::partition::{KeyHash, PartitionKey};
 
 /// The label shared by the upstreams past the cap.
 pub(crate) const OTHER: &str = "other";
@@ -20,7 +24,10 @@ pub(crate) const OTHER: &str = "other";
 pub(crate) const NONE: &str = "none";
 
 static MAX_UPSTREAMS: AtomicUsize = AtomicUsize::new(super::DEFAULT_MAX_UPSTREAMS);
-static TABLE: RwLock<Option<Table>> = RwLock::new(None);
+/// Read on every call without a lock; replaced whole (under `WRITER`) when an upstream is
+/// first seen or the recorder changes.
+static TABLE: ArcSwapOption<Table> = ArcSwapOption::const_empty();
+static WRITER: Mutex<()> = Mutex::new(());
 
 pub(crate) fn set_max_upstreams(max: usize) {
     MAX_UPSTREAMS.store(max, Ordering::Relaxed);
@@ -194,15 +201,17 @@ impl Upstream {
     }
 }
 
+#[derive(Clone)]
 struct Table {
     recorder: usize,
-    upstreams: HashMap<Box<str>, Arc<Upstream>>,
+    /// Keyed by the partition key, whose hash is computed once when it is made.
+    upstreams: HashMap<PartitionKey, Arc<Upstream>, BuildHasherDefault<KeyHash>>,
     other: Arc<Upstream>,
     none: Arc<Upstream>,
 }
 
 impl Table {
-    fn new(recorder: usize, previous: Option<Table>) -> Table {
+    fn new(recorder: usize, previous: Option<&Table>) -> Table {
         let renew = |u: &Arc<Upstream>| Arc::new(Upstream::new(u.label.clone(), u.counts.clone()));
         match previous {
             Some(old) => Table {
@@ -217,7 +226,7 @@ impl Table {
             },
             None => Table {
                 recorder,
-                upstreams: HashMap::new(),
+                upstreams: HashMap::default(),
                 other: Arc::new(Upstream::new(
                     SharedString::const_str(OTHER),
                     Arc::default(),
@@ -227,7 +236,7 @@ impl Table {
         }
     }
 
-    fn get(&self, key: Option<&str>) -> Option<&Arc<Upstream>> {
+    fn get(&self, key: Option<&PartitionKey>) -> Option<&Arc<Upstream>> {
         match key {
             None => Some(&self.none),
             Some(key) => self.upstreams.get(key).or((self.upstreams.len()
@@ -246,45 +255,45 @@ fn recorder_id() -> usize {
     })
 }
 
-/// The meters of the upstream of `uri` (`scheme://host:port`), or of `other` past the cap.
+/// The meters of the upstream of `uri` (`scheme://host:port`, the key the partitions use,
+/// found without allocating), or of `other` past the cap.
 pub(crate) fn of(uri: &Uri) -> Arc<Upstream> {
-    let mut buffer = KeyBuffer::new();
-    lookup(buffer.key(uri))
+    lookup(crate::partition::upstream_of(uri).as_ref())
 }
 
-/// The meters of a request's upstream: its remembered key (found without allocating).
+/// The meters of a request's upstream.
 pub(crate) fn of_request<B>(request: &http::Request<B>) -> Arc<Upstream> {
-    match crate::partition::upstream_of(request.uri()) {
-        Some(key) => lookup(std::str::from_utf8(key.as_bytes()).ok()),
-        None => of(request.uri()),
-    }
+    of(request.uri())
 }
 
-fn lookup(key: Option<&str>) -> Arc<Upstream> {
+fn lookup(key: Option<&PartitionKey>) -> Arc<Upstream> {
     let recorder = recorder_id();
-    {
-        let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
-        if let Some(table) = table.as_ref().filter(|t| t.recorder == recorder) {
-            if let Some(upstream) = table.get(key) {
-                return upstream.clone();
-            }
+    if let Some(table) = TABLE.load().as_ref().filter(|t| t.recorder == recorder) {
+        if let Some(upstream) = table.get(key) {
+            return upstream.clone();
         }
     }
-    let mut slot = TABLE.write().unwrap_or_else(PoisonError::into_inner);
-    if slot.as_ref().is_none_or(|t| t.recorder != recorder) {
-        *slot = Some(Table::new(recorder, slot.take()));
-    }
-    let table = slot.get_or_insert_with(|| Table::new(recorder, None));
-    if let Some(upstream) = table.get(key) {
-        return upstream.clone();
-    }
-    // `get` answered `None`: a new key under the cap.
-    let key = key.unwrap_or(NONE);
-    let upstream = Arc::new(Upstream::new(
-        SharedString::from_shared(Arc::<str>::from(key)),
-        Arc::default(),
-    ));
-    table.upstreams.insert(key.into(), upstream.clone());
+    let _writer = WRITER.lock().unwrap_or_else(PoisonError::into_inner);
+    let current = TABLE.load_full();
+    let mut table = match current.as_deref() {
+        Some(table) if table.recorder == recorder => table.clone(),
+        previous => Table::new(recorder, previous),
+    };
+    let upstream = match table.get(key) {
+        Some(upstream) => upstream.clone(),
+        None => {
+            // `get` answered `None`: a new key under the cap (a `None` key is never new).
+            let key = key.cloned().unwrap_or_else(|| PartitionKey::from(NONE));
+            let label = String::from_utf8_lossy(key.as_bytes());
+            let upstream = Arc::new(Upstream::new(
+                SharedString::from_shared(Arc::<str>::from(label.as_ref())),
+                Arc::default(),
+            ));
+            table.upstreams.insert(key, upstream.clone());
+            upstream
+        }
+    };
+    TABLE.store(Some(Arc::new(table)));
     upstream
 }
 
@@ -299,7 +308,7 @@ pub(crate) fn of_key(key: Option<&str>) -> Arc<Upstream> {
 
 /// Every upstream seen, with its counts, for a [`Signals`](super::Signals) snapshot.
 pub(crate) fn all() -> Vec<(String, Arc<Counts>)> {
-    let table = TABLE.read().unwrap_or_else(PoisonError::into_inner);
+    let table = TABLE.load();
     let Some(table) = table.as_ref() else {
         return Vec::new();
     };
@@ -318,69 +327,26 @@ pub(crate) fn all() -> Vec<(String, Arc<Counts>)> {
     all
 }
 
-/// `scheme://host:port` written on the stack: the lookup of a known upstream allocates nothing.
-struct KeyBuffer {
-    bytes: [u8; 128],
-    len: usize,
-    overflow: Option<String>,
-}
-
-impl KeyBuffer {
-    fn new() -> Self {
-        KeyBuffer {
-            bytes: [0; 128],
-            len: 0,
-            overflow: None,
-        }
-    }
-
-    /// The key of `uri`, as [`ByUpstream`](crate::partition::ByUpstream) names it.
-    fn key(&mut self, uri: &Uri) -> Option<&str> {
-        let parts = crate::partition::UpstreamParts::of(uri)?;
-        let written = parts.write(|piece| {
-            let end = self.len.checked_add(piece.len()).ok_or(())?;
-            let target = self.bytes.get_mut(self.len..end).ok_or(())?;
-            target.copy_from_slice(piece);
-            self.len = end;
-            Ok::<(), ()>(())
-        });
-        if written.is_err() {
-            self.overflow = crate::partition::upstream_key(uri);
-            return self.overflow.as_deref();
-        }
-        std::str::from_utf8(self.bytes.get(..self.len)?).ok()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn key_matches_the_partition_key() {
+    fn the_label_is_the_partition_key() {
         for uri in [
             "https://API.example.com/v1?x=1",
             "http://127.0.0.1:8080/",
             "http://bob:secret@h.example/",
             "ftp://files.example/",
+            &format!("https://{}.example/", "a".repeat(200)),
         ] {
             let uri: Uri = uri.parse().unwrap();
-            let mut buffer = KeyBuffer::new();
+            let key = crate::partition::upstream_of(&uri);
             assert_eq!(
-                buffer.key(&uri).map(str::to_owned),
+                key.as_ref()
+                    .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned()),
                 crate::partition::upstream_key(&uri)
             );
         }
-    }
-
-    #[test]
-    fn long_host_falls_back_to_an_owned_key() {
-        let host = "a".repeat(200);
-        let uri: Uri = format!("https://{host}.example/").parse().unwrap();
-        let mut buffer = KeyBuffer::new();
-        assert_eq!(
-            buffer.key(&uri).map(str::to_owned),
-            Some(format!("https://{host}.example:443"))
-        );
     }
 }

@@ -35,6 +35,8 @@ use bytes::Bytes;
 
 mod registry;
 use http::{HeaderMap, Method, Request, Uri};
+#[cfg(feature = "metrics")]
+pub(crate) use registry::KeyHash;
 pub(crate) use registry::{upstream_of, Registry};
 
 /// The parts of a request a [`Partition`] may look at.
