@@ -111,9 +111,11 @@ impl Allowance {
         let mut current = counter.load(Ordering::Relaxed);
         loop {
             let (n, count) = ((current >> 32) as u32, current as u32);
-            let next = if n == slice || (count > 0 && Self::in_window(slice, n)) {
-                // This slice (or, for a clock read a moment late, the newer one already
-                // there): one more call.
+            // A stored slice later than this one: this call's clock was read a moment before
+            // another's that already moved the counter on.
+            let later = count > 0 && (n.wrapping_sub(slice) as i32) > 0;
+            let next = if n == slice || later {
+                // One more call, in this slice (or the later one: never erase its calls).
                 (current & !u64::from(u32::MAX)) | u64::from(count.saturating_add(1))
             } else {
                 // A slice the window left: it starts again.
@@ -304,6 +306,30 @@ mod tests {
         );
         assert!(!a_budget.withdraw(now));
         assert!(!b_budget.withdraw(now), "b's budget is b's own");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_deposit_with_a_clock_read_a_window_late_keeps_the_later_slice() {
+        let settings = Settings {
+            window: Duration::from_secs(10),
+            min_per_second: 0,
+            ratio: 1.0,
+            max_partitions: 1,
+        };
+        let start = Instant::now();
+        let allowance = Allowance::new(&settings, start);
+        let later = start + Duration::from_secs(10);
+        allowance.deposit(later);
+        allowance.deposit(later);
+        // A call whose clock was read a whole window earlier lands on the same counter.
+        allowance.deposit(start);
+        assert!(
+            allowance.withdraw(later),
+            "the later slice's calls are kept"
+        );
+        assert!(allowance.withdraw(later));
+        assert!(allowance.withdraw(later), "the late call is counted too");
+        assert!(!allowance.withdraw(later));
     }
 
     #[tokio::test(start_paused = true)]
