@@ -165,7 +165,8 @@ where
         let upstream = request.uri().authority().cloned();
         ResponseFuture {
             inner: self.inner.call(request),
-            sleep: tokio::time::sleep_until(deadline.0),
+            timer: Timer::Unarmed,
+            deadline: deadline.0,
             upstream,
         }
     }
@@ -176,8 +177,10 @@ pin_project! {
     pub struct ResponseFuture<F> {
         #[pin]
         inner: F,
+        // Armed only when the call is pending.
         #[pin]
-        sleep: Sleep,
+        timer: Timer,
+        deadline: Instant,
         upstream: Option<Authority>,
     }
 }
@@ -185,7 +188,7 @@ pin_project! {
 impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
-            .field("deadline", &self.sleep.deadline())
+            .field("deadline", &self.deadline)
             .finish_non_exhaustive()
     }
 }
@@ -202,7 +205,7 @@ where
         if let Poll::Ready(result) = this.inner.poll(cx) {
             return Poll::Ready(result.map_err(|e| Error::from_box(e.into())));
         }
-        ready!(this.sleep.poll(cx));
+        ready!(this.timer.poll_at(*this.deadline, cx));
         Poll::Ready(Err(Error::with_source(
             Kind::Timeout,
             tower::timeout::error::Elapsed::new(),
