@@ -9,7 +9,7 @@
 //! - the retry layer starts no backoff or `Retry-After` sleep that would end after the deadline:
 //!   it returns the last outcome at once, with the server's wait exposed when there was one;
 //! - if the deadline passes anyway (an attempt still running), the call fails with
-//!   [`Kind::Timeout`].
+//!   [`Kind::Timeout`](crate::error::Kind::Timeout).
 //!
 //! When a request already carries an earlier [`Deadline`] (set by the caller or an outer
 //! layer), the earlier one is kept.
@@ -47,7 +47,7 @@ use tokio::time::{Instant, Sleep};
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::error::{BoxError, Error, Kind};
+use crate::error::{BoxError, Error};
 
 /// The instant by which a logical call must be over; in the request's extensions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,6 +82,19 @@ pin_project! {
 }
 
 impl Timer {
+    /// Polls the timer, arming it first for the instant `at` gives (asked once, when the
+    /// timer is armed).
+    pub(crate) fn poll_at_or_armed(
+        mut self: Pin<&mut Self>,
+        at: impl FnOnce() -> Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        match self.as_mut().project() {
+            TimerProj::Armed { sleep } => sleep.poll(cx),
+            TimerProj::Unarmed => self.poll_at(at(), cx),
+        }
+    }
+
     /// Polls the timer for `at`: armed on first use, moved when `at` changed.
     pub(crate) fn poll_at(mut self: Pin<&mut Self>, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
         if let TimerProj::Armed { mut sleep } = self.as_mut().project() {
@@ -202,14 +215,28 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(|e| Error::from_box(e.into())));
-        }
-        ready!(this.timer.poll_at(*this.deadline, cx));
-        Poll::Ready(Err(Error::with_source(
-            Kind::Timeout,
-            tower::timeout::error::Elapsed::new(),
-        )
-        .for_upstream(this.upstream.as_ref())))
+        let deadline = *this.deadline;
+        poll_until(this.inner, this.timer, || deadline, cx)
+            .map_err(|err| err.for_upstream(this.upstream.as_ref()))
     }
+}
+
+/// Polls `inner`; while it is pending, the timer (armed on the first pending poll, for the
+/// instant `at` gives then) ends it with a timeout error. Shared by the deadline and the
+/// attempt timeout.
+pub(crate) fn poll_until<F, T, E>(
+    inner: Pin<&mut F>,
+    timer: Pin<&mut Timer>,
+    at: impl FnOnce() -> Instant,
+    cx: &mut Context<'_>,
+) -> Poll<Result<T, Error>>
+where
+    F: Future<Output = Result<T, E>>,
+    E: Into<BoxError>,
+{
+    if let Poll::Ready(result) = inner.poll(cx) {
+        return Poll::Ready(result.map_err(|e| Error::from_box(e.into())));
+    }
+    ready!(timer.poll_at_or_armed(at, cx));
+    Poll::Ready(Err(Error::timed_out()))
 }

@@ -176,6 +176,12 @@ impl Error {
         self.inner.dead_letter = Some(recorded);
     }
 
+    /// A time limit (a deadline or an attempt timeout) passed: `Kind::Timeout`, with tower's
+    /// `Elapsed` as its source, as a tower `Timeout` would give.
+    pub(crate) fn timed_out() -> Self {
+        Error::with_source(Kind::Timeout, tower::timeout::error::Elapsed::new())
+    }
+
     pub(crate) fn set_handed(&mut self, handed: crate::retry::Handed) {
         self.inner.handed = Some(Box::new(handed));
     }

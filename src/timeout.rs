@@ -1,7 +1,7 @@
 //! A time limit on each attempt, with its timer armed only when the attempt is pending.
 //!
 //! [`TimeoutLayer`] does what tower's `TimeoutLayer` does — an attempt still running after
-//! the limit fails with a timeout error ([`Kind::Timeout`], which the retry layer retries and the
+//! the limit fails with a timeout error ([`Kind::Timeout`](crate::error::Kind::Timeout), which the retry layer retries and the
 //! circuit breaker counts) — at a smaller cost per call: no clock is read and no timer is
 //! created for an attempt that answers at once, and the timer is registered with the runtime
 //! only when the attempt is first found pending. The limit counts from that first poll.
@@ -30,7 +30,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use pin_project_lite::pin_project;
@@ -38,8 +38,8 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::deadline::{far_future, Timer};
-use crate::error::{BoxError, Error, Kind};
+use crate::deadline::{far_future, poll_until, Timer};
+use crate::error::{BoxError, Error};
 
 /// Ends each attempt that runs longer than a time limit. See the [module docs](self).
 #[derive(Clone, Copy, Debug)]
@@ -93,7 +93,6 @@ where
             inner: self.inner.call(request),
             timer: Timer::Unarmed,
             timeout: self.timeout,
-            until: None,
         }
     }
 }
@@ -106,7 +105,6 @@ pin_project! {
         #[pin]
         timer: Timer,
         timeout: Duration,
-        until: Option<Instant>,
     }
 }
 
@@ -114,7 +112,6 @@ impl<F> fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("timeout", &self.timeout)
-            .field("until", &self.until)
             .finish_non_exhaustive()
     }
 }
@@ -128,19 +125,16 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        if let Poll::Ready(result) = this.inner.poll(cx) {
-            return Poll::Ready(result.map_err(|e| Error::from_box(e.into())));
-        }
         let timeout = *this.timeout;
-        let until = *this.until.get_or_insert_with(|| {
-            let now = Instant::now();
-            now.checked_add(timeout).unwrap_or_else(|| far_future(now))
-        });
-        ready!(this.timer.poll_at(until, cx));
-        Poll::Ready(Err(Error::with_source(
-            Kind::Timeout,
-            tower::timeout::error::Elapsed::new(),
-        )))
+        poll_until(
+            this.inner,
+            this.timer,
+            || {
+                let now = Instant::now();
+                now.checked_add(timeout).unwrap_or_else(|| far_future(now))
+            },
+            cx,
+        )
     }
 }
 
@@ -151,14 +145,27 @@ mod tests {
     use tower::ServiceExt;
 
     #[tokio::test(start_paused = true)]
-    async fn an_attempt_that_answers_at_once_never_reads_the_clock_for_a_timer() {
-        let svc = TimeoutLayer::new(Duration::from_secs(1))
+    async fn an_attempt_that_answers_at_once_arms_no_timer() {
+        let mut svc = TimeoutLayer::new(Duration::from_secs(1))
             .layer(tower::service_fn(|()| async { Ok::<_, Infallible>(7) }));
-        let mut future = std::pin::pin!(svc.oneshot(()));
-        // Polled once, done: the timer was never armed.
-        let waker = std::task::Waker::noop();
-        let mut cx = Context::from_waker(waker);
+        let mut future = std::pin::pin!(svc.call(()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         assert!(matches!(future.as_mut().poll(&mut cx), Poll::Ready(Ok(7))));
+        assert!(
+            matches!(future.timer, Timer::Unarmed),
+            "no timer for a call that never waited"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pending_attempt_arms_its_timer() {
+        let mut svc = TimeoutLayer::new(Duration::from_secs(1)).layer(tower::service_fn(|()| {
+            std::future::pending::<Result<(), Infallible>>()
+        }));
+        let mut future = std::pin::pin!(svc.call(()));
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        assert!(matches!(future.timer, Timer::Armed { .. }));
     }
 
     #[tokio::test(start_paused = true)]

@@ -229,7 +229,7 @@ where
                     )));
                 };
                 match (ready!(inner.poll_ready(cx)), buffered.take_attempt()) {
-                    (Ok(()), Some(body)) => match this.head.send(this.config) {
+                    (Ok(()), Some(body)) => match this.head.send() {
                         Some(parts) => {
                             let future = inner.call(Request::from_parts(parts, body));
                             this.state.set(State::Calling { future });
@@ -308,23 +308,12 @@ enum Head {
 }
 
 impl Head {
-    /// The head to send: the one kept here, moved on when the layer inside hands it back
-    /// (`head_from_inner`), else a copy.
-    fn send(&mut self, config: &Config) -> Option<Parts> {
-        match std::mem::replace(self, Head::Gone) {
-            Head::Kept(parts) if config.head_from_inner => {
-                *self = Head::Sent(parts.method.clone(), parts.uri.clone());
-                Some(parts)
-            }
-            Head::Kept(parts) => {
-                let sent = parts.clone();
-                *self = Head::Kept(parts);
-                Some(sent)
-            }
-            other => {
-                *self = other;
-                None
-            }
+    /// A copy of the head kept here, to send (a call with `head_from_inner` went out at once
+    /// and never gets here).
+    fn send(&self) -> Option<Parts> {
+        match self {
+            Head::Kept(parts) => Some(parts.clone()),
+            Head::Sent(..) | Head::Gone => None,
         }
     }
 

@@ -80,7 +80,7 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let started = Instant::now();
-        let upstream = upstream::of_request(&request);
+        let upstream = upstream::of(request.uri());
         let resend_count = self.sent;
         self.sent = self.sent.saturating_add(1);
         AttemptFuture {

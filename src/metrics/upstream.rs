@@ -261,11 +261,6 @@ pub(crate) fn of(uri: &Uri) -> Arc<Upstream> {
     lookup(crate::partition::upstream_of(uri).as_ref())
 }
 
-/// The meters of a request's upstream.
-pub(crate) fn of_request<B>(request: &http::Request<B>) -> Arc<Upstream> {
-    of(request.uri())
-}
-
 fn lookup(key: Option<&PartitionKey>) -> Arc<Upstream> {
     let recorder = recorder_id();
     if let Some(table) = TABLE.load().as_ref().filter(|t| t.recorder == recorder) {

@@ -490,8 +490,7 @@ fn until_deadline<T>(
         return Poll::Pending;
     };
     ready!(timer.poll_at(deadline, cx));
-    let mut err = Error::with_source(Kind::Timeout, tower::timeout::error::Elapsed::new())
-        .for_upstream(upstream);
+    let mut err = Error::timed_out().for_upstream(upstream);
     err.set_attempts(attempts, waited);
     Poll::Ready(Err(err))
 }
