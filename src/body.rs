@@ -100,47 +100,6 @@ impl ReplayBody {
         ReplayBody(Replay::Streaming { prefix, rest })
     }
 
-    /// `body` as a `ReplayBody` without waiting: a body whose bytes are all there at once (a
-    /// `Full`, an `Empty`, a `ReplayBody` in memory) is held in memory without allocating; any
-    /// other is sent once, as a stream, what was read first included. Nothing is lost either way: data, trailers and errors come out as
-    /// they went in.
-    pub(crate) fn now_or_streaming<B>(mut body: B) -> Self
-    where
-        B: Body + Unpin + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<BoxError>,
-    {
-        if body.is_end_stream() {
-            return ReplayBody::from_bytes(Bytes::new());
-        }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let first = match Pin::new(&mut body).poll_frame(&mut cx) {
-            Poll::Pending => return Self::streaming(VecDeque::new(), body),
-            Poll::Ready(None) => return ReplayBody::from_bytes(Bytes::new()),
-            Poll::Ready(Some(Err(err))) => {
-                return Self::streaming(VecDeque::new(), Failed(Some(err.into())))
-            }
-            Poll::Ready(Some(Ok(frame))) => frame,
-        };
-        match first.into_data() {
-            Ok(mut data) => {
-                let data = data.copy_to_bytes(data.remaining());
-                if body.is_end_stream() {
-                    return ReplayBody::from_bytes(data);
-                }
-                Self::streaming(VecDeque::from([data]), body)
-            }
-            Err(frame) => match frame.into_trailers() {
-                Ok(trailers) => ReplayBody(Replay::Buffered {
-                    data: None,
-                    trailers: Some(Box::new(trailers)),
-                }),
-                // A frame that is neither data nor trailers: none exist in http-body 1.
-                Err(_) => Self::streaming(VecDeque::new(), body),
-            },
-        }
-    }
-
     /// The bytes of a buffered body; `None` for a body that is sent once.
     pub fn bytes(&self) -> Option<Bytes> {
         match &self.0 {
@@ -212,21 +171,6 @@ impl Body for ReplayBody {
                 hint
             }
         }
-    }
-}
-
-/// A body that fails with the error its original gave on the first read.
-struct Failed(Option<BoxError>);
-
-impl Body for Failed {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Poll::Ready(self.0.take().map(Err))
     }
 }
 
@@ -439,48 +383,6 @@ mod tests {
             "{}",
             std::mem::size_of::<ReplayBody>()
         );
-    }
-
-    #[tokio::test]
-    async fn a_body_there_at_once_becomes_bytes_without_copying() {
-        let original = Bytes::from_static(b"payload");
-        let body = ReplayBody::now_or_streaming(Full::new(original.clone()));
-        match &body.0 {
-            Replay::Buffered {
-                data: Some(data),
-                trailers: None,
-            } => {
-                assert_eq!(data.as_ptr(), original.as_ptr());
-            }
-            _ => panic!("held in memory: {body:?}"),
-        }
-        let empty = ReplayBody::now_or_streaming(http_body_util::Empty::<Bytes>::new());
-        assert!(empty.is_end_stream());
-    }
-
-    #[tokio::test]
-    async fn a_stream_read_at_once_keeps_its_first_chunk_and_the_rest() {
-        let body = ReplayBody::now_or_streaming(stream(&[b"ab", b"cd", b"ef"]));
-        assert!(matches!(body.0, Replay::Streaming { .. }));
-        assert_eq!(body.collect().await.unwrap().to_bytes(), "abcdef");
-    }
-
-    #[tokio::test]
-    async fn a_body_failing_on_its_first_read_still_fails_when_sent() {
-        struct Broken;
-        impl Body for Broken {
-            type Data = Bytes;
-            type Error = BoxError;
-            fn poll_frame(
-                self: Pin<&mut Self>,
-                _cx: &mut Context<'_>,
-            ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-                Poll::Ready(Some(Err("disk gone".into())))
-            }
-        }
-        let body = ReplayBody::now_or_streaming(Broken);
-        let err = body.collect().await.unwrap_err();
-        assert_eq!(err.to_string(), "disk gone");
     }
 
     #[tokio::test]

@@ -49,27 +49,8 @@ use tower_service::Service;
 
 use crate::error::{BoxError, Error};
 
-/// The instant by which a logical call must be over; in the request's extensions.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct Deadline(pub Instant);
-
-impl Deadline {
-    /// The deadline `timeout` from now. A `timeout` past what the clock can represent
-    /// (`Duration::MAX`) is about thirty years: never, in practice.
-    pub fn after(timeout: Duration) -> Self {
-        Self::after_from(Instant::now(), timeout)
-    }
-
-    /// The deadline `timeout` after `now`, as [`after`](Self::after).
-    pub(crate) fn after_from(now: Instant, timeout: Duration) -> Self {
-        Deadline(now.checked_add(timeout).unwrap_or_else(|| far_future(now)))
-    }
-
-    /// Time left until the deadline (zero once it passed).
-    pub fn remaining(&self) -> Duration {
-        self.0.saturating_duration_since(Instant::now())
-    }
-}
+pub(crate) use crate::handoff::far_future;
+pub use crate::handoff::Deadline;
 
 pin_project! {
     /// A timer armed on first use: a future that finishes without waiting never registers
@@ -111,11 +92,6 @@ impl Timer {
             TimerProj::Unarmed => Poll::Pending,
         }
     }
-}
-
-/// About thirty years after `now`: never, in practice, and representable on every platform.
-pub(crate) fn far_future(now: Instant) -> Instant {
-    now + Duration::from_secs(30 * 365 * 24 * 3600)
 }
 
 /// Bounds each logical call by a deadline. See the [module docs](self).

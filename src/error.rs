@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime};
 
 use http::uri::Authority;
 
-use crate::dead_letter::Recorded;
+use crate::handoff::Recorded;
 
 /// A type-erased error, as tower uses them.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -100,9 +100,6 @@ struct Inner {
     upstream: Option<Authority>,
     dead_letter: Option<Recorded>,
     source: Option<BoxError>,
-    /// The failed call's request, handed by the retry layer to the dead-letter layer around
-    /// it; never shown, and taken before the error leaves them.
-    handed: Option<Box<crate::retry::Handed>>,
 }
 
 impl Error {
@@ -116,7 +113,6 @@ impl Error {
                 upstream: None,
                 dead_letter: None,
                 source: None,
-                handed: None,
             }),
         }
     }
@@ -180,14 +176,6 @@ impl Error {
     /// `Elapsed` as its source, as a tower `Timeout` would give.
     pub(crate) fn timed_out() -> Self {
         Error::with_source(Kind::Timeout, tower::timeout::error::Elapsed::new())
-    }
-
-    pub(crate) fn set_handed(&mut self, handed: crate::retry::Handed) {
-        self.inner.handed = Some(Box::new(handed));
-    }
-
-    pub(crate) fn take_handed(&mut self) -> Option<crate::retry::Handed> {
-        self.inner.handed.take().map(|handed| *handed)
     }
 
     /// Whether the call was refused by a layer of this crate before it reached the upstream:

@@ -184,6 +184,17 @@ impl IdempotencyKeyLayer {
     }
 }
 
+impl IdempotencyKeyLayer {
+    /// Puts a new key on `request` when its method gets one and it has none yet.
+    pub(crate) fn stamp<B>(&self, request: &mut Request<B>) {
+        if self.methods.contains(request.method()) && !request.headers().contains_key(&self.header)
+        {
+            let key = self.make_key.make_key();
+            request.headers_mut().insert(self.header.clone(), key);
+        }
+    }
+}
+
 impl<S> Layer<S> for IdempotencyKeyLayer {
     type Service = IdempotencyKey<S>;
 
@@ -222,13 +233,7 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> S::Future {
-        let layer = &self.layer;
-        if layer.methods.contains(request.method())
-            && !request.headers().contains_key(&layer.header)
-        {
-            let key = layer.make_key.make_key();
-            request.headers_mut().insert(layer.header.clone(), key);
-        }
+        self.layer.stamp(&mut request);
         self.inner.call(request)
     }
 }

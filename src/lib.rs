@@ -59,6 +59,7 @@ pub mod classify;
 pub mod dead_letter;
 pub mod deadline;
 pub mod error;
+pub mod handoff;
 pub mod idempotency;
 #[cfg(any(feature = "lehnz", feature = "sim"))]
 pub mod lehnz;

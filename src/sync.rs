@@ -22,3 +22,34 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// How many shards a per-core value is split into: the machine's parallelism, at most 16.
+pub(crate) fn shards() -> usize {
+    static SHARDS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *SHARDS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .clamp(1, 16)
+    })
+}
+
+/// The shard of the calling thread, below [`shards`]: threads are dealt shards in turn when
+/// they first ask, so the threads of a runtime each write their own shard's cache lines.
+pub(crate) fn this_shard() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SHARD
+        .try_with(|shard| {
+            let mut index = shard.get();
+            if index == usize::MAX {
+                index = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % shards();
+                shard.set(index);
+            }
+            index
+        })
+        .unwrap_or(0)
+}

@@ -8,8 +8,8 @@ use http::Response;
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use super::breaker::{Admission, Breaker};
 use super::Registry;
+use super::{Admission, Breaker};
 use crate::classify::{Attempt, Classify, Outcome};
 use crate::error::{BoxError, Error};
 
@@ -38,25 +38,8 @@ impl Permit {
 
     fn finish(&mut self, outcome: Outcome, started: Option<Instant>) {
         self.done = true;
-        let settings = &self.registry.settings;
-        let now = started.map(|_| Instant::now());
-        let slow = match (settings.slow_call, started, now) {
-            (Some((limit, _)), Some(started), Some(now)) => now - started > limit,
-            _ => false,
-        };
-        let failure = match outcome {
-            Outcome::Rejected => None,
-            outcome => Some(outcome.is_failure()),
-        };
-        match failure {
-            Some(true) => self.registry.stats.count(2),
-            Some(false) => self.registry.stats.count(3),
-            None => {}
-        }
-        let mut changes = Vec::new();
-        self.breaker
-            .record(self.admission, failure, slow, now, settings, &mut changes);
-        self.registry.announce(&changes);
+        self.registry
+            .finish(&self.breaker, self.admission, outcome, started);
     }
 }
 

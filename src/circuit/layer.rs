@@ -168,6 +168,11 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     pub fn stats(&self) -> CircuitStats {
         self.registry.stats.clone()
     }
+
+    /// The breakers, for a call that drives them itself.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
 }
 
 impl<S, C: Clone, P: Clone> Layer<S> for CircuitBreakerLayer<C, P> {

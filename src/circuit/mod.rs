@@ -74,6 +74,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::time::Instant;
+
+use crate::classify::Outcome;
+use crate::error::{Error, Kind};
 use crate::partition::PartitionKey;
 
 mod breaker;
@@ -87,7 +91,7 @@ pub use layer::CircuitBreakerLayer;
 pub use service::CircuitBreaker;
 pub use window::Window;
 
-use breaker::Breaker;
+pub(crate) use breaker::{Admission, Breaker};
 
 /// Where a breaker is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -206,6 +210,11 @@ impl CircuitStats {
     }
 }
 
+/// The error of a call refused because its upstream's breaker is open.
+pub(crate) fn open_error(retry_in: Duration, upstream: Option<&http::uri::Authority>) -> Error {
+    Error::new(Kind::CircuitOpen { retry_in }).for_upstream(upstream)
+}
+
 /// The breakers of one layer: the default one, and one per partition key.
 pub(crate) struct Registry {
     pub(crate) settings: Settings,
@@ -275,6 +284,55 @@ impl Registry {
 
     pub(crate) fn partitions(&self) -> usize {
         self.keyed.len()
+    }
+
+    /// Decides whether a call may go through `breaker`, and counts it (let through or
+    /// refused). State changes are logged and announced.
+    pub(crate) fn admit(&self, breaker: &Breaker) -> Admission {
+        let mut changes = Vec::new();
+        let admission = breaker.admit(&self.settings, &mut changes);
+        self.announce(&changes);
+        match admission {
+            Admission::Reject { .. } => self.stats.count(1),
+            Admission::Call | Admission::Probe { .. } => self.stats.count(0),
+        }
+        admission
+    }
+
+    /// Whether an admitted call's outcome needs the time it started: slow calls are judged,
+    /// or the window is kept by time.
+    pub(crate) fn needs_clock(&self) -> bool {
+        self.settings.slow_call.is_some() || matches!(self.settings.window, Window::Time { .. })
+    }
+
+    /// Records the outcome of a call `breaker` admitted. A refusal by another step
+    /// ([`Outcome::Rejected`]) says nothing of the upstream's health: it counts neither way,
+    /// and a probe gives its permit back. `started`: when the call started, if
+    /// [`needs_clock`](Self::needs_clock).
+    pub(crate) fn finish(
+        &self,
+        breaker: &Breaker,
+        admission: Admission,
+        outcome: Outcome,
+        started: Option<Instant>,
+    ) {
+        let now = started.map(|_| Instant::now());
+        let slow = match (self.settings.slow_call, started, now) {
+            (Some((limit, _)), Some(started), Some(now)) => now - started > limit,
+            _ => false,
+        };
+        let failure = match outcome {
+            Outcome::Rejected => None,
+            outcome => Some(outcome.is_failure()),
+        };
+        match failure {
+            Some(true) => self.stats.count(2),
+            Some(false) => self.stats.count(3),
+            None => {}
+        }
+        let mut changes = Vec::new();
+        breaker.record(admission, failure, slow, now, &self.settings, &mut changes);
+        self.announce(&changes);
     }
 
     /// Logs and announces state changes (outside any breaker's lock).

@@ -5,11 +5,11 @@ use http::{Request, Response};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::breaker::Admission;
 use super::future::{Permit, ResponseFuture};
+use super::Admission;
 use super::{CircuitState, Registry};
 use crate::classify::Classify;
-use crate::error::{BoxError, Error, Kind};
+use crate::error::{BoxError, Error};
 use crate::partition::Partition;
 
 /// The service made by [`CircuitBreakerLayer`](super::CircuitBreakerLayer).
@@ -66,22 +66,12 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = crate::partition::key_of(&self.partition, &request);
         let breaker = self.registry.breaker(key.as_ref());
-        let mut changes = Vec::new();
-        let admission = breaker.admit(&self.registry.settings, &mut changes);
-        self.registry.announce(&changes);
-        match admission {
+        match self.registry.admit(&breaker) {
             Admission::Reject { retry_in } => {
-                self.registry.stats.count(1);
-                let error = Error::new(Kind::CircuitOpen { retry_in })
-                    .for_upstream(request.uri().authority());
-                ResponseFuture::rejected(error)
+                ResponseFuture::rejected(super::open_error(retry_in, request.uri().authority()))
             }
-            Admission::Call | Admission::Probe { .. } => {
-                self.registry.stats.count(0);
-                let settings = &self.registry.settings;
-                let needs_clock = settings.slow_call.is_some()
-                    || matches!(settings.window, super::Window::Time { .. });
-                let started = needs_clock.then(Instant::now);
+            admission => {
+                let started = self.registry.needs_clock().then(Instant::now);
                 let future = self.inner.call(request);
                 let permit = Permit::new(breaker, self.registry.clone(), admission);
                 ResponseFuture::calling(future, permit, self.classify.clone(), started)

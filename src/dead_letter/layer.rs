@@ -50,7 +50,6 @@ impl DeadLetterLayer {
                 idempotency_header: HeaderName::from_static("idempotency-key"),
                 stats: DeadLetterStats::default(),
                 writer: Arc::new(Writer::default()),
-                head_from_inner: false,
             }),
             classify: DefaultClassifier,
         }
@@ -124,13 +123,9 @@ impl<C> DeadLetterLayer<C> {
         }
     }
 
-    /// Takes a failed call's request head from the retry layer directly inside, instead of
-    /// keeping a copy of its own (set by `Outbound`).
-    pub(crate) fn head_from_inner(self, yes: bool) -> Self {
-        if self.config.head_from_inner == yes {
-            return self;
-        }
-        self.update(|c| c.head_from_inner = yes)
+    /// What every service of this layer shares.
+    pub(crate) fn config(&self) -> &Arc<Config> {
+        &self.config
     }
 
     /// The sink.

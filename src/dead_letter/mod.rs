@@ -86,6 +86,7 @@ mod file;
 mod future;
 mod layer;
 mod record;
+pub(crate) mod recording;
 mod service;
 mod sink;
 
@@ -108,9 +109,6 @@ pub(crate) struct Config {
     pub(crate) idempotency_header: HeaderName,
     pub(crate) stats: DeadLetterStats,
     pub(crate) writer: Arc<Writer>,
-    /// Whether the service inside hands a failed call's request head back (the retry layer,
-    /// when `Outbound` puts it directly inside), so no copy is kept here.
-    pub(crate) head_from_inner: bool,
 }
 
 impl std::fmt::Debug for Config {
@@ -168,29 +166,7 @@ impl Drop for WriteGuard {
     }
 }
 
-/// The receipt of a dead letter, on the failed call it records: a response extension on a
-/// failed response, and [`Error::dead_letter`] on an error.
-///
-/// ```
-/// # use tower_outbound::dead_letter::Recorded;
-/// fn check(recorded: Option<&Recorded>) {
-///     match recorded {
-///         Some(r) if r.stored => println!("kept as dead letter {}", r.id),
-///         Some(r) => eprintln!("dead letter {} could NOT be stored: the call is lost unless retried", r.id),
-///         None => {}
-///     }
-/// }
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Recorded {
-    /// The letter's id in the sink.
-    pub id: String,
-    /// Whether the sink confirmed the write. `false`: the sink failed (disk full, Redis down,
-    /// memory sink at capacity): the record is not kept, and the failure was logged at ERROR
-    /// and counted in [`DeadLetterStats::write_failures`].
-    pub stored: bool,
-}
+pub use crate::handoff::{Recorded, Replaying};
 
 /// Counters of a [`DeadLetterLayer`] and every service it made. Cheap to clone.
 #[derive(Clone, Debug, Default)]
@@ -227,11 +203,6 @@ impl DeadLetterStats {
         self.counters[index].fetch_add(u64::try_from(by).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
-
-/// Marks a request as a replay of a dead letter: a [`DeadLetterLayer`] it passes through does
-/// not record it again if it fails (the letter is still in the sink).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Replaying;
 
 /// What [`replay`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -64,21 +64,7 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (parts, body) = request.into_parts();
         // A replayed letter that fails again stays where it is: no second record.
-        let record = parts.extensions.get::<Replaying>().is_none();
-        if self.config.head_from_inner {
-            // The layer inside reads the body and keeps the head; it hands both back with a
-            // failure. The call goes out at once, on this (ready) service.
-            let sent = (parts.method.clone(), parts.uri.clone());
-            let body = ReplayBody::now_or_streaming(body);
-            let future = self.inner.call(Request::from_parts(parts, body));
-            return ResponseFuture::passing(
-                future,
-                self.config.clone(),
-                self.classify.clone(),
-                sent,
-                record,
-            );
-        }
+        let replaying = parts.extensions.get::<Replaying>().is_some();
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
         ResponseFuture::new(
@@ -87,7 +73,7 @@ where
             self.classify.clone(),
             parts,
             Buffer::new(body, self.config.max_body),
-            record,
+            replaying,
         )
     }
 }

@@ -130,7 +130,9 @@ impl StackConfig {
     /// Writes batches that finally fail to `sink` (default off).
     pub fn dead_letter_sink(mut self, sink: impl Sink) -> Self {
         // With the `metrics` feature the sink's depth and oldest letter are exported.
-        self.dead_letters = Some(Arc::new(crate::outbound::observe::sink(sink)));
+        #[cfg(feature = "metrics")]
+        let sink = crate::metrics::MeteredSink::new(sink);
+        self.dead_letters = Some(Arc::new(sink));
         self
     }
 
@@ -169,9 +171,10 @@ impl StackConfig {
         // connections among them opened it for 30 s, dead-lettering every batch meanwhile.
         let breaker = self
             .breaker
-            .then(|| CircuitBreakerLayer::new().minimum_calls(20))
-            // With the `metrics` feature its state is exported per upstream.
-            .map(crate::outbound::observe::breaker);
+            .then(|| CircuitBreakerLayer::new().minimum_calls(20));
+        // With the `metrics` feature its state is exported per upstream.
+        #[cfg(feature = "metrics")]
+        let breaker = breaker.map(crate::metrics::watch);
         let dead_letters = self.dead_letters.map(DeadLetterLayer::with_sink);
         let stats = StackStats {
             retry: retry.stats(),

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Instant;
+use tokio::time::Instant;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -79,37 +79,23 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let started = Instant::now();
         let upstream = upstream::of(request.uri());
-        let resend_count = self.sent;
+        let meter = AttemptMeter::start(self.sent, Instant::now());
         self.sent = self.sent.saturating_add(1);
         AttemptFuture {
             inner: self.inner.call(request),
             upstream,
-            started,
-            resend_count,
+            meter,
         }
     }
 }
 
-pin_project! {
-    /// The response future of [`AttemptMetrics`].
-    pub struct AttemptFuture<F> {
-        #[pin]
-        inner: F,
-        upstream: Arc<Upstream>,
-        started: Instant,
-        resend_count: u32,
-    }
-}
-
-impl<F> fmt::Debug for AttemptFuture<F> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AttemptFuture")
-            .field("upstream", &self.upstream.label)
-            .field("resend_count", &self.resend_count)
-            .finish_non_exhaustive()
-    }
+/// One attempt's meters: the layer's future and [`Outbound`](crate::Outbound)'s call both
+/// keep one per attempt.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AttemptMeter {
+    started: Instant,
+    resend_count: u32,
 }
 
 /// Indexes into [`upstream::REASONS`].
@@ -122,18 +108,24 @@ const TRANSPORT: usize = 5;
 const REFUSED: usize = 6;
 const BODY: usize = 7;
 
-impl<F, ResB> Future for AttemptFuture<F>
-where
-    F: Future<Output = Result<Response<ResB>, Error>>,
-{
-    type Output = Result<Response<ResB>, Error>;
+impl AttemptMeter {
+    /// The attempt after `resend_count` earlier ones, starting at `started`.
+    pub(crate) fn start(resend_count: u32, started: Instant) -> Self {
+        AttemptMeter {
+            started,
+            resend_count,
+        }
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let result = ready!(this.inner.poll(cx));
-        let seconds = this.started.elapsed().as_secs_f64();
-        let upstream = &**this.upstream;
-        let reason = match &result {
+    /// Records the attempt's end, at `now`, with its result, for `upstream`.
+    pub(crate) fn end<ResB>(
+        &self,
+        upstream: &Upstream,
+        result: &Result<Response<ResB>, Error>,
+        now: Instant,
+    ) {
+        let seconds = now.saturating_duration_since(self.started).as_secs_f64();
+        let reason = match result {
             Ok(response) => match response.status().as_u16() {
                 429 => TOO_MANY,
                 500..=599 => SERVER,
@@ -160,22 +152,54 @@ where
         };
         upstream.attempt(reason, seconds);
         let reason_label = upstream::REASONS[reason];
-        match &result {
+        match result {
             Ok(response) => tracing::debug!(
                 retry.reason = reason_label,
                 http.response.status_code = response.status().as_u16(),
-                http.request.resend_count = *this.resend_count,
+                http.request.resend_count = self.resend_count,
                 "outbound attempt",
             ),
             Err(error) => tracing::debug!(
                 retry.reason = reason_label,
-                http.request.resend_count = *this.resend_count,
+                http.request.resend_count = self.resend_count,
                 error.type = error_type(error),
                 circuit.state = error.is_circuit_open().then_some("open"),
                 retry.wait_ms = error.retry_after().map(|w| u64::try_from(w.as_millis()).unwrap_or(u64::MAX)),
                 "outbound attempt failed",
             ),
         }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AttemptMetrics`].
+    pub struct AttemptFuture<F> {
+        #[pin]
+        inner: F,
+        upstream: Arc<Upstream>,
+        meter: AttemptMeter,
+    }
+}
+
+impl<F> fmt::Debug for AttemptFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AttemptFuture")
+            .field("upstream", &self.upstream.label)
+            .field("resend_count", &self.meter.resend_count)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, ResB> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response<ResB>, Error>>,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        this.meter.end(this.upstream, &result, Instant::now());
         Poll::Ready(result)
     }
 }

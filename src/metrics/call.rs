@@ -5,7 +5,9 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
@@ -81,8 +83,37 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        let mut meter = CallMeter::start(&request, self.circuit);
+        meter.starts_at(Instant::now());
+        let future = {
+            let _entered = meter.span.enter();
+            self.inner.call(request)
+        };
+        CallFuture {
+            inner: future,
+            meter,
+        }
+    }
+}
+
+/// One logical call's meters, from its start to its end: the layer's future and
+/// [`Outbound`](crate::Outbound)'s call both keep one.
+#[derive(Debug)]
+pub(crate) struct CallMeter {
+    pub(crate) span: tracing::Span,
+    pub(crate) upstream: Arc<Upstream>,
+    method: usize,
+    started: Option<Instant>,
+    replaying: bool,
+}
+
+impl CallMeter {
+    /// A call of `request`; `circuit`: the stack's breaker reports to
+    /// [`record_circuit_change`](super::record_circuit_change). Its time counts from
+    /// [`starts_at`](Self::starts_at).
+    pub(crate) fn start<B>(request: &Request<B>, circuit: bool) -> Self {
         let upstream = upstream::of(request.uri());
-        if self.circuit
+        if circuit
             && upstream
                 .counts
                 .circuit_known
@@ -91,21 +122,73 @@ where
         {
             upstream.circuit_state(0);
         }
-        let started = Instant::now();
-        let method = method_index(request.method());
-        let span = span_of(&request);
-        let replaying = request.extensions().get::<Replaying>().is_some();
-        let future = {
-            let _entered = span.enter();
-            self.inner.call(request)
-        };
-        CallFuture {
-            inner: future,
-            span,
+        CallMeter {
+            span: span_of(request),
             upstream,
-            method,
-            started,
-            replaying,
+            method: method_index(request.method()),
+            started: None,
+            replaying: request.extensions().get::<Replaying>().is_some(),
+        }
+    }
+
+    /// When the call started.
+    pub(crate) fn starts_at(&mut self, at: Instant) {
+        self.started = Some(at);
+    }
+
+    /// Records the call's end, at `now`, with its result.
+    pub(crate) fn end<ResB>(&self, result: &Result<Response<ResB>, Error>, now: Instant) {
+        let seconds = self.started.map_or(0.0, |started| {
+            now.saturating_duration_since(started).as_secs_f64()
+        });
+        let (outcome, attempts, waited) = match result {
+            Ok(response) => {
+                let (attempts, waited) = response
+                    .extensions()
+                    .get::<Attempts>()
+                    .map_or((1, Duration::ZERO), |a| (a.count, a.waited));
+                let outcome = match (classify_status(response.status()).is_success(), attempts) {
+                    (true, 0 | 1) => CallOutcome::Success,
+                    (true, _) => CallOutcome::SuccessAfterRetry,
+                    (false, _) => CallOutcome::Failed,
+                };
+                self.span
+                    .record("http.response.status_code", response.status().as_u16());
+                if outcome == CallOutcome::Failed {
+                    self.span
+                        .record("error.type", response.status().as_str())
+                        .record("otel.status_code", "ERROR");
+                }
+                (outcome, attempts, waited)
+            }
+            Err(error) => {
+                let outcome = if error.is_refusal() {
+                    CallOutcome::Refused
+                } else {
+                    CallOutcome::Failed
+                };
+                self.span
+                    .record("error.type", error_type(error))
+                    .record("otel.status_code", "ERROR");
+                (outcome, error.attempts(), error.waited())
+            }
+        };
+        let upstream = &*self.upstream;
+        upstream.call(self.method, outcome, seconds);
+        if attempts > 1 {
+            upstream.retries(u64::from(attempts - 1));
+            self.span.record("http.request.resend_count", attempts - 1);
+        }
+        if !waited.is_zero() {
+            upstream.retry_wait(waited.as_secs_f64());
+            let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
+            self.span.record("retry.wait_ms", waited_ms);
+        }
+        if self.replaying {
+            upstream.replayed(matches!(
+                outcome,
+                CallOutcome::Success | CallOutcome::SuccessAfterRetry
+            ));
         }
     }
 }
@@ -149,18 +232,14 @@ pin_project! {
     pub struct CallFuture<F> {
         #[pin]
         inner: F,
-        span: tracing::Span,
-        upstream: Arc<Upstream>,
-        method: usize,
-        started: Instant,
-        replaying: bool,
+        meter: CallMeter,
     }
 }
 
 impl<F> fmt::Debug for CallFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallFuture")
-            .field("upstream", &self.upstream.label)
+            .field("upstream", &self.meter.upstream.label)
             .finish_non_exhaustive()
     }
 }
@@ -174,59 +253,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = {
-            let _entered = this.span.enter();
+            let _entered = this.meter.span.enter();
             ready!(this.inner.poll(cx))
         };
-        let seconds = this.started.elapsed().as_secs_f64();
-        let (outcome, attempts, waited) = match &result {
-            Ok(response) => {
-                let (attempts, waited) = response
-                    .extensions()
-                    .get::<Attempts>()
-                    .map_or((1, Duration::ZERO), |a| (a.count, a.waited));
-                let outcome = match (classify_status(response.status()).is_success(), attempts) {
-                    (true, 0 | 1) => CallOutcome::Success,
-                    (true, _) => CallOutcome::SuccessAfterRetry,
-                    (false, _) => CallOutcome::Failed,
-                };
-                this.span
-                    .record("http.response.status_code", response.status().as_u16());
-                if outcome == CallOutcome::Failed {
-                    this.span
-                        .record("error.type", response.status().as_str())
-                        .record("otel.status_code", "ERROR");
-                }
-                (outcome, attempts, waited)
-            }
-            Err(error) => {
-                let outcome = if error.is_refusal() {
-                    CallOutcome::Refused
-                } else {
-                    CallOutcome::Failed
-                };
-                this.span
-                    .record("error.type", error_type(error))
-                    .record("otel.status_code", "ERROR");
-                (outcome, error.attempts(), error.waited())
-            }
-        };
-        let upstream = &**this.upstream;
-        upstream.call(*this.method, outcome, seconds);
-        if attempts > 1 {
-            upstream.retries(u64::from(attempts - 1));
-            this.span.record("http.request.resend_count", attempts - 1);
-        }
-        if !waited.is_zero() {
-            upstream.retry_wait(waited.as_secs_f64());
-            let waited_ms = u64::try_from(waited.as_millis()).unwrap_or(u64::MAX);
-            this.span.record("retry.wait_ms", waited_ms);
-        }
-        if *this.replaying {
-            upstream.replayed(matches!(
-                outcome,
-                CallOutcome::Success | CallOutcome::SuccessAfterRetry
-            ));
-        }
+        this.meter.end(&result, Instant::now());
         Poll::Ready(result)
     }
 }

@@ -86,6 +86,9 @@ pub use circuit::{gauge_value, record_circuit_change, watch};
 pub use signals::{Signals, SinkSignals, UpstreamSignals};
 pub use sink::MeteredSink;
 
+pub(crate) use attempt::AttemptMeter;
+pub(crate) use call::CallMeter;
+
 /// The default of [`max_upstreams`].
 pub const DEFAULT_MAX_UPSTREAMS: usize = 100;
 

@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
-use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::error::{BoxError, Error};
@@ -21,21 +20,6 @@ pub enum Maybe<A, B> {
     With(A),
     /// The layer was left out.
     Without(B),
-}
-
-/// The [`Layer`] form of [`Maybe`]: applies `L` when it is `Some`.
-#[derive(Clone, Debug)]
-pub(crate) struct MaybeLayer<L>(pub(crate) Option<L>);
-
-impl<S, L: Layer<S>> Layer<S> for MaybeLayer<L> {
-    type Service = Maybe<L::Service, S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        match &self.0 {
-            Some(layer) => Maybe::With(layer.layer(inner)),
-            None => Maybe::Without(inner),
-        }
-    }
 }
 
 impl<A, B, Request> Service<Request> for Maybe<A, B>

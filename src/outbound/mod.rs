@@ -58,34 +58,31 @@
 //! # Ok(()) }
 //! ```
 
-use std::fmt;
-use std::task::{Context, Poll};
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::Request;
 use tower_layer::Layer;
-use tower_service::Service;
 
-use crate::circuit::CircuitBreaker;
-use crate::classify::DefaultClassifier;
-use crate::dead_letter::{DeadLetterService, MemorySink};
-use crate::error::Error;
-use crate::idempotency::IdempotencyKey;
+use crate::dead_letter::MemorySink;
 use crate::partition::Scope;
-use crate::retry::{Jitter, Retry, RetryBudget};
-use crate::retry_after::RetryAfter;
-use crate::throttle::Throttle;
-use crate::timeout::{Timeout, TimeoutLayer};
+use crate::retry::{Jitter, RetryBudget};
 use crate::{
     CircuitBreakerLayer, DeadLetterLayer, IdempotencyKeyLayer, RetryAfterLayer, RetryLayer,
     ThrottleLayer,
 };
 
+mod future;
 mod maybe;
-pub(crate) mod observe;
+mod record;
+mod service;
+mod stack;
 
-use maybe::MaybeLayer;
+pub use future::ResponseFuture;
 pub use maybe::{Maybe, MaybeFuture};
+pub use service::OutboundService;
+
+use record::Records;
+use stack::Stack;
 
 /// The composed stack. Configure it, then wrap a client with [`service`](Outbound::service)
 /// or use it as a [`Layer`]. Clones, and every service made from it, share the state of the
@@ -119,7 +116,7 @@ impl Outbound {
             deadline: Some(Duration::from_secs(30)),
             retry: RetryLayer::new(),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(observe::breaker(CircuitBreakerLayer::new())),
+            circuit_breaker: Some(watched(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(10)),
@@ -146,7 +143,7 @@ impl Outbound {
                 .max_total_delay(Duration::from_secs(2))
                 .max_retry_after(Duration::from_secs(2)),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(observe::breaker(CircuitBreakerLayer::new())),
+            circuit_breaker: Some(watched(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new().max_wait(Duration::ZERO),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(2)),
@@ -162,14 +159,14 @@ impl Outbound {
     pub fn background() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
-            dead_letters: Some(DeadLetterLayer::new(observe::sink(MemorySink::new()))),
+            dead_letters: Some(DeadLetterLayer::new(metered(MemorySink::new()))),
             deadline: Some(Duration::from_secs(120)),
             retry: RetryLayer::new()
                 .max_attempts(5)
                 .base_delay(Duration::from_millis(500))
                 .jitter(Jitter::Full),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(observe::breaker(CircuitBreakerLayer::new())),
+            circuit_breaker: Some(watched(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(20)),
@@ -288,74 +285,46 @@ impl Outbound {
     }
 }
 
-/// Each attempt: the breaker, the gate, the throttle and the attempt timeout.
-type Attempt<S> = Maybe<
-    CircuitBreaker<RetryAfter<Throttled<S>>, DefaultClassifier, Scope>,
-    RetryAfter<Throttled<S>>,
->;
-type Throttled<S> = Maybe<Throttle<Timed<S>, Scope>, Timed<S>>;
-type Timed<S> = Maybe<Timeout<S>, S>;
-/// The logical call: the retries, within the deadline (which the retry layer keeps).
-type Call<S> = Retry<observe::Attempts<Attempt<S>>, DefaultClassifier>;
-/// The whole stack's type. Without idempotency keys the key layer is there with no methods:
-/// its future is the inner one either way, so the call's future is not wrapped once more.
-type Stack<S> = IdempotencyKey<Observed<S>>;
-type Observed<S> = observe::Calls<Maybe<DeadLetterService<Call<S>, DefaultClassifier>, Call<S>>>;
-
 impl<S> Layer<S> for Outbound {
     type Service = OutboundService<S>;
 
     fn layer(&self, client: S) -> Self::Service {
-        let attempt = MaybeLayer(self.attempt_timeout.map(TimeoutLayer::new)).layer(client);
-        let attempt = MaybeLayer(self.throttle.clone()).layer(attempt);
-        let attempt = self.gate.layer(attempt);
-        let attempt = MaybeLayer(self.circuit_breaker.clone()).layer(attempt);
-        let call = self
+        let retry = self
             .retry
             .clone()
             .retry_budget(self.retry_budget.clone())
-            .deadline(self.deadline)
-            .hand_back_head(self.dead_letters.is_some())
-            .layer(observe::attempts(attempt));
-        // The dead-letter layer takes a failed call's head from the retry layer directly
-        // inside it: one copy of the head per call, not two.
-        let dead_letters = self.dead_letters.clone().map(|d| d.head_from_inner(true));
-        let call = MaybeLayer(dead_letters).layer(call);
-        let call = observe::calls(call, self.circuit_breaker.is_some());
-        let keys = self
-            .idempotency
-            .clone()
-            .unwrap_or_else(|| IdempotencyKeyLayer::new().methods([]));
-        let call = keys.layer(call);
-        OutboundService { inner: call }
+            .deadline(self.deadline);
+        let stack = Stack {
+            keys: self.idempotency.clone(),
+            retry: retry.config().clone(),
+            budget: self.retry_budget.clone(),
+            breaker: self.circuit_breaker.as_ref().map(|b| b.registry().clone()),
+            gates: self.gate.gates().clone(),
+            throttle: self.throttle.as_ref().map(|t| t.shared().clone()),
+            attempt_timeout: self.attempt_timeout,
+            dead_letters: self.dead_letters.as_ref().map(|d| d.config().clone()),
+            scope: self.scope,
+        };
+        OutboundService::new(client, Arc::new(Records::new(stack)))
     }
 }
 
-/// A client wrapped in the [`Outbound`] stack.
-#[derive(Clone)]
-pub struct OutboundService<S> {
-    inner: Stack<S>,
+/// A preset's breaker: with the `metrics` feature, its state changes are exported.
+fn watched(breaker: CircuitBreakerLayer) -> CircuitBreakerLayer {
+    #[cfg(feature = "metrics")]
+    return crate::metrics::watch(breaker);
+    #[cfg(not(feature = "metrics"))]
+    breaker
 }
 
-impl<S> fmt::Debug for OutboundService<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OutboundService").finish_non_exhaustive()
-    }
+/// A preset's dead-letter sink: with the `metrics` feature, its depth and oldest letter are
+/// exported.
+#[cfg(feature = "metrics")]
+fn metered(sink: MemorySink) -> crate::metrics::MeteredSink<MemorySink> {
+    crate::metrics::MeteredSink::new(sink)
 }
 
-impl<S, B> Service<Request<B>> for OutboundService<S>
-where
-    Stack<S>: Service<Request<B>, Error = Error>,
-{
-    type Response = <Stack<S> as Service<Request<B>>>::Response;
-    type Error = Error;
-    type Future = <Stack<S> as Service<Request<B>>>::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
-        self.inner.call(request)
-    }
+#[cfg(not(feature = "metrics"))]
+fn metered(sink: MemorySink) -> MemorySink {
+    sink
 }

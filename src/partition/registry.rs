@@ -116,8 +116,10 @@ impl<V> Registry<V> {
 
     /// The state of `key`, made with `make` when there is none. When `max` states are held,
     /// those `keep` says no to are dropped first (`keep` runs once per state, under the
-    /// writers' lock); if the map is still full, `None`: the caller falls back to its shared
-    /// default.
+    /// writers' lock), but never a state still held elsewhere (by a call in flight, or by a
+    /// per-upstream record that found it once and keeps it): whoever holds it and whoever
+    /// looks it up later must see one state. If the map is still full, `None`: the caller
+    /// falls back to its shared default.
     pub(crate) fn get_or_insert(
         &self,
         key: &PartitionKey,
@@ -135,7 +137,9 @@ impl<V> Registry<V> {
         }
         let mut next = (*current).clone();
         if next.len() >= max {
-            next.retain(|_, value| keep(value));
+            // Two references are the published map's and this copy's; a third is someone
+            // else's.
+            next.retain(|_, value| Arc::strong_count(value) > 2 || keep(value));
         }
         if next.len() >= max {
             if next.len() != current.len() {

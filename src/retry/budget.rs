@@ -257,6 +257,14 @@ impl RetryBudget {
         self.shared.exhausted.load(Ordering::Relaxed)
     }
 
+    /// The budget of `key` (`None`: the shared default).
+    pub(crate) fn allowance(&self, key: Option<&PartitionKey>) -> Arc<Allowance> {
+        match key {
+            None => self.shared.default.clone(),
+            Some(key) => self.budget_of_key(key),
+        }
+    }
+
     /// The budget of this request's upstream, with the call deposited at `now`.
     pub(crate) fn deposit<B>(&self, request: &http::Request<B>, now: Instant) -> Arc<Allowance> {
         let budget = match crate::partition::key_of(&self.scope, request) {

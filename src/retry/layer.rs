@@ -24,9 +24,6 @@ pub(crate) struct Config {
     pub(crate) stats: RetryStats,
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) deadline: Option<Duration>,
-    /// Whether a failed call's request head goes out with its error or response, for a
-    /// dead-letter layer directly around this one (set by `Outbound`).
-    pub(crate) hand_back_head: bool,
 }
 
 impl Config {
@@ -96,7 +93,6 @@ impl RetryLayer {
                 stats: RetryStats::default(),
                 budget: None,
                 deadline: None,
-                hand_back_head: false,
             },
             classify: DefaultClassifier,
         }
@@ -223,13 +219,10 @@ impl<C> RetryLayer<C> {
     pub fn stats(&self) -> RetryStats {
         self.config.stats.clone()
     }
-}
 
-impl<C> RetryLayer<C> {
-    /// Hands a failed call's request head to the dead-letter layer directly around this one.
-    pub(crate) fn hand_back_head(mut self, yes: bool) -> Self {
-        self.config.hand_back_head = yes;
-        self
+    /// The settings, for a call that runs the retry policy itself.
+    pub(crate) fn config(&self) -> &Config {
+        &self.config
     }
 }
 

@@ -93,38 +93,25 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 mod backoff;
 mod budget;
 mod future;
 mod layer;
+pub(crate) mod policy;
 mod service;
 
 pub use backoff::{ExponentialBackoff, Jitter};
 pub use budget::RetryBudget;
-pub(crate) use future::Handed;
 pub use future::ResponseFuture;
 pub use layer::RetryLayer;
 pub use service::Retry;
 
-/// Put into the extensions of a response that took more than one attempt, or on which the retry
-/// layer gave up because of a too-long server-requested wait: how many attempts were made and
-/// how long was waited between them.
-///
-/// A response without this extension came from the first attempt, with no wait.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Attempts {
-    /// Attempts made, the first included (at least 1).
-    pub count: u32,
-    /// Total time slept between attempts (backoff and server-requested waits).
-    pub waited: Duration,
-    /// When the retry layer stopped because the server asked for a longer wait than it will
-    /// sleep (or than the retry budget has left): that wait, and the wall-clock time from which
-    /// a new request is allowed, so the caller can reschedule.
-    pub retry_after: Option<(Duration, SystemTime)>,
-}
+pub(crate) use budget::Allowance;
+pub(crate) use layer::Config;
+
+pub use crate::handoff::Attempts;
 
 /// Counters of a [`RetryLayer`] and every service it made. Cheap to clone: clones read the same
 /// counters.

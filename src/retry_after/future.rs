@@ -78,7 +78,7 @@ where
         gates: Arc<Gates>,
         key: Option<PartitionKey>,
     ) -> Self {
-        gates.stats.delayed_one();
+        gates.count_delayed();
         ResponseFuture {
             state: State::Waiting {
                 held: Box::pin(Held {
@@ -93,7 +93,7 @@ where
     }
 
     pub(crate) fn refused(error: Error, gates: Arc<Gates>) -> Self {
-        gates.stats.refused_one();
+        gates.count_refused();
         ResponseFuture {
             state: State::Refused { error: Some(error) },
             gates,
@@ -126,7 +126,7 @@ where
                         }
                         Pass::Refuse(mut error) => {
                             error.set_upstream(request.as_ref().and_then(|r| r.uri().authority()));
-                            this.gates.stats.refused_one();
+                            this.gates.count_refused();
                             return Poll::Ready(Err(error));
                         }
                     }

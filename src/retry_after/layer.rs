@@ -99,6 +99,11 @@ impl RetryAfterLayer {
     pub fn stats(&self) -> super::GateStats {
         self.gates.stats()
     }
+
+    /// The gates, for a call that passes them itself.
+    pub(crate) fn gates(&self) -> &Arc<Gates> {
+        &self.gates
+    }
 }
 
 impl<S> Layer<S> for RetryAfterLayer {

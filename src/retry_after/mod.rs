@@ -68,6 +68,7 @@ use http::{Response, StatusCode};
 use tokio::time::Instant;
 
 use crate::error::{Error, Human, Kind};
+use crate::handoff::DoubtedRefusal;
 use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
 
@@ -125,6 +126,18 @@ pub(crate) struct Gate {
     server_until: AtomicU64,
     /// Whether the cap on pauses was already logged for this upstream.
     cap_logged: AtomicBool,
+}
+
+/// The pause a response asks of its upstream's gate: a 429's `Retry-After` or reset, a 503's
+/// `Retry-After`, the reset of a used-up quota on any response.
+pub(crate) fn pause_of(status: StatusCode, info: &RateLimitInfo) -> Option<Duration> {
+    let wait = match status {
+        StatusCode::TOO_MANY_REQUESTS => info.wait().or(info.reset),
+        StatusCode::SERVICE_UNAVAILABLE => info.wait(),
+        _ if info.is_exhausted() => info.reset,
+        _ => None,
+    };
+    wait.filter(|w| !w.is_zero())
 }
 
 /// What a request finds at the gate.
@@ -188,6 +201,7 @@ impl Gates {
         Some(gate.unwrap_or_else(|| self.default.clone()))
     }
 
+    /// What a request for `key` finds at its gate.
     pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
         if self.closed.load(Ordering::Acquire) == 0 {
             return Pass::Open;
@@ -195,6 +209,20 @@ impl Gates {
         let Some(gate) = self.gate(key, false) else {
             return Pass::Open;
         };
+        self.pass_gate(&gate)
+    }
+
+    /// The gate of `key`, made when there is none (`None`: the map is full of closed gates and
+    /// `key` shares the default one, which is returned).
+    pub(crate) fn gate_of(&self, key: Option<&PartitionKey>) -> Arc<Gate> {
+        self.gate(key, true).unwrap_or_else(|| self.default.clone())
+    }
+
+    /// What a request finds at `gate`. While no gate is closed, one atomic load.
+    pub(crate) fn pass_gate(&self, gate: &Gate) -> Pass {
+        if self.closed.load(Ordering::Acquire) == 0 {
+            return Pass::Open;
+        }
         let until = gate.until.load(Ordering::Acquire);
         if until == 0 {
             return Pass::Open;
@@ -238,28 +266,29 @@ impl Gates {
         // A refusal a throttle inside doubted (the server's own latest replies said its window
         // had room) is that request's own: the retry layer waits it out for that request,
         // and every other request goes on.
-        if response
-            .extensions()
-            .get::<crate::throttle::DoubtedRefusal>()
-            .is_some()
-        {
+        if response.extensions().get::<DoubtedRefusal>().is_some() {
             return;
         }
         let Some(info) = RateLimitInfo::of_response(response) else {
             return;
         };
-        let wait = match response.status() {
-            StatusCode::TOO_MANY_REQUESTS => info.wait().or(info.reset),
-            StatusCode::SERVICE_UNAVAILABLE => info.wait(),
-            _ if info.is_exhausted() => info.reset,
-            _ => None,
-        };
-        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+        let Some(wait) = pause_of(response.status(), &info) else {
             return;
         };
         let Some(gate) = self.gate(key, true) else {
             return;
         };
+        self.close(&gate, key, wait, response.status());
+    }
+
+    /// Closes `gate` (the gate of `key`) for `wait`, capped at `max_pause`.
+    pub(crate) fn close(
+        &self,
+        gate: &Gate,
+        key: Option<&PartitionKey>,
+        wait: Duration,
+        status: StatusCode,
+    ) {
         let now = Instant::now();
         let capped = wait.min(self.settings.max_pause);
         if capped < wait && !gate.cap_logged.swap(true, Ordering::AcqRel) {
@@ -288,7 +317,7 @@ impl Gates {
             tracing::info!(
                 upstream = %key.map(ToString::to_string).unwrap_or_default(),
                 wait_ms = u64::try_from(capped.as_millis()).unwrap_or(u64::MAX),
-                status = response.status().as_u16(),
+                status = status.as_u16(),
                 "upstream asked for a pause: gate closed"
             );
         }
@@ -298,6 +327,11 @@ impl Gates {
     pub(crate) fn closed_for(&self, key: Option<&PartitionKey>) -> Option<Duration> {
         let gate = self.gate(key, false)?;
         self.remaining(&gate)
+    }
+
+    /// Whether `gate` is open now (nothing to remember about it).
+    pub(crate) fn is_open(&self, gate: &Gate) -> bool {
+        self.remaining(gate).is_none()
     }
 
     fn remaining(&self, gate: &Gate) -> Option<Duration> {
@@ -321,6 +355,16 @@ impl Gates {
 
     pub(crate) fn stats(&self) -> GateStats {
         self.stats.clone()
+    }
+
+    /// Counts a request held at a closed gate.
+    pub(crate) fn count_delayed(&self) {
+        self.stats.delayed_one();
+    }
+
+    /// Counts a request refused at a gate closed too long.
+    pub(crate) fn count_refused(&self) {
+        self.stats.refused_one();
     }
 }
 

@@ -6,15 +6,14 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 use tower_service::Service;
 
-use super::gcra::nanos;
-use super::store::{Decision, Reservation, WindowReport};
-use super::{DoubtedRefusal, Shared};
-use crate::error::{BoxError, Error, Kind};
+use super::store::{Decision, Reservation};
+use super::{DoubtedRefusal, Shared, Slot};
+use crate::error::{BoxError, Error};
 use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
 
@@ -49,12 +48,10 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if std::mem::take(this.outstanding) {
-                this.shared.outstanding.fetch_sub(1, Ordering::AcqRel);
+                this.shared.answered();
             }
             if let Some(reservation) = this.reservation.take() {
-                this.shared
-                    .store
-                    .release(this.key.as_ref(), &this.shared.quota, reservation);
+                this.shared.release(this.key.as_ref(), None, reservation);
             }
         }
     }
@@ -97,9 +94,7 @@ impl<S, B> Held<S, B> {
 
 /// The instant `wait` from now (about thirty years for a wait past the clock's range).
 fn after(wait: Duration) -> tokio::time::Instant {
-    let now = tokio::time::Instant::now();
-    now.checked_add(wait)
-        .unwrap_or_else(|| crate::deadline::far_future(now))
+    crate::handoff::instant_after(tokio::time::Instant::now(), wait)
 }
 
 impl<S, B> fmt::Debug for ResponseFuture<S, B>
@@ -117,12 +112,12 @@ impl<S, B> ResponseFuture<S, B>
 where
     S: Service<Request<B>>,
 {
+    /// A request the throttle let through ([`Shared::take`] counted it outstanding).
     pub(crate) fn calling(
         future: S::Future,
         shared: Arc<Shared>,
         key: Option<PartitionKey>,
     ) -> Self {
-        shared.outstanding.fetch_add(1, Ordering::AcqRel);
         ResponseFuture {
             state: State::Calling { future },
             shared,
@@ -142,6 +137,7 @@ where
         }
     }
 
+    /// A request held for its reserved slot ([`Shared::take`] counted it outstanding).
     pub(crate) fn waiting(
         wait: Duration,
         reservation: Reservation,
@@ -150,9 +146,6 @@ where
         shared: Arc<Shared>,
         key: Option<PartitionKey>,
     ) -> Self {
-        shared.stats.count(1, 1);
-        shared.stats.count(3, nanos(wait));
-        shared.outstanding.fetch_add(1, Ordering::AcqRel);
         ResponseFuture {
             state: State::Waiting {
                 held: Held::boxed(wait, inner, request),
@@ -201,34 +194,17 @@ where
                         .as_ref()
                         .and_then(|h| h.request.as_ref())
                         .and_then(|r| r.uri().authority().cloned());
-                    match decision {
-                        Ok(Decision::Go) => {
-                            this.shared.stats.count(0, 1);
-                            this.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                            *this.outstanding = true;
-                            let held = held.take().expect("the request is held once");
-                            this.state.set(State::Waiting { held });
-                        }
-                        Ok(Decision::Wait { wait, reservation }) => {
-                            this.shared.stats.count(1, 1);
-                            this.shared.stats.count(3, nanos(wait));
-                            this.shared.outstanding.fetch_add(1, Ordering::AcqRel);
-                            *this.outstanding = true;
+                    let mut held = held.take().expect("the request is held once");
+                    match this.shared.take(decision, upstream.as_ref()) {
+                        Slot::Go => {}
+                        Slot::Wait { wait, reservation } => {
                             *this.reservation = Some(reservation);
-                            let mut held = held.take().expect("the request is held once");
                             held.as_mut().project().sleep.reset(after(wait));
-                            this.state.set(State::Waiting { held });
                         }
-                        Ok(Decision::Reject { wait }) => {
-                            this.shared.stats.count(2, 1);
-                            let error = Error::new(Kind::Throttled { wait })
-                                .for_upstream(upstream.as_ref());
-                            return Poll::Ready(Err(error));
-                        }
-                        Err(error) => {
-                            return Poll::Ready(Err(error.for_upstream(upstream.as_ref())))
-                        }
+                        Slot::Refused(error) => return Poll::Ready(Err(error)),
                     }
+                    *this.outstanding = true;
+                    this.state.set(State::Waiting { held });
                 }
                 StateProj::Waiting { held } => {
                     let held = held.as_mut().project();
@@ -246,16 +222,21 @@ where
                     let result = ready!(future.poll(cx));
                     // Answered (or failed): no longer outstanding.
                     let others = if std::mem::take(this.outstanding) {
-                        this.shared
-                            .outstanding
-                            .fetch_sub(1, Ordering::AcqRel)
-                            .saturating_sub(1)
+                        this.shared.answered()
                     } else {
                         this.shared.outstanding.load(Ordering::Acquire)
                     };
                     let mut response = result.map_err(|e| Error::from_box(e.into()))?;
                     if this.shared.adaptive {
-                        adopt(this.shared, this.key.as_ref(), &mut response, others);
+                        if let Some(info) = RateLimitInfo::of_response(&mut response) {
+                            let status = response.status();
+                            if this
+                                .shared
+                                .adopt(this.key.as_ref(), None, status, &info, others)
+                            {
+                                response.extensions_mut().insert(DoubtedRefusal);
+                            }
+                        }
                     }
                     return Poll::Ready(Ok(response));
                 }
@@ -264,47 +245,5 @@ where
                 }
             }
         }
-    }
-}
-
-/// Adopts the server's view from the response, when it gave one: the window's count from
-/// `remaining` and `reset` (less the `outstanding` requests the server may not have counted
-/// yet), and a pause from a 429 that names a wait. A 429 the store doubts (see
-/// [`DoubtedRefusal`]) pauses nothing, and is marked so that the gate outside does not close.
-fn adopt<ResB>(
-    shared: &Shared,
-    key: Option<&PartitionKey>,
-    response: &mut Response<ResB>,
-    outstanding: u64,
-) {
-    let Some(info) = RateLimitInfo::of_response(response) else {
-        return;
-    };
-    let too_many = response.status() == StatusCode::TOO_MANY_REQUESTS;
-    let mut adopted = false;
-    if let (Some(remaining), Some(reset)) = (info.remaining, info.reset) {
-        let report = WindowReport {
-            remaining,
-            reset,
-            refused: too_many && remaining == 0 && info.retry_after.is_none(),
-            outstanding,
-        };
-        if !shared.store.adopt_report(key, &shared.quota, report) {
-            shared.stats.count(5, 1);
-            response.extensions_mut().insert(DoubtedRefusal);
-            return;
-        }
-        adopted = true;
-    }
-    if too_many {
-        if let Some(wait) = info.wait().filter(|w| !w.is_zero()) {
-            if !(adopted && info.remaining == Some(0) && info.reset == Some(wait)) {
-                shared.store.adopt(key, &shared.quota, 0, wait);
-                adopted = true;
-            }
-        }
-    }
-    if adopted {
-        shared.stats.count(4, 1);
     }
 }

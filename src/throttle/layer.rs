@@ -43,12 +43,14 @@ impl ThrottleLayer {
 
     /// A throttle for this quota (a [`Quota`] is valid by construction).
     pub fn with_quota(quota: Quota) -> Self {
+        let local = Arc::new(LocalStore::new());
         ThrottleLayer {
             shared: Arc::new(Shared {
                 quota,
                 max_wait: Duration::from_secs(30),
                 adaptive: true,
-                store: Arc::new(LocalStore::new()),
+                store: local.clone(),
+                local: Some(local),
                 stats: ThrottleStats::default(),
                 outstanding: Arc::default(),
             }),
@@ -90,8 +92,15 @@ impl<P> ThrottleLayer<P> {
 
     /// Keeps buckets in `store` instead of in this process (default [`LocalStore`]).
     pub fn store(self, store: impl BucketStore) -> Self {
-        let store: Arc<dyn BucketStore> = Arc::new(store);
-        self.update(|s| s.store = store)
+        let store = Arc::new(store);
+        // An in-process store's buckets can be held and used directly.
+        let local = (Arc::clone(&store) as Arc<dyn std::any::Any + Send + Sync>)
+            .downcast::<LocalStore>()
+            .ok();
+        self.update(|s| {
+            s.store = store;
+            s.local = local;
+        })
     }
 
     /// Splits requests among buckets (default [`Global`]: one bucket).
@@ -110,6 +119,11 @@ impl<P> ThrottleLayer<P> {
     /// The counters of every service made by this layer and its clones.
     pub fn stats(&self) -> ThrottleStats {
         self.shared.stats.clone()
+    }
+
+    /// What every service of this layer shares, for a call that takes its slots itself.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 }
 

@@ -101,16 +101,13 @@ pub use layer::ThrottleLayer;
 pub use service::Throttle;
 pub use store::{Acquire, BucketStore, Decision, LocalStore, Reservation, WindowReport};
 
-/// Put into a response's extensions by the throttle when it doubts the response's refusal:
-/// a `429` saying the window is used up (`remaining: 0`, no `Retry-After`) while the
-/// server's own latest replies, less the requests still outstanding, say the same window has
-/// room. The throttle took no pause from it, and a
-/// [`RetryAfterLayer`](crate::RetryAfterLayer) outside it does not close its gate for it: the
-/// refusal is that request's own (the retry layer still waits its reset before sending it
-/// again). A third refusal in a row is believed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct DoubtedRefusal;
+pub(crate) use gcra::{nanos, Bucket};
+
+use crate::error::{Error, Kind};
+use crate::partition::PartitionKey;
+use crate::rate_limit::RateLimitInfo;
+
+pub use crate::handoff::DoubtedRefusal;
 
 /// A rate: `rate` requests per `per`, at most `burst` at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +252,8 @@ pub(crate) struct Shared {
     pub(crate) max_wait: Duration,
     pub(crate) adaptive: bool,
     pub(crate) store: Arc<dyn BucketStore>,
+    /// The store, when it is a [`LocalStore`]: its buckets can be held and used directly.
+    pub(crate) local: Option<Arc<LocalStore>>,
     pub(crate) stats: ThrottleStats,
     /// Requests that took a slot and were not answered yet.
     pub(crate) outstanding: Arc<AtomicU64>,
@@ -267,5 +266,119 @@ impl fmt::Debug for Shared {
             .field("max_wait", &self.max_wait)
             .field("adaptive", &self.adaptive)
             .finish_non_exhaustive()
+    }
+}
+
+/// What a request got from the throttle, counted.
+pub(crate) enum Slot {
+    /// Send now.
+    Go,
+    /// Send after `wait`; the slot is `reservation` (given back if the request is dropped).
+    Wait {
+        wait: Duration,
+        reservation: Reservation,
+    },
+    /// Not sent: throttled past `max_wait`, or the store failed.
+    Refused(Error),
+}
+
+impl Shared {
+    /// Counts the store's decision for one request and turns it into what the request does.
+    /// A request that goes (now or later) is outstanding until [`answered`](Self::answered).
+    pub(crate) fn take(
+        &self,
+        decision: Result<Decision, Error>,
+        upstream: Option<&http::uri::Authority>,
+    ) -> Slot {
+        match decision {
+            Ok(Decision::Go) => {
+                self.stats.count(0, 1);
+                self.outstanding.fetch_add(1, Ordering::AcqRel);
+                Slot::Go
+            }
+            Ok(Decision::Wait { wait, reservation }) => {
+                self.stats.count(1, 1);
+                self.stats.count(3, nanos(wait));
+                self.outstanding.fetch_add(1, Ordering::AcqRel);
+                Slot::Wait { wait, reservation }
+            }
+            Ok(Decision::Reject { wait }) => {
+                self.stats.count(2, 1);
+                Slot::Refused(Error::new(Kind::Throttled { wait }).for_upstream(upstream))
+            }
+            Err(error) => Slot::Refused(error.for_upstream(upstream)),
+        }
+    }
+
+    /// An outstanding request was answered (or failed, or was dropped): returns how many
+    /// others are still outstanding.
+    pub(crate) fn answered(&self) -> u64 {
+        self.outstanding
+            .fetch_sub(1, Ordering::AcqRel)
+            .saturating_sub(1)
+    }
+
+    /// Gives back a reserved slot a dropped request did not use, to `bucket` when the request
+    /// held its bucket, else to the store.
+    pub(crate) fn release(
+        &self,
+        key: Option<&PartitionKey>,
+        bucket: Option<&Bucket>,
+        reservation: Reservation,
+    ) {
+        match (bucket, &self.local) {
+            (Some(bucket), Some(local)) => local.release_in(bucket, &self.quota, reservation),
+            _ => self.store.release(key, &self.quota, reservation),
+        }
+    }
+
+    /// Adopts the server's view from a response, when it gave one (`info`): the window's
+    /// count from `remaining` and `reset` (less the `outstanding` requests the server may not
+    /// have counted yet), and a pause from a 429 that names a wait. Returns `true` when the
+    /// store doubts the response's refusal (see [`DoubtedRefusal`]): it paused nothing.
+    /// `bucket`: the request's bucket, when it holds it (an in-process store).
+    pub(crate) fn adopt(
+        &self,
+        key: Option<&PartitionKey>,
+        bucket: Option<&Bucket>,
+        status: http::StatusCode,
+        info: &RateLimitInfo,
+        outstanding: u64,
+    ) -> bool {
+        let local = bucket.zip(self.local.as_deref());
+        let too_many = status == http::StatusCode::TOO_MANY_REQUESTS;
+        let mut adopted = false;
+        if let (Some(remaining), Some(reset)) = (info.remaining, info.reset) {
+            let report = WindowReport {
+                remaining,
+                reset,
+                refused: too_many && remaining == 0 && info.retry_after.is_none(),
+                outstanding,
+            };
+            let believed = match local {
+                Some((bucket, store)) => store.report_in(bucket, report),
+                None => self.store.adopt_report(key, &self.quota, report),
+            };
+            if !believed {
+                self.stats.count(5, 1);
+                return true;
+            }
+            adopted = true;
+        }
+        if too_many {
+            if let Some(wait) = info.wait().filter(|w| !w.is_zero()) {
+                if !(adopted && info.remaining == Some(0) && info.reset == Some(wait)) {
+                    match local {
+                        Some((bucket, store)) => store.adopt_in(bucket, 0, wait),
+                        None => self.store.adopt(key, &self.quota, 0, wait),
+                    }
+                    adopted = true;
+                }
+            }
+        }
+        if adopted {
+            self.stats.count(4, 1);
+        }
+        false
     }
 }

@@ -5,9 +5,9 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::store::{Acquire, Decision};
-use super::Shared;
-use crate::error::{BoxError, Error, Kind};
+use super::store::Acquire;
+use super::{Shared, Slot};
+use crate::error::{BoxError, Error};
 use crate::partition::Partition;
 
 /// The service made by [`ThrottleLayer`](super::ThrottleLayer).
@@ -52,36 +52,35 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = crate::partition::key_of(&self.partition, &request);
         let shared = &self.shared;
-        let acquire = shared
+        let decision = match shared
             .store
-            .acquire(key.as_ref(), &shared.quota, shared.max_wait);
-        match acquire {
-            Acquire::Ready(Ok(Decision::Go)) => {
-                shared.stats.count(0, 1);
+            .acquire(key.as_ref(), &shared.quota, shared.max_wait)
+        {
+            Acquire::Ready(decision) => decision,
+            Acquire::Pending(decision) => {
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                return ResponseFuture::deciding(
+                    decision,
+                    inner,
+                    request,
+                    self.shared.clone(),
+                    key,
+                );
+            }
+        };
+        match shared.take(decision, request.uri().authority()) {
+            Slot::Go => {
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, self.shared.clone(), key)
             }
-            Acquire::Ready(Ok(Decision::Reject { wait })) => {
-                shared.stats.count(2, 1);
-                let error =
-                    Error::new(Kind::Throttled { wait }).for_upstream(request.uri().authority());
-                ResponseFuture::failed(error, self.shared.clone())
-            }
-            Acquire::Ready(Err(mut error)) => {
-                error.set_upstream(request.uri().authority());
-                ResponseFuture::failed(error, self.shared.clone())
-            }
-            Acquire::Ready(Ok(Decision::Wait { wait, reservation })) => {
+            Slot::Wait { wait, reservation } => {
                 // The ready service goes with the request; this one keeps an unreserved clone.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
                 ResponseFuture::waiting(wait, reservation, inner, request, self.shared.clone(), key)
             }
-            Acquire::Pending(decision) => {
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::deciding(decision, inner, request, self.shared.clone(), key)
-            }
+            Slot::Refused(error) => ResponseFuture::failed(error, self.shared.clone()),
         }
     }
 }

@@ -137,7 +137,7 @@ impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
 /// buckets; see [`max_partitions`](LocalStore::max_partitions).
 pub struct LocalStore {
     base: Instant,
-    default: Bucket,
+    default: Arc<Bucket>,
     keyed: crate::partition::Registry<Bucket>,
     max_partitions: usize,
 }
@@ -161,7 +161,7 @@ impl LocalStore {
     pub fn new() -> Self {
         LocalStore {
             base: Instant::now(),
-            default: Bucket::default(),
+            default: Arc::default(),
             keyed: crate::partition::Registry::default(),
             max_partitions: 4096,
         }
@@ -181,31 +181,88 @@ impl LocalStore {
         self.keyed.len()
     }
 
-    fn now(&self) -> u64 {
+    /// `now` on the store's clock, in nanoseconds.
+    fn nanos_at(&self, now: Instant) -> u64 {
         // Offset by one second so that "now" is never zero and a fresh TAT of zero is in the
         // past.
-        nanos(Instant::now().saturating_duration_since(self.base)).saturating_add(1_000_000_000)
+        nanos(now.saturating_duration_since(self.base)).saturating_add(1_000_000_000)
     }
 
-    fn with_bucket<T>(
-        &self,
-        key: Option<&PartitionKey>,
-        now: u64,
-        f: impl FnOnce(&Bucket) -> T,
-    ) -> T {
+    /// The bucket of `key` (`None`: the default bucket), made when there is none. At the cap
+    /// on keyed buckets, idle ones are dropped first; if none is idle, the key shares the
+    /// default bucket.
+    pub(crate) fn bucket(&self, key: Option<&PartitionKey>) -> Arc<Bucket> {
         let Some(key) = key else {
-            return f(&self.default);
+            return self.default.clone();
         };
-        let bucket = self.keyed.get_or_insert(
-            key,
-            self.max_partitions,
-            |bucket| !bucket.is_idle(now),
-            Bucket::default,
-        );
-        match bucket {
-            Some(bucket) => f(&bucket),
+        self.keyed
+            .get_or_insert(
+                key,
+                self.max_partitions,
+                |bucket| !bucket.is_idle(self.nanos_at(Instant::now())),
+                Bucket::default,
+            )
+            .unwrap_or_else(|| self.default.clone())
+    }
+
+    /// Whether `bucket` is full again with no view to remember.
+    pub(crate) fn is_idle(&self, bucket: &Bucket) -> bool {
+        bucket.is_idle(self.nanos_at(Instant::now()))
+    }
+
+    /// Runs `f` on the bucket of `key`, without a reference count for the default one.
+    fn with_bucket<T>(&self, key: Option<&PartitionKey>, f: impl FnOnce(&Bucket) -> T) -> T {
+        match key {
             None => f(&self.default),
+            Some(_) => f(&self.bucket(key)),
         }
+    }
+
+    /// Reserves the next slot of `bucket` at `now`, if it comes within `max_wait`.
+    pub(crate) fn acquire_in(
+        &self,
+        bucket: &Bucket,
+        now: Instant,
+        quota: &Quota,
+        max_wait: Duration,
+    ) -> Decision {
+        match bucket.acquire(self.nanos_at(now), cell(quota), nanos(max_wait)) {
+            Verdict::Reserved { wait: 0, .. } => Decision::Go,
+            Verdict::Reserved { wait, tat } => Decision::Wait {
+                wait: Duration::from_nanos(wait),
+                reservation: Reservation(tat),
+            },
+            Verdict::Rejected { wait } => Decision::Reject {
+                wait: Duration::from_nanos(wait),
+            },
+        }
+    }
+
+    /// Gives back to `bucket` a slot a dropped request did not use.
+    pub(crate) fn release_in(&self, bucket: &Bucket, quota: &Quota, reservation: Reservation) {
+        bucket.release(reservation.0, cell(quota));
+    }
+
+    /// Adopts `remaining` and `reset` into `bucket`.
+    pub(crate) fn adopt_in(&self, bucket: &Bucket, remaining: u64, reset: Duration) {
+        // Views that end within a second of each other describe the same window.
+        bucket.adopt(
+            self.nanos_at(Instant::now()),
+            remaining,
+            nanos(reset),
+            1_000_000_000,
+        );
+    }
+
+    /// Adopts one reply's report into `bucket`; see [`adopt_report`](Self::adopt_report).
+    pub(crate) fn report_in(&self, bucket: &Bucket, report: WindowReport) -> bool {
+        let report = Report {
+            remaining: report.remaining,
+            reset: nanos(report.reset),
+            refused: report.refused,
+            outstanding: report.outstanding,
+        };
+        bucket.report(self.nanos_at(Instant::now()), report, 1_000_000_000)
     }
 }
 
@@ -226,31 +283,18 @@ pub(crate) fn cell(quota: &Quota) -> Cell {
 
 impl BucketStore for LocalStore {
     fn acquire(&self, key: Option<&PartitionKey>, quota: &Quota, max_wait: Duration) -> Acquire {
-        let now = self.now();
-        let verdict = self.with_bucket(key, now, |b| b.acquire(now, cell(quota), nanos(max_wait)));
-        Acquire::Ready(Ok(match verdict {
-            Verdict::Reserved { wait: 0, .. } => Decision::Go,
-            Verdict::Reserved { wait, tat } => Decision::Wait {
-                wait: Duration::from_nanos(wait),
-                reservation: Reservation(tat),
-            },
-            Verdict::Rejected { wait } => Decision::Reject {
-                wait: Duration::from_nanos(wait),
-            },
-        }))
+        let now = Instant::now();
+        Acquire::Ready(Ok(
+            self.with_bucket(key, |b| self.acquire_in(b, now, quota, max_wait))
+        ))
     }
 
     fn adopt(&self, key: Option<&PartitionKey>, _quota: &Quota, remaining: u64, reset: Duration) {
-        let now = self.now();
-        // Views that end within a second of each other describe the same window.
-        self.with_bucket(key, now, |b| {
-            b.adopt(now, remaining, nanos(reset), 1_000_000_000)
-        });
+        self.with_bucket(key, |b| self.adopt_in(b, remaining, reset));
     }
 
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
-        let now = self.now();
-        self.with_bucket(key, now, |b| b.release(reservation.0, cell(quota)));
+        self.with_bucket(key, |b| self.release_in(b, quota, reservation));
     }
 
     /// Takes each reply as the freshest word on the window: what is left is `remaining` less
@@ -270,13 +314,6 @@ impl BucketStore for LocalStore {
         _quota: &Quota,
         report: WindowReport,
     ) -> bool {
-        let now = self.now();
-        let report = Report {
-            remaining: report.remaining,
-            reset: nanos(report.reset),
-            refused: report.refused,
-            outstanding: report.outstanding,
-        };
-        self.with_bucket(key, now, |b| b.report(now, report, 1_000_000_000))
+        self.with_bucket(key, |b| self.report_in(b, report))
     }
 }

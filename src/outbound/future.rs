@@ -1,0 +1,706 @@
+//! The composed call: one state machine that runs every step of an [`Outbound`](super::Outbound)
+//! call over its upstream's record.
+//!
+//! ```text
+//! new ─▶ Buffering ─▶ Admitting ─┬─▶ Sending ─▶ Calling ─┬─▶ (attempt done) ─┬─▶ Backoff ─▶ Admitting
+//!                        ▲        ├─▶ AtGate ──▶ (gate again)                │
+//!                        │        ├─▶ ForSlot ─▶ Sending                     └─▶ Recording ─▶ Done
+//!                        │        └─▶ Deciding ─▶ Sending / ForSlot          └─▶ Done
+//! ```
+//!
+//! `new` reads the clock once, deposits the call into its upstream's retry budget and sets the
+//! deadline. `Admitting` counts an attempt and asks the breaker, the gate and the throttle, in
+//! that order, all through the record. `Calling` polls the client. When an attempt is done, its
+//! outcome is classified once and its rate-limit headers parsed once, and both are handed to the
+//! throttle, the gate, the breaker and the retry policy, in the order the layers would see them.
+//! One timer serves every wait of the call: the deadline, the attempt timeout (from the
+//! attempt's first pending poll), the gate, the throttle's slot and the backoff; it is created
+//! only when the call is pending.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::SystemTime;
+
+use http::request::Parts;
+use http::uri::Authority;
+use http::{Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_service::Service;
+
+use super::record::Record;
+use crate::body::{Buffer, Buffered, ReplayBody};
+use crate::circuit::Admission;
+use crate::classify::{Attempt, Classify, DefaultClassifier, Outcome};
+use crate::dead_letter::recording::{self, Write};
+use crate::error::{BoxError, Error, Kind};
+use crate::handoff::{instant_after, Deadline, DoubtedRefusal, Replaying};
+use crate::rate_limit::RateLimitInfo;
+use crate::retry::policy::{self, Next, Progress};
+use crate::retry_after::{pause_of, Pass};
+use crate::throttle::{Acquire, Decision, Reservation, Slot};
+
+/// A shared bucket store's decision, on its way.
+type Deciding = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+
+pin_project! {
+    /// The response future of [`OutboundService`](super::OutboundService): the whole call
+    /// (body, attempts, the waits before and between them, the dead letter) in one state
+    /// machine. See the [module docs](self).
+    ///
+    /// Dropping it gives back what its attempt in flight holds: a half-open probe's permit, the
+    /// throttle's reserved slot, its place among the requests outstanding.
+    ///
+    /// # Panics
+    ///
+    /// When polled again after it completed, as futures may.
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<ReplayBody>>,
+    {
+        #[pin]
+        state: State<S::Future, B, S::Response>,
+        call: Call<S>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F, B, R> {
+        // Not polled yet.
+        Starting { buffer: Option<Buffer<B>> },
+        // Reading the request body into memory.
+        Buffering { #[pin] buffer: Buffer<B> },
+        // Before an attempt: the breaker, the gate, the throttle.
+        Admitting,
+        // Held at the closed gate until `until`.
+        AtGate { until: Instant },
+        // Held by the throttle until its reserved slot at `until`.
+        ForSlot { until: Instant },
+        // Waiting for a shared bucket store's decision.
+        Deciding { decision: Deciding },
+        // Admitted; waiting for the client to be ready.
+        Sending,
+        // The attempt in flight.
+        Calling { #[pin] future: F },
+        // Between attempts.
+        Backoff { until: Instant },
+        // Writing the dead letter of the failed call.
+        Recording { write: Write, result: Option<Result<R, Error>> },
+        Done,
+    }
+}
+
+/// Everything a call keeps besides its state: the request, the record, where it stands.
+struct Call<S> {
+    inner: S,
+    record: Arc<Record>,
+    /// The request head: sent with the next attempt, kept for a dead letter.
+    head: Option<Parts>,
+    body: Option<Buffered>,
+    progress: Progress,
+    /// The upstream, for errors and logs, once the head is no longer kept.
+    upstream: Option<Authority>,
+    replaying: bool,
+    /// When the call was first pending: a dead letter's first attempt (a call that ends in its
+    /// first poll is timed by the letter's own clock read).
+    started: Option<SystemTime>,
+    /// The clock, read once per poll at most: `None` once the call waited.
+    now: Option<Instant>,
+    /// The breaker's word on the attempt in flight, and when it started (when the breaker
+    /// judges slow calls or keeps its window by time).
+    admission: Option<Admission>,
+    breaker_started: Option<Instant>,
+    /// Whether the attempt in flight holds a place among the throttle's outstanding requests,
+    /// and the slot it reserved while it waits for it.
+    outstanding: bool,
+    reservation: Option<Reservation>,
+    /// The last attempt's outcome.
+    outcome: Outcome,
+    /// The one timer of the call, made when the call first waits.
+    timer: Option<Pin<Box<Sleep>>>,
+    /// When the attempt in flight times out, from its first pending poll.
+    attempt_deadline: Option<Instant>,
+    #[cfg(feature = "metrics")]
+    meter: crate::metrics::CallMeter,
+    #[cfg(feature = "metrics")]
+    attempt_meter: Option<crate::metrics::AttemptMeter>,
+}
+
+/// What admission decided for an attempt.
+enum Admit {
+    Send,
+    AtGate(Instant),
+    ForSlot(Instant),
+    Deciding(Deciding),
+    Refused(Error),
+}
+
+/// What a state produced: an attempt's result (for the retry policy) or the call's.
+enum Step<R> {
+    Attempt(Result<R, Error>),
+    Final(Result<R, Error>),
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody>>,
+{
+    pub(crate) fn new(inner: S, record: Arc<Record>, request: Request<B>) -> Self {
+        let stack = &*record.stack;
+        let retry = &stack.retry;
+        retry.stats.record_call();
+        #[cfg(feature = "metrics")]
+        let meter = crate::metrics::CallMeter::start(&request, stack.breaker.is_some());
+        let (parts, body) = request.into_parts();
+        let replaying = parts.extensions.get::<Replaying>().is_some();
+        let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
+        let may_retry = retry.max_attempts > 1 && retry.may_retry(&parts.method, &parts.headers);
+        let buffer = Buffer::new(body, retry.max_buffered_body);
+        ResponseFuture {
+            state: State::Starting {
+                buffer: Some(buffer),
+            },
+            call: Call {
+                inner,
+                head: Some(parts),
+                body: None,
+                progress: Progress::new(may_retry, deadline),
+                upstream: None,
+                replaying,
+                started: None,
+                now: None,
+                admission: None,
+                breaker_started: None,
+                outstanding: false,
+                reservation: None,
+                outcome: Outcome::Success,
+                timer: None,
+                attempt_deadline: None,
+                record,
+                #[cfg(feature = "metrics")]
+                meter,
+                #[cfg(feature = "metrics")]
+                attempt_meter: None,
+            },
+        }
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("upstream", &self.call.record.key)
+            .field("attempts", &self.call.progress.attempts)
+            .field("waited", &self.call.progress.waited)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B, ResB> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Output = Result<Response<ResB>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let call = this.call;
+        #[cfg(feature = "metrics")]
+        let span = call.meter.span.clone();
+        #[cfg(feature = "metrics")]
+        let _entered = span.enter();
+        let poll = call.step(this.state, cx);
+        match &poll {
+            Poll::Pending => {
+                // Time passes while the call waits: the clock is read again after.
+                call.now = None;
+                if call.started.is_none() && call.record.stack.dead_letters.is_some() {
+                    call.started = Some(SystemTime::now());
+                }
+            }
+            #[cfg(feature = "metrics")]
+            Poll::Ready(result) => call.meter.end(result, Instant::now()),
+            #[cfg(not(feature = "metrics"))]
+            Poll::Ready(_) => {}
+        }
+        poll
+    }
+}
+
+impl<S> Call<S> {
+    /// Runs the call as far as it goes without waiting.
+    fn step<B, ResB>(
+        &mut self,
+        mut state: Pin<&mut State<S::Future, B, Response<ResB>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ResB>, Error>>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+        B: Body + Unpin + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        loop {
+            let step = match state.as_mut().project() {
+                StateProj::Starting { buffer } => {
+                    let buffer = buffer.take().expect("the call starts once");
+                    self.start();
+                    state.set(State::Buffering { buffer });
+                    continue;
+                }
+                StateProj::Buffering { buffer } => match buffer.poll(cx) {
+                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
+                    Poll::Ready(Err(err)) => Step::Final(Err(Error::with_source(Kind::Body, err))),
+                    Poll::Ready(Ok(buffered)) => {
+                        if self.progress.may_retry && !buffered.is_replayable() {
+                            tracing::warn!(
+                                limit = self.record.stack.retry.max_buffered_body,
+                                "request body is larger than max_buffered_body: it is sent once and not retried"
+                            );
+                        }
+                        self.body = Some(buffered);
+                        state.set(State::Admitting);
+                        continue;
+                    }
+                },
+                StateProj::Admitting => match admitted(self.admit()) {
+                    Ok(next) => {
+                        state.set(next);
+                        continue;
+                    }
+                    Err(err) => Step::Attempt(Err(err)),
+                },
+                StateProj::AtGate { until } => {
+                    let until = *until;
+                    match ready!(self.poll_wait(until, cx)) {
+                        // Another response may have closed the gate again meanwhile.
+                        Ok(()) => match admitted(self.pass_gate(false)) {
+                            Ok(next) => {
+                                state.set(next);
+                                continue;
+                            }
+                            Err(err) => Step::Attempt(Err(err)),
+                        },
+                        Err(err) => Step::Final(Err(err)),
+                    }
+                }
+                StateProj::ForSlot { until } => {
+                    let until = *until;
+                    match ready!(self.poll_wait(until, cx)) {
+                        Ok(()) => {
+                            // The slot is used from here on.
+                            self.reservation = None;
+                            state.set(State::Sending);
+                            continue;
+                        }
+                        Err(err) => Step::Final(Err(err)),
+                    }
+                }
+                StateProj::Deciding { decision } => match decision.as_mut().poll(cx) {
+                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
+                    Poll::Ready(decision) => match admitted(self.slot(decision)) {
+                        Ok(next) => {
+                            state.set(next);
+                            continue;
+                        }
+                        Err(err) => Step::Attempt(Err(err)),
+                    },
+                },
+                StateProj::Sending => match self.inner.poll_ready(cx) {
+                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
+                    Poll::Ready(Err(err)) => Step::Attempt(Err(Error::from_box(err.into()))),
+                    Poll::Ready(Ok(())) => match self.request() {
+                        Some(request) => {
+                            self.attempt_deadline = None;
+                            let future = self.inner.call(request);
+                            state.set(State::Calling { future });
+                            continue;
+                        }
+                        None => Step::Attempt(Err(Error::with_source(
+                            Kind::Body,
+                            "request body is no longer available for another attempt",
+                        ))),
+                    },
+                },
+                StateProj::Calling { future } => match future.poll(cx) {
+                    Poll::Ready(result) => {
+                        Step::Attempt(result.map_err(|e| Error::from_box(e.into())))
+                    }
+                    Poll::Pending => match ready!(self.poll_attempt(cx)) {
+                        // The attempt timed out: it is dropped, and is an attempt that failed.
+                        Ok(()) => {
+                            state.set(State::Done);
+                            Step::Attempt(Err(Error::timed_out()))
+                        }
+                        Err(err) => Step::Final(Err(err)),
+                    },
+                },
+                StateProj::Backoff { until } => {
+                    let until = *until;
+                    ready!(self.poll_timer(until, cx));
+                    state.set(State::Admitting);
+                    continue;
+                }
+                StateProj::Recording { write, result } => {
+                    let recorded = ready!(write.poll(cx));
+                    let mut result = result.take().expect("future polled after completion");
+                    recording::attach(recorded, &mut result);
+                    state.set(State::Done);
+                    break Poll::Ready(result);
+                }
+                StateProj::Done => panic!("future polled after completion"),
+            };
+            // The attempt in flight (if any) is over: its future goes before anything else.
+            state.set(State::Done);
+            let result = match step {
+                Step::Attempt(result) => match self.attempt_done(result) {
+                    Next::Retry { until } => {
+                        state.set(State::Backoff { until });
+                        continue;
+                    }
+                    Next::Return(result) => result,
+                },
+                Step::Final(result) => result,
+            };
+            match self.letter(&result) {
+                Some(write) => state.set(State::Recording {
+                    write,
+                    result: Some(result),
+                }),
+                None => break Poll::Ready(result),
+            }
+        }
+    }
+
+    /// The call starts, at its first poll: it is deposited into its upstream's retry budget
+    /// and its deadline set, on the clock read that also serves its first attempt.
+    fn start(&mut self) {
+        let now = self.clock();
+        let record = &*self.record;
+        if let Some(budget) = &record.budget {
+            budget.deposit(now);
+        }
+        if let Some(timeout) = record.stack.retry.deadline {
+            let ours = instant_after(now, timeout);
+            let deadline = &mut self.progress.deadline;
+            *deadline = Some(deadline.map_or(ours, |theirs| theirs.min(ours)));
+        }
+        #[cfg(feature = "metrics")]
+        self.meter.starts_at(now);
+    }
+
+    /// Now: read once per poll, and again after the call waited.
+    fn clock(&mut self) -> Instant {
+        *self.now.get_or_insert_with(Instant::now)
+    }
+
+    /// Counts an attempt, then asks the breaker, the gate and the throttle.
+    fn admit(&mut self) -> Admit {
+        let replayable = self.body.as_ref().is_some_and(Buffered::is_replayable);
+        let now = self.clock();
+        let stack = &*self.record.stack;
+        self.progress.start_attempt(&stack.retry, replayable);
+        #[cfg(feature = "metrics")]
+        {
+            self.attempt_meter = Some(crate::metrics::AttemptMeter::start(
+                self.progress.attempts - 1,
+                now,
+            ));
+        }
+        if let (Some(breakers), Some(breaker)) = (&stack.breaker, &self.record.breaker) {
+            match breakers.admit(breaker) {
+                Admission::Reject { retry_in } => {
+                    let upstream = upstream(&self.head, &self.upstream);
+                    return Admit::Refused(crate::circuit::open_error(retry_in, upstream));
+                }
+                admission => {
+                    self.admission = Some(admission);
+                    self.breaker_started = breakers.needs_clock().then(Instant::now);
+                }
+            }
+        }
+        self.pass_gate(true)
+    }
+
+    /// Passes the gate (`first`: the attempt's first pass, counted when held), then takes the
+    /// throttle's slot.
+    fn pass_gate(&mut self, first: bool) -> Admit {
+        let record = &*self.record;
+        let gates = &record.stack.gates;
+        match gates.pass_gate(&record.gate) {
+            Pass::Open => self.take_slot(),
+            Pass::Wait(until) => {
+                if first {
+                    gates.count_delayed();
+                }
+                Admit::AtGate(until)
+            }
+            Pass::Refuse(mut err) => {
+                err.set_upstream(upstream(&self.head, &self.upstream));
+                gates.count_refused();
+                Admit::Refused(err)
+            }
+        }
+    }
+
+    /// Takes the throttle's slot: from the record's bucket in this process, or from the
+    /// shared store.
+    fn take_slot(&mut self) -> Admit {
+        let record = &*self.record;
+        let Some(throttle) = &record.stack.throttle else {
+            return Admit::Send;
+        };
+        let decision = match (&record.bucket, &throttle.local) {
+            (Some(bucket), Some(local)) => Ok(local.acquire_in(
+                bucket,
+                *self.now.get_or_insert_with(Instant::now),
+                &throttle.quota,
+                throttle.max_wait,
+            )),
+            _ => match throttle.store.acquire(
+                record.key.as_ref(),
+                &throttle.quota,
+                throttle.max_wait,
+            ) {
+                Acquire::Ready(decision) => decision,
+                Acquire::Pending(decision) => return Admit::Deciding(decision),
+            },
+        };
+        self.slot(decision)
+    }
+
+    /// What the throttle's decision means for the attempt.
+    fn slot(&mut self, decision: Result<Decision, Error>) -> Admit {
+        let Some(throttle) = &self.record.stack.throttle else {
+            return Admit::Send;
+        };
+        match throttle.take(decision, upstream(&self.head, &self.upstream)) {
+            Slot::Go => {
+                self.outstanding = true;
+                Admit::Send
+            }
+            Slot::Wait { wait, reservation } => {
+                self.outstanding = true;
+                self.reservation = Some(reservation);
+                let now = *self.now.get_or_insert_with(Instant::now);
+                Admit::ForSlot(instant_after(now, wait))
+            }
+            Slot::Refused(err) => Admit::Refused(err),
+        }
+    }
+
+    /// The request of the next attempt. The head is copied only while another attempt or a
+    /// dead letter may need it.
+    fn request(&mut self) -> Option<Request<ReplayBody>> {
+        let body = self.body.as_mut().and_then(Buffered::take_attempt)?;
+        let parts = self.head.take()?;
+        if self.progress.repeatable || self.record.stack.dead_letters.is_some() {
+            self.head = Some(parts.clone());
+        } else {
+            self.upstream = parts.uri.authority().cloned();
+        }
+        Some(Request::from_parts(parts, body))
+    }
+
+    /// Hands an attempt's result to every step that reads it, in the order the layers would
+    /// see it (throttle, gate, breaker, then the retry policy), classified once and with its
+    /// rate-limit headers parsed once.
+    fn attempt_done<R>(&mut self, mut result: Result<Response<R>, Error>) -> Next<R> {
+        let record = &*self.record;
+        let stack = &*record.stack;
+        let outcome = DefaultClassifier.classify(Attempt::of(&result));
+        self.outcome = outcome;
+        let info = match &mut result {
+            Ok(response) => RateLimitInfo::of_response(response),
+            Err(_) => None,
+        };
+        let others = match &stack.throttle {
+            Some(throttle) if std::mem::take(&mut self.outstanding) => throttle.answered(),
+            Some(throttle) => throttle
+                .outstanding
+                .load(std::sync::atomic::Ordering::Acquire),
+            None => 0,
+        };
+        if let (Ok(response), Some(info)) = (&mut result, &info) {
+            let status = response.status();
+            let doubted = stack
+                .throttle
+                .as_ref()
+                .filter(|throttle| throttle.adaptive)
+                .is_some_and(|throttle| {
+                    throttle.adopt(
+                        record.key.as_ref(),
+                        record.bucket.as_deref(),
+                        status,
+                        info,
+                        others,
+                    )
+                });
+            if doubted {
+                response.extensions_mut().insert(DoubtedRefusal);
+            } else if let Some(wait) = pause_of(status, info) {
+                stack
+                    .gates
+                    .close(&record.gate, record.key.as_ref(), wait, status);
+            }
+        }
+        if let (Some(admission), Some(breakers), Some(breaker)) =
+            (self.admission.take(), &stack.breaker, &record.breaker)
+        {
+            // A refusal by another step says nothing of the upstream's health.
+            let health = match &result {
+                Err(err) if err.is_refusal() => Outcome::Rejected,
+                _ => outcome,
+            };
+            breakers.finish(breaker, admission, health, self.breaker_started.take());
+        }
+        #[cfg(feature = "metrics")]
+        if let Some(meter) = self.attempt_meter.take() {
+            meter.end(&self.meter.upstream, &result, Instant::now());
+        }
+        policy::next(
+            &stack.retry,
+            &mut self.progress,
+            record.budget.as_deref(),
+            upstream(&self.head, &self.upstream),
+            result,
+            outcome,
+            move |_| info,
+        )
+    }
+
+    /// The dead letter of the call's result, when it failed and gets one.
+    fn letter<R>(&mut self, result: &Result<Response<R>, Error>) -> Option<Write> {
+        let config = self.record.stack.dead_letters.as_ref()?;
+        if !recording::failed(result, self.outcome)
+            || !recording::wanted(config, self.replaying, result)
+        {
+            return None;
+        }
+        let Some(parts) = self.head.take() else {
+            tracing::error!("the request head of a failed call was not kept: no dead letter");
+            return None;
+        };
+        let body = self.body.as_ref().and_then(Buffered::bytes);
+        let letter = recording::letter(config, parts, body, self.started, result);
+        Some(Write::start(config, letter))
+    }
+
+    /// While the call waits on the body, the client's readiness or a store: pending until the
+    /// deadline, then the deadline's error.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+        let Some(deadline) = self.progress.deadline else {
+            return Poll::Pending;
+        };
+        ready!(self.poll_timer(deadline, cx));
+        Poll::Ready(self.deadline_passed())
+    }
+
+    /// Waits until `until`, or fails at the deadline when it comes first.
+    fn poll_wait(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        let at = self.progress.deadline.map_or(until, |d| d.min(until));
+        ready!(self.poll_timer(at, cx));
+        if until <= at {
+            Poll::Ready(Ok(()))
+        } else {
+            Poll::Ready(Err(self.deadline_passed()))
+        }
+    }
+
+    /// While an attempt is pending: `Ok` when its timeout passes first, the deadline's error
+    /// when the deadline does. The attempt's time counts from its first pending poll.
+    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        if self.attempt_deadline.is_none() {
+            if let Some(timeout) = self.record.stack.attempt_timeout {
+                self.attempt_deadline = Some(instant_after(Instant::now(), timeout));
+            }
+        }
+        let deadline = self.progress.deadline;
+        let at = match (self.attempt_deadline, deadline) {
+            (Some(attempt), Some(call)) => attempt.min(call),
+            (attempt, call) => match attempt.or(call) {
+                Some(at) => at,
+                None => return Poll::Pending,
+            },
+        };
+        ready!(self.poll_timer(at, cx));
+        if deadline.is_some_and(|d| d <= at) {
+            Poll::Ready(Err(self.deadline_passed()))
+        } else {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn poll_timer(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        if timer.deadline() != at {
+            timer.as_mut().reset(at);
+        }
+        timer.as_mut().poll(cx)
+    }
+
+    /// The deadline passed: the attempt in flight is given up, and the call ends.
+    fn deadline_passed(&mut self) -> Error {
+        self.give_back();
+        policy::deadline_passed(upstream(&self.head, &self.upstream), &self.progress)
+    }
+
+    /// Gives back what an attempt that will never finish holds: a probe's permit (its outcome
+    /// says nothing), its place among the outstanding requests, its reserved slot.
+    fn give_back(&mut self) {
+        let record = &*self.record;
+        if let (Some(Admission::Probe { round }), Some(breaker)) =
+            (self.admission.take(), &record.breaker)
+        {
+            breaker.release_probe(round);
+        }
+        self.breaker_started = None;
+        if let Some(throttle) = &record.stack.throttle {
+            if std::mem::take(&mut self.outstanding) {
+                throttle.answered();
+            }
+            if let Some(reservation) = self.reservation.take() {
+                throttle.release(record.key.as_ref(), record.bucket.as_deref(), reservation);
+            }
+        }
+    }
+}
+
+impl<S> Drop for Call<S> {
+    fn drop(&mut self) {
+        self.give_back();
+    }
+}
+
+/// The state an admission leads to, or the refusal.
+fn admitted<F, B, R>(admit: Admit) -> Result<State<F, B, R>, Error> {
+    Ok(match admit {
+        Admit::Send => State::Sending,
+        Admit::AtGate(until) => State::AtGate { until },
+        Admit::ForSlot(until) => State::ForSlot { until },
+        Admit::Deciding(decision) => State::Deciding { decision },
+        Admit::Refused(err) => return Err(err),
+    })
+}
+
+/// The upstream of the call: from the head while it is kept.
+fn upstream<'a>(head: &'a Option<Parts>, kept: &'a Option<Authority>) -> Option<&'a Authority> {
+    head.as_ref()
+        .and_then(|parts| parts.uri.authority())
+        .or(kept.as_ref())
+}

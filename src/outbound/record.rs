@@ -1,0 +1,244 @@
+//! The per-upstream record: everything an [`Outbound`](super::Outbound) stack keeps about one
+//! upstream, found once per call.
+//!
+//! A record holds the upstream's retry budget, circuit breaker, Retry-After gate and throttle
+//! bucket, taken once from the registries of the layers they belong to (so the layers' own
+//! read-outs — `state_of`, `closed_for_upstream`, the stats — see the same state), and the
+//! stack's settings. A call finds its record with one look-up and then touches nothing else
+//! per upstream. Hedging and adaptive concurrency keep their per-upstream figures here too.
+//!
+//! Records are kept per upstream (scheme, host and port) or, with [`Scope::Global`], one for
+//! every call; at most [`MAX_RECORDS`] per-upstream records, idle ones evicted first, the rest
+//! sharing the global record. Each record exists in one copy per shard (see
+//! [`sync::shards`](crate::sync::shards)): a call clones its own thread's copy, so the
+//! reference counts of calls on different cores never share a cache line.
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use http::Uri;
+
+use super::stack::Stack;
+use crate::circuit::Breaker;
+use crate::partition::{PartitionKey, Registry, Scope};
+use crate::retry::Allowance;
+use crate::retry_after::Gate;
+use crate::sync::{shards, this_shard};
+use crate::throttle::Bucket;
+
+/// The most per-upstream records a stack keeps.
+pub(crate) const MAX_RECORDS: usize = 1024;
+
+/// One upstream's state, and the stack's settings. Aligned to a cache line so that the
+/// reference counts of the shard copies of one record never share one.
+#[derive(Clone, Debug)]
+#[repr(align(64))]
+pub(crate) struct Record {
+    pub(crate) stack: Arc<Stack>,
+    /// The upstream (`None`: the global record).
+    pub(crate) key: Option<PartitionKey>,
+    pub(crate) budget: Option<Arc<Allowance>>,
+    pub(crate) breaker: Option<Arc<Breaker>>,
+    pub(crate) gate: Arc<Gate>,
+    /// The throttle's bucket, when the throttle keeps its buckets in this process (a remote
+    /// store is asked by key).
+    pub(crate) bucket: Option<Arc<Bucket>>,
+}
+
+impl Record {
+    fn new(stack: &Arc<Stack>, key: Option<PartitionKey>) -> Self {
+        let k = key.as_ref();
+        Record {
+            budget: stack.budget.as_ref().map(|budget| budget.allowance(k)),
+            breaker: stack.breaker.as_ref().map(|registry| registry.breaker(k)),
+            gate: stack.gates.gate_of(k),
+            bucket: stack
+                .throttle
+                .as_ref()
+                .and_then(|t| t.local.as_ref())
+                .map(|local| local.bucket(k)),
+            stack: stack.clone(),
+            key,
+        }
+    }
+
+    /// Whether nothing here is worth keeping: the breaker closed with no failure in its
+    /// window, the gate open, the bucket full again.
+    fn is_idle(&self) -> bool {
+        let stack = &*self.stack;
+        self.breaker.as_ref().is_none_or(|b| b.is_idle())
+            && stack.gates.is_open(&self.gate)
+            && match (
+                &self.bucket,
+                stack.throttle.as_ref().and_then(|t| t.local.as_ref()),
+            ) {
+                (Some(bucket), Some(local)) => local.is_idle(bucket),
+                _ => true,
+            }
+    }
+}
+
+/// A record in one copy per shard.
+type Shards = Box<[Arc<Record>]>;
+
+fn shards_of(record: Record) -> Shards {
+    (0..shards()).map(|_| Arc::new(record.clone())).collect()
+}
+
+/// The records of one stack.
+#[derive(Debug)]
+pub(crate) struct Records {
+    pub(crate) stack: Arc<Stack>,
+    /// Tells this registry from every other in the threads' caches (never reused).
+    id: u64,
+    /// Bumped whenever a record is evicted, so the caches stop handing it out.
+    generation: AtomicU64,
+    global: Shards,
+    keyed: Registry<Shards>,
+}
+
+impl Records {
+    pub(crate) fn new(stack: Stack) -> Self {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        let stack = Arc::new(stack);
+        Records {
+            global: shards_of(Record::new(&stack, None)),
+            stack,
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            generation: AtomicU64::new(0),
+            keyed: Registry::default(),
+        }
+    }
+
+    /// The record of `uri`'s upstream, this thread's copy.
+    pub(crate) fn find(&self, uri: &Uri) -> Arc<Record> {
+        let shard = this_shard();
+        if self.stack.scope == Scope::Global {
+            return self.global[shard % self.global.len()].clone();
+        }
+        let Some(authority) = uri.authority() else {
+            return self.global[shard % self.global.len()].clone();
+        };
+        let scheme = uri.scheme_str().unwrap_or("");
+        let generation = self.generation.load(Ordering::Acquire);
+        let spelled = Spelled::of(scheme, authority.as_str());
+        if let Some(spelled) = &spelled {
+            if let Some(record) = cached(self.id, generation, spelled) {
+                return record;
+            }
+        }
+        let shards = crate::partition::upstream_of(uri).and_then(|key| {
+            self.keyed.get_or_insert(
+                &key,
+                MAX_RECORDS,
+                |record| {
+                    let keep = !record[0].is_idle();
+                    if !keep {
+                        self.generation.fetch_add(1, Ordering::AcqRel);
+                    }
+                    keep
+                },
+                || shards_of(Record::new(&self.stack, Some(key.clone()))),
+            )
+        });
+        let record = match &shards {
+            Some(shards) => shards[shard % shards.len()].clone(),
+            None => self.global[shard % self.global.len()].clone(),
+        };
+        // An authority with userinfo is never remembered: the cache holds no credential.
+        if let (Some(spelled), Some(_), false) =
+            (spelled, &shards, authority.as_str().contains('@'))
+        {
+            remember(self.id, generation, spelled, record.clone());
+        }
+        record
+    }
+
+    /// Per-upstream records held now.
+    pub(crate) fn len(&self) -> usize {
+        self.keyed.len()
+    }
+}
+
+/// The longest `scheme` `\0` `authority` the caches remember; longer ones are looked up.
+const SPELLED: usize = 96;
+
+/// What a URI says of its upstream before normalising, as the caches compare it.
+#[derive(Clone, Copy)]
+struct Spelled {
+    bytes: [u8; SPELLED],
+    len: usize,
+}
+
+impl Spelled {
+    fn of(scheme: &str, authority: &str) -> Option<Self> {
+        let len = scheme.len() + 1 + authority.len();
+        let mut bytes = [0u8; SPELLED];
+        bytes
+            .get_mut(..scheme.len())?
+            .copy_from_slice(scheme.as_bytes());
+        *bytes.get_mut(scheme.len())? = 0;
+        bytes
+            .get_mut(scheme.len() + 1..len)?
+            .copy_from_slice(authority.as_bytes());
+        Some(Spelled { bytes, len })
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.bytes.get(..self.len).unwrap_or_default()
+    }
+}
+
+/// One remembered record of a thread.
+struct Cached {
+    owner: u64,
+    generation: u64,
+    spelled: Spelled,
+    record: Arc<Record>,
+}
+
+/// How many records each thread remembers (a thread that calls a few upstreams, or through a
+/// few stacks, finds each in its cache).
+const CACHED: usize = 4;
+
+struct Cache {
+    entries: [Option<Cached>; CACHED],
+    next: usize,
+}
+
+thread_local! {
+    static CACHE: RefCell<Cache> = const {
+        RefCell::new(Cache { entries: [const { None }; CACHED], next: 0 })
+    };
+}
+
+fn cached(owner: u64, generation: u64, spelled: &Spelled) -> Option<Arc<Record>> {
+    CACHE
+        .try_with(|cache| {
+            let cache = cache.try_borrow().ok()?;
+            cache.entries.iter().flatten().find_map(|entry| {
+                (entry.owner == owner
+                    && entry.generation == generation
+                    && entry.spelled.as_bytes() == spelled.as_bytes())
+                .then(|| entry.record.clone())
+            })
+        })
+        .ok()
+        .flatten()
+}
+
+fn remember(owner: u64, generation: u64, spelled: Spelled, record: Arc<Record>) {
+    let _ = CACHE.try_with(|cache| {
+        if let Ok(mut cache) = cache.try_borrow_mut() {
+            let slot = cache.next % CACHED;
+            cache.next = cache.next.wrapping_add(1);
+            cache.entries[slot] = Some(Cached {
+                owner,
+                generation,
+                spelled,
+                record,
+            });
+        }
+    });
+}
