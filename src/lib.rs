@@ -60,6 +60,7 @@ pub mod dead_letter;
 pub mod deadline;
 pub mod error;
 pub mod handoff;
+mod head;
 pub mod idempotency;
 #[cfg(any(feature = "lehnz", feature = "sim"))]
 pub mod lehnz;

@@ -291,7 +291,9 @@ impl Registry {
     pub(crate) fn admit(&self, breaker: &Breaker) -> Admission {
         let mut changes = Vec::new();
         let admission = breaker.admit(&self.settings, &mut changes);
-        self.announce(&changes);
+        if !changes.is_empty() {
+            self.announce(&changes);
+        }
         match admission {
             Admission::Reject { .. } => self.stats.count(1),
             Admission::Call | Admission::Probe { .. } => self.stats.count(0),
@@ -332,7 +334,9 @@ impl Registry {
         }
         let mut changes = Vec::new();
         breaker.record(admission, failure, slow, now, &self.settings, &mut changes);
-        self.announce(&changes);
+        if !changes.is_empty() {
+            self.announce(&changes);
+        }
     }
 
     /// Logs and announces state changes (outside any breaker's lock).

@@ -39,10 +39,11 @@ use crate::classify::{Attempt, Classify, DefaultClassifier, Outcome};
 use crate::dead_letter::recording::{self, Write};
 use crate::error::{BoxError, Error, Kind};
 use crate::handoff::{instant_after, Deadline, DoubtedRefusal, Replaying};
+use crate::head::HeadCopy;
 use crate::rate_limit::RateLimitInfo;
 use crate::retry::policy::{self, Next, Progress};
 use crate::retry_after::{pause_of, Pass};
-use crate::throttle::{Acquire, Decision, Reservation, Slot};
+use crate::throttle::{Acquire, Decision, LocalStore, Reservation, Slot};
 
 /// A shared bucket store's decision, on its way.
 type Deciding = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
@@ -71,12 +72,8 @@ pin_project! {
 pin_project! {
     #[project = StateProj]
     enum State<F, B, R> {
-        // Not polled yet.
-        Starting { buffer: Option<Buffer<B>> },
         // Reading the request body into memory.
         Buffering { #[pin] buffer: Buffer<B> },
-        // Before an attempt: the breaker, the gate, the throttle.
-        Admitting,
         // Held at the closed gate until `until`.
         AtGate { until: Instant },
         // Held by the throttle until its reserved slot at `until`.
@@ -90,7 +87,8 @@ pin_project! {
         // Between attempts.
         Backoff { until: Instant },
         // Writing the dead letter of the failed call.
-        Recording { write: Write, result: Option<Result<R, Error>> },
+        // (Boxed: it is rare, and the states stay small to move.)
+        Recording { recording: Box<(Write, Option<Result<R, Error>>)> },
         Done,
     }
 }
@@ -99,18 +97,20 @@ pin_project! {
 struct Call<S> {
     inner: S,
     record: Arc<Record>,
-    /// The request head: sent with the next attempt, kept for a dead letter.
-    head: Option<Parts>,
+    /// The request head: the caller's until the first attempt takes it, then a copy while
+    /// another attempt or a dead letter may need it.
+    head: Head,
     body: Option<Buffered>,
     progress: Progress,
-    /// The upstream, for errors and logs, once the head is no longer kept.
-    upstream: Option<Authority>,
+    /// The upstream, for errors and logs, once the head is no longer kept (boxed: rare).
+    upstream: Option<Box<Authority>>,
     replaying: bool,
     /// When the call was first pending: a dead letter's first attempt (a call that ends in its
     /// first poll is timed by the letter's own clock read).
     started: Option<SystemTime>,
-    /// The clock, read once per poll at most: `None` once the call waited.
-    now: Option<Instant>,
+    /// The clock, read once per poll at most (and as nanoseconds since the record's epoch):
+    /// `None` once the call waited.
+    now: Option<(Instant, u64)>,
     /// The breaker's word on the attempt in flight, and when it started (when the breaker
     /// judges slow calls or keeps its window by time).
     admission: Option<Admission>,
@@ -121,6 +121,10 @@ struct Call<S> {
     reservation: Option<Reservation>,
     /// The last attempt's outcome.
     outcome: Outcome,
+    /// Whether the call started (at its first poll).
+    begun: bool,
+    /// When it started, until its deadline is worked out (see `deadline`).
+    begun_at: Option<Instant>,
     /// The one timer of the call, made when the call first waits.
     timer: Option<Pin<Box<Sleep>>>,
     /// When the attempt in flight times out, from its first pending poll.
@@ -162,12 +166,10 @@ where
         let may_retry = retry.max_attempts > 1 && retry.may_retry(&parts.method, &parts.headers);
         let buffer = Buffer::new(body, retry.max_buffered_body);
         ResponseFuture {
-            state: State::Starting {
-                buffer: Some(buffer),
-            },
+            state: State::Buffering { buffer },
             call: Call {
                 inner,
-                head: Some(parts),
+                head: Head::Original(parts),
                 body: None,
                 progress: Progress::new(may_retry, deadline),
                 upstream: None,
@@ -179,6 +181,8 @@ where
                 outstanding: false,
                 reservation: None,
                 outcome: Outcome::Success,
+                begun: false,
+                begun_at: None,
                 timer: None,
                 attempt_deadline: None,
                 record,
@@ -221,6 +225,10 @@ where
         let span = call.meter.span.clone();
         #[cfg(feature = "metrics")]
         let _entered = span.enter();
+        if !call.begun {
+            call.begun = true;
+            call.start();
+        }
         let poll = call.step(this.state, cx);
         match &poll {
             Poll::Pending => {
@@ -255,12 +263,6 @@ impl<S> Call<S> {
     {
         loop {
             let step = match state.as_mut().project() {
-                StateProj::Starting { buffer } => {
-                    let buffer = buffer.take().expect("the call starts once");
-                    self.start();
-                    state.set(State::Buffering { buffer });
-                    continue;
-                }
                 StateProj::Buffering { buffer } => match buffer.poll(cx) {
                     Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
                     Poll::Ready(Err(err)) => Step::Final(Err(Error::with_source(Kind::Body, err))),
@@ -272,28 +274,24 @@ impl<S> Call<S> {
                             );
                         }
                         self.body = Some(buffered);
-                        state.set(State::Admitting);
-                        continue;
+                        let admit = self.admit();
+                        match self.go(state.as_mut(), admit, cx) {
+                            Some(step) => step,
+                            None => continue,
+                        }
                     }
-                },
-                StateProj::Admitting => match admitted(self.admit()) {
-                    Ok(next) => {
-                        state.set(next);
-                        continue;
-                    }
-                    Err(err) => Step::Attempt(Err(err)),
                 },
                 StateProj::AtGate { until } => {
                     let until = *until;
                     match ready!(self.poll_wait(until, cx)) {
                         // Another response may have closed the gate again meanwhile.
-                        Ok(()) => match admitted(self.pass_gate(false)) {
-                            Ok(next) => {
-                                state.set(next);
-                                continue;
+                        Ok(()) => {
+                            let admit = self.pass_gate(false);
+                            match self.go(state.as_mut(), admit, cx) {
+                                Some(step) => step,
+                                None => continue,
                             }
-                            Err(err) => Step::Attempt(Err(err)),
-                        },
+                        }
                         Err(err) => Step::Final(Err(err)),
                     }
                 }
@@ -303,36 +301,30 @@ impl<S> Call<S> {
                         Ok(()) => {
                             // The slot is used from here on.
                             self.reservation = None;
-                            state.set(State::Sending);
-                            continue;
+                            match self.go(state.as_mut(), Admit::Send, cx) {
+                                Some(step) => step,
+                                None => continue,
+                            }
                         }
                         Err(err) => Step::Final(Err(err)),
                     }
                 }
                 StateProj::Deciding { decision } => match decision.as_mut().poll(cx) {
                     Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
-                    Poll::Ready(decision) => match admitted(self.slot(decision)) {
-                        Ok(next) => {
-                            state.set(next);
-                            continue;
+                    Poll::Ready(decision) => {
+                        let admit = self.slot(decision);
+                        match self.go(state.as_mut(), admit, cx) {
+                            Some(step) => step,
+                            None => continue,
                         }
-                        Err(err) => Step::Attempt(Err(err)),
-                    },
+                    }
                 },
                 StateProj::Sending => match self.inner.poll_ready(cx) {
                     Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
                     Poll::Ready(Err(err)) => Step::Attempt(Err(Error::from_box(err.into()))),
-                    Poll::Ready(Ok(())) => match self.request() {
-                        Some(request) => {
-                            self.attempt_deadline = None;
-                            let future = self.inner.call(request);
-                            state.set(State::Calling { future });
-                            continue;
-                        }
-                        None => Step::Attempt(Err(Error::with_source(
-                            Kind::Body,
-                            "request body is no longer available for another attempt",
-                        ))),
+                    Poll::Ready(Ok(())) => match self.launch(state.as_mut()) {
+                        Some(step) => step,
+                        None => continue,
                     },
                 },
                 StateProj::Calling { future } => match future.poll(cx) {
@@ -351,10 +343,14 @@ impl<S> Call<S> {
                 StateProj::Backoff { until } => {
                     let until = *until;
                     ready!(self.poll_timer(until, cx));
-                    state.set(State::Admitting);
-                    continue;
+                    let admit = self.admit();
+                    match self.go(state.as_mut(), admit, cx) {
+                        Some(step) => step,
+                        None => continue,
+                    }
                 }
-                StateProj::Recording { write, result } => {
+                StateProj::Recording { recording } => {
+                    let (write, result) = &mut **recording;
                     let recorded = ready!(write.poll(cx));
                     let mut result = result.take().expect("future polled after completion");
                     recording::attach(recorded, &mut result);
@@ -377,44 +373,111 @@ impl<S> Call<S> {
             };
             match self.letter(&result) {
                 Some(write) => state.set(State::Recording {
-                    write,
-                    result: Some(result),
+                    recording: Box::new((write, Some(result))),
                 }),
                 None => break Poll::Ready(result),
             }
         }
     }
 
+    /// Goes on from an admission: an admitted attempt is sent at once when the client is
+    /// ready; a held one waits in its state. `Some`: the attempt is over already (refused, or
+    /// the client failed).
+    fn go<B, ResB>(
+        &mut self,
+        mut state: Pin<&mut State<S::Future, B, Response<ResB>>>,
+        admit: Admit,
+        cx: &mut Context<'_>,
+    ) -> Option<Step<Response<ResB>>>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+    {
+        match admit {
+            Admit::Send => match self.inner.poll_ready(cx) {
+                Poll::Ready(Ok(())) => self.launch(state),
+                Poll::Ready(Err(err)) => Some(Step::Attempt(Err(Error::from_box(err.into())))),
+                Poll::Pending => {
+                    state.set(State::Sending);
+                    None
+                }
+            },
+            Admit::AtGate(until) => {
+                state.set(State::AtGate { until });
+                None
+            }
+            Admit::ForSlot(until) => {
+                state.set(State::ForSlot { until });
+                None
+            }
+            Admit::Deciding(decision) => {
+                state.set(State::Deciding { decision });
+                None
+            }
+            Admit::Refused(err) => Some(Step::Attempt(Err(err))),
+        }
+    }
+
+    /// Sends the attempt on the ready client.
+    fn launch<B, ResB>(
+        &mut self,
+        mut state: Pin<&mut State<S::Future, B, Response<ResB>>>,
+    ) -> Option<Step<Response<ResB>>>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+    {
+        let Some(request) = self.request() else {
+            return Some(Step::Attempt(Err(Error::with_source(
+                Kind::Body,
+                "request body is no longer available for another attempt",
+            ))));
+        };
+        self.attempt_deadline = None;
+        let future = self.inner.call(request);
+        state.set(State::Calling { future });
+        None
+    }
+
     /// The call starts, at its first poll: it is deposited into its upstream's retry budget
     /// and its deadline set, on the clock read that also serves its first attempt.
     fn start(&mut self) {
-        let now = self.clock();
+        let (now, since) = self.clock();
         let record = &*self.record;
         if let Some(budget) = &record.budget {
-            budget.deposit(now);
+            budget.deposit_at(since.saturating_add(record.budget_lag));
         }
-        if let Some(timeout) = record.stack.retry.deadline {
-            let ours = instant_after(now, timeout);
-            let deadline = &mut self.progress.deadline;
-            *deadline = Some(deadline.map_or(ours, |theirs| theirs.min(ours)));
-        }
+        self.begun_at = Some(now);
         #[cfg(feature = "metrics")]
         self.meter.starts_at(now);
     }
 
+    /// The call's deadline: the earlier of the request's and the stack's, which counts from
+    /// the call's start. Worked out when first needed (a call that never waits or retries
+    /// never needs it).
+    fn deadline(&mut self) -> Option<Instant> {
+        if let (Some(timeout), Some(begun)) =
+            (self.record.stack.retry.deadline, self.begun_at.take())
+        {
+            let ours = instant_after(begun, timeout);
+            let deadline = &mut self.progress.deadline;
+            *deadline = Some(deadline.map_or(ours, |theirs| theirs.min(ours)));
+        }
+        self.progress.deadline
+    }
+
     /// Now: read once per poll, and again after the call waited.
-    fn clock(&mut self) -> Instant {
-        *self.now.get_or_insert_with(Instant::now)
+    fn clock(&mut self) -> (Instant, u64) {
+        clock(&mut self.now, &self.record)
     }
 
     /// Counts an attempt, then asks the breaker, the gate and the throttle.
     fn admit(&mut self) -> Admit {
         let replayable = self.body.as_ref().is_some_and(Buffered::is_replayable);
-        let now = self.clock();
         let stack = &*self.record.stack;
         self.progress.start_attempt(&stack.retry, replayable);
         #[cfg(feature = "metrics")]
         {
+            let (now, _) = clock(&mut self.now, &self.record);
             self.attempt_meter = Some(crate::metrics::AttemptMeter::start(
                 self.progress.attempts - 1,
                 now,
@@ -463,13 +526,16 @@ impl<S> Call<S> {
         let Some(throttle) = &record.stack.throttle else {
             return Admit::Send;
         };
-        let decision = match (&record.bucket, &throttle.local) {
-            (Some(bucket), Some(local)) => Ok(local.acquire_in(
-                bucket,
-                *self.now.get_or_insert_with(Instant::now),
-                &throttle.quota,
-                throttle.max_wait,
-            )),
+        let decision = match &record.bucket {
+            Some(bucket) => {
+                let (_, since) = clock(&mut self.now, record);
+                Ok(LocalStore::acquire_at(
+                    bucket,
+                    since.saturating_add(record.bucket_lag),
+                    &throttle.quota,
+                    throttle.max_wait_nanos,
+                ))
+            }
             _ => match throttle.store.acquire(
                 record.key.as_ref(),
                 &throttle.quota,
@@ -495,22 +561,37 @@ impl<S> Call<S> {
             Slot::Wait { wait, reservation } => {
                 self.outstanding = true;
                 self.reservation = Some(reservation);
-                let now = *self.now.get_or_insert_with(Instant::now);
+                let (now, _) = self.clock();
                 Admit::ForSlot(instant_after(now, wait))
             }
             Slot::Refused(err) => Admit::Refused(err),
         }
     }
 
-    /// The request of the next attempt. The head is copied only while another attempt or a
-    /// dead letter may need it.
+    /// The request of the next attempt: the caller's head for the first, one built from the
+    /// copy for the others. A copy is kept only while another attempt or a dead letter may
+    /// need it.
     fn request(&mut self) -> Option<Request<ReplayBody>> {
         let body = self.body.as_mut().and_then(Buffered::take_attempt)?;
-        let parts = self.head.take()?;
-        if self.progress.repeatable || self.record.stack.dead_letters.is_some() {
-            self.head = Some(parts.clone());
-        } else {
-            self.upstream = parts.uri.authority().cloned();
+        let keep = self.progress.repeatable || self.record.stack.dead_letters.is_some();
+        let parts = match std::mem::replace(&mut self.head, Head::Gone) {
+            Head::Original(parts) => {
+                if keep {
+                    self.head = Head::Copy(HeadCopy::of(&parts));
+                }
+                parts
+            }
+            Head::Copy(copy) => {
+                let parts = copy.to_parts();
+                if keep {
+                    self.head = Head::Copy(copy);
+                }
+                parts
+            }
+            Head::Gone => return None,
+        };
+        if !keep {
+            self.upstream = parts.uri.authority().cloned().map(Box::new);
         }
         Some(Request::from_parts(parts, body))
     }
@@ -519,10 +600,14 @@ impl<S> Call<S> {
     /// see it (throttle, gate, breaker, then the retry policy), classified once and with its
     /// rate-limit headers parsed once.
     fn attempt_done<R>(&mut self, mut result: Result<Response<R>, Error>) -> Next<R> {
-        let record = &*self.record;
-        let stack = &*record.stack;
         let outcome = DefaultClassifier.classify(Attempt::of(&result));
         self.outcome = outcome;
+        if outcome.is_retryable() {
+            // The retry policy plans its wait within the deadline.
+            self.deadline();
+        }
+        let record = &*self.record;
+        let stack = &*record.stack;
         let info = match &mut result {
             Ok(response) => RateLimitInfo::of_response(response),
             Err(_) => None,
@@ -590,9 +675,13 @@ impl<S> Call<S> {
         {
             return None;
         }
-        let Some(parts) = self.head.take() else {
-            tracing::error!("the request head of a failed call was not kept: no dead letter");
-            return None;
+        let parts = match std::mem::replace(&mut self.head, Head::Gone) {
+            Head::Original(parts) => parts,
+            Head::Copy(copy) => copy.to_parts(),
+            Head::Gone => {
+                tracing::error!("the request head of a failed call was not kept: no dead letter");
+                return None;
+            }
         };
         let body = self.body.as_ref().and_then(Buffered::bytes);
         let letter = recording::letter(config, parts, body, self.started, result);
@@ -602,7 +691,7 @@ impl<S> Call<S> {
     /// While the call waits on the body, the client's readiness or a store: pending until the
     /// deadline, then the deadline's error.
     fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
-        let Some(deadline) = self.progress.deadline else {
+        let Some(deadline) = self.deadline() else {
             return Poll::Pending;
         };
         ready!(self.poll_timer(deadline, cx));
@@ -611,7 +700,7 @@ impl<S> Call<S> {
 
     /// Waits until `until`, or fails at the deadline when it comes first.
     fn poll_wait(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        let at = self.progress.deadline.map_or(until, |d| d.min(until));
+        let at = self.deadline().map_or(until, |d| d.min(until));
         ready!(self.poll_timer(at, cx));
         if until <= at {
             Poll::Ready(Ok(()))
@@ -628,7 +717,7 @@ impl<S> Call<S> {
                 self.attempt_deadline = Some(instant_after(Instant::now(), timeout));
             }
         }
-        let deadline = self.progress.deadline;
+        let deadline = self.deadline();
         let at = match (self.attempt_deadline, deadline) {
             (Some(attempt), Some(call)) => attempt.min(call),
             (attempt, call) => match attempt.or(call) {
@@ -687,20 +776,47 @@ impl<S> Drop for Call<S> {
     }
 }
 
-/// The state an admission leads to, or the refusal.
-fn admitted<F, B, R>(admit: Admit) -> Result<State<F, B, R>, Error> {
-    Ok(match admit {
-        Admit::Send => State::Sending,
-        Admit::AtGate(until) => State::AtGate { until },
-        Admit::ForSlot(until) => State::ForSlot { until },
-        Admit::Deciding(decision) => State::Deciding { decision },
-        Admit::Refused(err) => return Err(err),
+/// Now, read once per poll (`now` caches it) and as nanoseconds since `record`'s epoch.
+fn clock(now: &mut Option<(Instant, u64)>, record: &Record) -> (Instant, u64) {
+    *now.get_or_insert_with(|| {
+        let now = Instant::now();
+        (now, record.since_epoch(now))
     })
 }
 
+/// The request head a call keeps.
+enum Head {
+    /// The caller's, not sent yet.
+    Original(Parts),
+    /// A copy, once the caller's went with the first attempt.
+    Copy(HeadCopy),
+    /// Sent, and needed by no further attempt or letter.
+    Gone,
+}
+
 /// The upstream of the call: from the head while it is kept.
-fn upstream<'a>(head: &'a Option<Parts>, kept: &'a Option<Authority>) -> Option<&'a Authority> {
-    head.as_ref()
-        .and_then(|parts| parts.uri.authority())
-        .or(kept.as_ref())
+fn upstream<'a>(head: &'a Head, kept: &'a Option<Box<Authority>>) -> Option<&'a Authority> {
+    match head {
+        Head::Original(parts) => parts.uri.authority(),
+        Head::Copy(copy) => copy.uri().authority(),
+        Head::Gone => None,
+    }
+    .or(kept.as_deref())
+}
+
+#[cfg(all(test, not(feature = "metrics")))]
+mod tests {
+    use super::*;
+
+    /// Every call moves its future a few times (into the caller's task, among others): it must
+    /// stay small. Without the `metrics` feature (which adds the call's span and meters).
+    #[test]
+    fn a_call_stays_small_to_move() {
+        type Client = tower::util::ServiceFn<
+            fn(Request<ReplayBody>) -> std::future::Ready<Result<Response<()>, Error>>,
+        >;
+        let size =
+            std::mem::size_of::<ResponseFuture<Client, http_body_util::Full<bytes::Bytes>>>();
+        assert!(size <= 672, "{size} bytes");
+    }
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use http::Uri;
+use tokio::time::Instant;
 
 use super::stack::Stack;
 use crate::circuit::Breaker;
@@ -25,7 +26,7 @@ use crate::partition::{PartitionKey, Registry, Scope};
 use crate::retry::Allowance;
 use crate::retry_after::Gate;
 use crate::sync::{shards, this_shard};
-use crate::throttle::Bucket;
+use crate::throttle::{nanos, Bucket};
 
 /// The most per-upstream records a stack keeps.
 pub(crate) const MAX_RECORDS: usize = 1024;
@@ -44,23 +45,37 @@ pub(crate) struct Record {
     /// The throttle's bucket, when the throttle keeps its buckets in this process (a remote
     /// store is asked by key).
     pub(crate) bucket: Option<Arc<Bucket>>,
+    /// The record's clock: a call reads the time once as nanoseconds since `epoch`, and the
+    /// budget and the bucket, whose clocks started earlier, add their lag to it.
+    pub(crate) epoch: Instant,
+    pub(crate) budget_lag: u64,
+    pub(crate) bucket_lag: u64,
 }
 
 impl Record {
     fn new(stack: &Arc<Stack>, key: Option<PartitionKey>) -> Self {
         let k = key.as_ref();
+        let local = stack.throttle.as_ref().and_then(|t| t.local.as_ref());
+        let budget = stack.budget.as_ref().map(|budget| budget.allowance(k));
+        let epoch = Instant::now();
+        let lag = |base: Instant| nanos(epoch.saturating_duration_since(base));
         Record {
-            budget: stack.budget.as_ref().map(|budget| budget.allowance(k)),
+            budget_lag: budget.as_ref().map_or(0, |b| lag(b.base())),
+            // The store counts from a second before its base (see `LocalStore`).
+            bucket_lag: local.map_or(0, |l| lag(l.base()).saturating_add(1_000_000_000)),
+            budget,
             breaker: stack.breaker.as_ref().map(|registry| registry.breaker(k)),
             gate: stack.gates.gate_of(k),
-            bucket: stack
-                .throttle
-                .as_ref()
-                .and_then(|t| t.local.as_ref())
-                .map(|local| local.bucket(k)),
+            bucket: local.map(|local| local.bucket(k)),
+            epoch,
             stack: stack.clone(),
             key,
         }
+    }
+
+    /// `now` as nanoseconds since the record's epoch.
+    pub(crate) fn since_epoch(&self, now: Instant) -> u64 {
+        nanos(now.saturating_duration_since(self.epoch))
     }
 
     /// Whether nothing here is worth keeping: the breaker closed with no failure in its
@@ -122,12 +137,10 @@ impl Records {
         };
         let scheme = uri.scheme_str().unwrap_or("");
         let generation = self.generation.load(Ordering::Acquire);
-        let spelled = Spelled::of(scheme, authority.as_str());
-        if let Some(spelled) = &spelled {
-            if let Some(record) = cached(self.id, generation, spelled) {
-                return record;
-            }
+        if let Some(record) = cached(self.id, generation, scheme, authority.as_str()) {
+            return record;
         }
+        let spelled = Spelled::of(scheme, authority.as_str());
         let shards = crate::partition::upstream_of(uri).and_then(|key| {
             self.keyed.get_or_insert(
                 &key,
@@ -185,8 +198,12 @@ impl Spelled {
         Some(Spelled { bytes, len })
     }
 
-    fn as_bytes(&self) -> &[u8] {
-        self.bytes.get(..self.len).unwrap_or_default()
+    /// Whether this is how `scheme` and `authority` are spelled.
+    fn is(&self, scheme: &str, authority: &str) -> bool {
+        let bytes = self.bytes.get(..self.len).unwrap_or_default();
+        bytes.len() == scheme.len() + 1 + authority.len()
+            && bytes.get(..scheme.len()) == Some(scheme.as_bytes())
+            && bytes.get(scheme.len() + 1..) == Some(authority.as_bytes())
     }
 }
 
@@ -213,14 +230,14 @@ thread_local! {
     };
 }
 
-fn cached(owner: u64, generation: u64, spelled: &Spelled) -> Option<Arc<Record>> {
+fn cached(owner: u64, generation: u64, scheme: &str, authority: &str) -> Option<Arc<Record>> {
     CACHE
         .try_with(|cache| {
             let cache = cache.try_borrow().ok()?;
             cache.entries.iter().flatten().find_map(|entry| {
                 (entry.owner == owner
                     && entry.generation == generation
-                    && entry.spelled.as_bytes() == spelled.as_bytes())
+                    && entry.spelled.is(scheme, authority))
                 .then(|| entry.record.clone())
             })
         })

@@ -93,10 +93,23 @@ impl Allowance {
         }
     }
 
+    /// When this budget's clock starts: [`deposit_at`](Self::deposit_at) counts from it.
+    pub(crate) fn base(&self) -> Instant {
+        self.base
+    }
+
     /// The number of the slice `now` falls in (wrapping at 2³², decades of slices).
     fn slice(&self, now: Instant) -> u32 {
-        let elapsed = now.saturating_duration_since(self.base).as_nanos();
-        (elapsed / self.slot.as_nanos().max(1)) as u32
+        self.slice_at(crate::throttle::nanos(
+            now.saturating_duration_since(self.base),
+        ))
+    }
+
+    /// The slice of the instant `since_base` nanoseconds after [`base`](Self::base).
+    fn slice_at(&self, since_base: u64) -> u32 {
+        // In 64 bits: a slot is at least a millisecond and at most 6 s.
+        let slot = crate::throttle::nanos(self.slot).max(1);
+        (since_base / slot) as u32
     }
 
     /// Whether slice `n` is in the window that ends with slice `now`.
@@ -106,7 +119,16 @@ impl Allowance {
 
     /// One call: its share of a retry.
     pub(crate) fn deposit(&self, now: Instant) {
-        let slice = self.slice(now);
+        self.deposit_slice(self.slice(now));
+    }
+
+    /// One call, `since_base` nanoseconds after [`base`](Self::base) (for a caller that keeps
+    /// its own clock in nanoseconds).
+    pub(crate) fn deposit_at(&self, since_base: u64) {
+        self.deposit_slice(self.slice_at(since_base));
+    }
+
+    fn deposit_slice(&self, slice: u32) {
         let counter = &self.calls[slice as usize % SLOTS];
         let mut current = counter.load(Ordering::Relaxed);
         loop {

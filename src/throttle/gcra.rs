@@ -19,6 +19,22 @@ pub(crate) struct Cell {
     pub(crate) tolerance: u64,
 }
 
+/// The longest interval and tolerance a bucket uses, 2^61 ns (about 73 years): far enough
+/// below `u64::MAX` that a theoretical arrival time never saturates into a tolerance as large
+/// as itself, which would let every request through at once.
+const MAX_SPAN: u64 = 1 << 61;
+
+impl Cell {
+    /// The cell of one slot per `interval`, `burst` at once.
+    pub(crate) fn of(interval: Duration, burst: u32) -> Cell {
+        let interval = nanos(interval).clamp(1, MAX_SPAN);
+        Cell {
+            interval,
+            tolerance: interval.saturating_mul(u64::from(burst)).min(MAX_SPAN),
+        }
+    }
+}
+
 /// What one acquire decided, in the bucket's nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Verdict {

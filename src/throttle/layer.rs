@@ -48,6 +48,7 @@ impl ThrottleLayer {
             shared: Arc::new(Shared {
                 quota,
                 max_wait: Duration::from_secs(30),
+                max_wait_nanos: super::nanos(Duration::from_secs(30)),
                 adaptive: true,
                 store: local.clone(),
                 local: Some(local),
@@ -82,7 +83,10 @@ impl<P> ThrottleLayer<P> {
     /// [`Duration::MAX`]) means "wait as long as it takes"; tokio's timer caps a single sleep
     /// on its own, so nothing overflows or panics.
     pub fn max_wait(self, wait: Duration) -> Self {
-        self.update(|s| s.max_wait = wait)
+        self.update(|s| {
+            s.max_wait = wait;
+            s.max_wait_nanos = super::nanos(wait);
+        })
     }
 
     /// Whether to adopt the server's remaining/reset view (default `true`).

@@ -115,6 +115,8 @@ pub struct Quota {
     rate: u32,
     per: Duration,
     burst: u32,
+    /// The in-process bucket's interval and tolerance, worked out once.
+    cell: gcra::Cell,
 }
 
 /// Why a [`Quota`] cannot be made.
@@ -162,6 +164,7 @@ impl Quota {
             rate,
             per,
             burst: rate,
+            cell: gcra::Cell::of(per / rate, rate),
         })
     }
 
@@ -174,7 +177,11 @@ impl Quota {
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
         }
-        Ok(Quota { burst, ..self })
+        Ok(Quota {
+            burst,
+            cell: gcra::Cell::of(self.interval(), burst),
+            ..self
+        })
     }
 
     /// Requests per period.
@@ -195,6 +202,11 @@ impl Quota {
     /// Time between two slots: `per / rate`.
     pub fn interval(&self) -> Duration {
         self.per / self.rate
+    }
+
+    /// The in-process bucket's cell.
+    pub(crate) fn cell(&self) -> gcra::Cell {
+        self.cell
     }
 }
 
@@ -243,6 +255,11 @@ impl ThrottleStats {
             Some(n.saturating_add(by))
         });
     }
+
+    /// Adds one to a count of requests (which cannot reach `u64::MAX`).
+    pub(crate) fn count_one(&self, index: usize) {
+        self.counters[index].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// What every service of one layer shares.
@@ -250,6 +267,8 @@ impl ThrottleStats {
 pub(crate) struct Shared {
     pub(crate) quota: Quota,
     pub(crate) max_wait: Duration,
+    /// `max_wait` in nanoseconds (`u64::MAX` past 584 years), for the in-process bucket.
+    pub(crate) max_wait_nanos: u64,
     pub(crate) adaptive: bool,
     pub(crate) store: Arc<dyn BucketStore>,
     /// The store, when it is a [`LocalStore`]: its buckets can be held and used directly.
@@ -292,18 +311,18 @@ impl Shared {
     ) -> Slot {
         match decision {
             Ok(Decision::Go) => {
-                self.stats.count(0, 1);
+                self.stats.count_one(0);
                 self.outstanding.fetch_add(1, Ordering::AcqRel);
                 Slot::Go
             }
             Ok(Decision::Wait { wait, reservation }) => {
-                self.stats.count(1, 1);
+                self.stats.count_one(1);
                 self.stats.count(3, nanos(wait));
                 self.outstanding.fetch_add(1, Ordering::AcqRel);
                 Slot::Wait { wait, reservation }
             }
             Ok(Decision::Reject { wait }) => {
-                self.stats.count(2, 1);
+                self.stats.count_one(2);
                 Slot::Refused(Error::new(Kind::Throttled { wait }).for_upstream(upstream))
             }
             Err(error) => Slot::Refused(error.for_upstream(upstream)),
@@ -360,7 +379,7 @@ impl Shared {
                 None => self.store.adopt_report(key, &self.quota, report),
             };
             if !believed {
-                self.stats.count(5, 1);
+                self.stats.count_one(5);
                 return true;
             }
             adopted = true;
@@ -377,7 +396,7 @@ impl Shared {
             }
         }
         if adopted {
-            self.stats.count(4, 1);
+            self.stats.count_one(4);
         }
         false
     }

@@ -181,6 +181,11 @@ impl LocalStore {
         self.keyed.len()
     }
 
+    /// When the store's clock starts: its nanoseconds count from a second before it.
+    pub(crate) fn base(&self) -> Instant {
+        self.base
+    }
+
     /// `now` on the store's clock, in nanoseconds.
     fn nanos_at(&self, now: Instant) -> u64 {
         // Offset by one second so that "now" is never zero and a fresh TAT of zero is in the
@@ -226,7 +231,13 @@ impl LocalStore {
         quota: &Quota,
         max_wait: Duration,
     ) -> Decision {
-        match bucket.acquire(self.nanos_at(now), cell(quota), nanos(max_wait)) {
+        Self::acquire_at(bucket, self.nanos_at(now), quota, nanos(max_wait))
+    }
+
+    /// Reserves the next slot of `bucket` at `now`, in the store's nanoseconds (see
+    /// [`base`](Self::base)), if it comes within `max_wait` nanoseconds.
+    pub(crate) fn acquire_at(bucket: &Bucket, now: u64, quota: &Quota, max_wait: u64) -> Decision {
+        match bucket.acquire(now, cell(quota), max_wait) {
             Verdict::Reserved { wait: 0, .. } => Decision::Go,
             Verdict::Reserved { wait, tat } => Decision::Wait {
                 wait: Duration::from_nanos(wait),
@@ -266,19 +277,8 @@ impl LocalStore {
     }
 }
 
-/// The longest interval and tolerance a bucket uses, 2^61 ns (about 73 years): far enough
-/// below `u64::MAX` that a theoretical arrival time never saturates into a tolerance as large
-/// as itself, which would let every request through at once.
-const MAX_SPAN: u64 = 1 << 61;
-
 pub(crate) fn cell(quota: &Quota) -> Cell {
-    let interval = nanos(quota.interval()).clamp(1, MAX_SPAN);
-    Cell {
-        interval,
-        tolerance: interval
-            .saturating_mul(u64::from(quota.burst()))
-            .min(MAX_SPAN),
-    }
+    quota.cell()
 }
 
 impl BucketStore for LocalStore {
