@@ -318,11 +318,6 @@ impl Registry {
         outcome: Outcome,
         started: Option<Instant>,
     ) {
-        let now = started.map(|_| Instant::now());
-        let slow = match (self.settings.slow_call, started, now) {
-            (Some((limit, _)), Some(started), Some(now)) => now - started > limit,
-            _ => false,
-        };
         let failure = match outcome {
             Outcome::Rejected => None,
             outcome => Some(outcome.is_failure()),
@@ -332,6 +327,17 @@ impl Registry {
             Some(false) => self.stats.count(3),
             None => {}
         }
+        let (now, slow) = match started {
+            None => (None, false),
+            Some(started) => {
+                let now = Instant::now();
+                let slow = self
+                    .settings
+                    .slow_call
+                    .is_some_and(|(limit, _)| now.saturating_duration_since(started) > limit);
+                (Some(now), slow)
+            }
+        };
         let mut changes = Vec::new();
         breaker.record(admission, failure, slow, now, &self.settings, &mut changes);
         if !changes.is_empty() {

@@ -29,13 +29,14 @@ use http::uri::Authority;
 use http::{Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
 use super::record::Record;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::circuit::Admission;
 use crate::classify::{Attempt, Classify, DefaultClassifier, Outcome};
+use crate::deadline::Timer;
 use crate::dead_letter::recording::{self, Write};
 use crate::error::{BoxError, Error, Kind};
 use crate::handoff::{instant_after, Deadline, DoubtedRefusal, Replaying};
@@ -65,6 +66,9 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, B, S::Response>,
+        // The one timer of the call, armed when the call first waits.
+        #[pin]
+        timer: Timer,
         call: Call<S>,
     }
 }
@@ -105,9 +109,6 @@ struct Call<S> {
     /// The upstream, for errors and logs, once the head is no longer kept (boxed: rare).
     upstream: Option<Box<Authority>>,
     replaying: bool,
-    /// When the call was first pending: a dead letter's first attempt (a call that ends in its
-    /// first poll is timed by the letter's own clock read).
-    started: Option<SystemTime>,
     /// The clock, read once per poll at most (and as nanoseconds since the record's epoch):
     /// `None` once the call waited.
     now: Option<(Instant, u64)>,
@@ -121,12 +122,11 @@ struct Call<S> {
     reservation: Option<Reservation>,
     /// The last attempt's outcome.
     outcome: Outcome,
-    /// Whether the call started (at its first poll).
+    /// Whether the call started (at its first poll), and when.
     begun: bool,
-    /// When it started, until its deadline is worked out (see `deadline`).
     begun_at: Option<Instant>,
-    /// The one timer of the call, made when the call first waits.
-    timer: Option<Pin<Box<Sleep>>>,
+    /// Whether the deadline was worked out (see `deadline`).
+    deadline_known: bool,
     /// When the attempt in flight times out, from its first pending poll.
     attempt_deadline: Option<Instant>,
     #[cfg(feature = "metrics")]
@@ -167,6 +167,7 @@ where
         let buffer = Buffer::new(body, retry.max_buffered_body);
         ResponseFuture {
             state: State::Buffering { buffer },
+            timer: Timer::Unarmed,
             call: Call {
                 inner,
                 head: Head::Original(parts),
@@ -174,7 +175,6 @@ where
                 progress: Progress::new(may_retry, deadline),
                 upstream: None,
                 replaying,
-                started: None,
                 now: None,
                 admission: None,
                 breaker_started: None,
@@ -183,7 +183,7 @@ where
                 outcome: Outcome::Success,
                 begun: false,
                 begun_at: None,
-                timer: None,
+                deadline_known: false,
                 attempt_deadline: None,
                 record,
                 #[cfg(feature = "metrics")]
@@ -229,14 +229,11 @@ where
             call.begun = true;
             call.start();
         }
-        let poll = call.step(this.state, cx);
+        let poll = call.step(this.state, this.timer, cx);
         match &poll {
             Poll::Pending => {
                 // Time passes while the call waits: the clock is read again after.
                 call.now = None;
-                if call.started.is_none() && call.record.stack.dead_letters.is_some() {
-                    call.started = Some(SystemTime::now());
-                }
             }
             #[cfg(feature = "metrics")]
             Poll::Ready(result) => call.meter.end(result, Instant::now()),
@@ -252,6 +249,7 @@ impl<S> Call<S> {
     fn step<B, ResB>(
         &mut self,
         mut state: Pin<&mut State<S::Future, B, Response<ResB>>>,
+        mut timer: Pin<&mut Timer>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Response<ResB>, Error>>
     where
@@ -264,7 +262,7 @@ impl<S> Call<S> {
         loop {
             let step = match state.as_mut().project() {
                 StateProj::Buffering { buffer } => match buffer.poll(cx) {
-                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
+                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx)))),
                     Poll::Ready(Err(err)) => Step::Final(Err(Error::with_source(Kind::Body, err))),
                     Poll::Ready(Ok(buffered)) => {
                         if self.progress.may_retry && !buffered.is_replayable() {
@@ -283,7 +281,7 @@ impl<S> Call<S> {
                 },
                 StateProj::AtGate { until } => {
                     let until = *until;
-                    match ready!(self.poll_wait(until, cx)) {
+                    match ready!(self.poll_wait(timer.as_mut(), until, cx)) {
                         // Another response may have closed the gate again meanwhile.
                         Ok(()) => {
                             let admit = self.pass_gate(false);
@@ -297,7 +295,7 @@ impl<S> Call<S> {
                 }
                 StateProj::ForSlot { until } => {
                     let until = *until;
-                    match ready!(self.poll_wait(until, cx)) {
+                    match ready!(self.poll_wait(timer.as_mut(), until, cx)) {
                         Ok(()) => {
                             // The slot is used from here on.
                             self.reservation = None;
@@ -310,7 +308,7 @@ impl<S> Call<S> {
                     }
                 }
                 StateProj::Deciding { decision } => match decision.as_mut().poll(cx) {
-                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
+                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx)))),
                     Poll::Ready(decision) => {
                         let admit = self.slot(decision);
                         match self.go(state.as_mut(), admit, cx) {
@@ -320,7 +318,7 @@ impl<S> Call<S> {
                     }
                 },
                 StateProj::Sending => match self.inner.poll_ready(cx) {
-                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(cx)))),
+                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx)))),
                     Poll::Ready(Err(err)) => Step::Attempt(Err(Error::from_box(err.into()))),
                     Poll::Ready(Ok(())) => match self.launch(state.as_mut()) {
                         Some(step) => step,
@@ -331,7 +329,7 @@ impl<S> Call<S> {
                     Poll::Ready(result) => {
                         Step::Attempt(result.map_err(|e| Error::from_box(e.into())))
                     }
-                    Poll::Pending => match ready!(self.poll_attempt(cx)) {
+                    Poll::Pending => match ready!(self.poll_attempt(timer.as_mut(), cx)) {
                         // The attempt timed out: it is dropped, and is an attempt that failed.
                         Ok(()) => {
                             state.set(State::Done);
@@ -342,7 +340,7 @@ impl<S> Call<S> {
                 },
                 StateProj::Backoff { until } => {
                     let until = *until;
-                    ready!(self.poll_timer(until, cx));
+                    ready!(timer.as_mut().poll_at(until, cx));
                     let admit = self.admit();
                     match self.go(state.as_mut(), admit, cx) {
                         Some(step) => step,
@@ -455,12 +453,14 @@ impl<S> Call<S> {
     /// the call's start. Worked out when first needed (a call that never waits or retries
     /// never needs it).
     fn deadline(&mut self) -> Option<Instant> {
-        if let (Some(timeout), Some(begun)) =
-            (self.record.stack.retry.deadline, self.begun_at.take())
-        {
-            let ours = instant_after(begun, timeout);
-            let deadline = &mut self.progress.deadline;
-            *deadline = Some(deadline.map_or(ours, |theirs| theirs.min(ours)));
+        if !self.deadline_known {
+            self.deadline_known = true;
+            if let (Some(timeout), Some(begun)) = (self.record.stack.retry.deadline, self.begun_at)
+            {
+                let ours = instant_after(begun, timeout);
+                let deadline = &mut self.progress.deadline;
+                *deadline = Some(deadline.map_or(ours, |theirs| theirs.min(ours)));
+            }
         }
         self.progress.deadline
     }
@@ -684,24 +684,33 @@ impl<S> Call<S> {
             }
         };
         let body = self.body.as_ref().and_then(Buffered::bytes);
-        let letter = recording::letter(config, parts, body, self.started, result);
+        // The wall-clock time of the call's start, from how long ago it started.
+        let started = self
+            .begun_at
+            .and_then(|begun| SystemTime::now().checked_sub(begun.elapsed()));
+        let letter = recording::letter(config, parts, body, started, result);
         Some(Write::start(config, letter))
     }
 
     /// While the call waits on the body, the client's readiness or a store: pending until the
     /// deadline, then the deadline's error.
-    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<Error> {
+    fn poll_deadline(&mut self, timer: Pin<&mut Timer>, cx: &mut Context<'_>) -> Poll<Error> {
         let Some(deadline) = self.deadline() else {
             return Poll::Pending;
         };
-        ready!(self.poll_timer(deadline, cx));
+        ready!(timer.poll_at(deadline, cx));
         Poll::Ready(self.deadline_passed())
     }
 
     /// Waits until `until`, or fails at the deadline when it comes first.
-    fn poll_wait(&mut self, until: Instant, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_wait(
+        &mut self,
+        timer: Pin<&mut Timer>,
+        until: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
         let at = self.deadline().map_or(until, |d| d.min(until));
-        ready!(self.poll_timer(at, cx));
+        ready!(timer.poll_at(at, cx));
         if until <= at {
             Poll::Ready(Ok(()))
         } else {
@@ -711,10 +720,16 @@ impl<S> Call<S> {
 
     /// While an attempt is pending: `Ok` when its timeout passes first, the deadline's error
     /// when the deadline does. The attempt's time counts from its first pending poll.
-    fn poll_attempt(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+    fn poll_attempt(
+        &mut self,
+        timer: Pin<&mut Timer>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
         if self.attempt_deadline.is_none() {
             if let Some(timeout) = self.record.stack.attempt_timeout {
-                self.attempt_deadline = Some(instant_after(Instant::now(), timeout));
+                // In the poll that sent the attempt, the clock read then serves.
+                let (now, _) = clock(&mut self.now, &self.record);
+                self.attempt_deadline = Some(instant_after(now, timeout));
             }
         }
         let deadline = self.deadline();
@@ -725,22 +740,12 @@ impl<S> Call<S> {
                 None => return Poll::Pending,
             },
         };
-        ready!(self.poll_timer(at, cx));
+        ready!(timer.poll_at(at, cx));
         if deadline.is_some_and(|d| d <= at) {
             Poll::Ready(Err(self.deadline_passed()))
         } else {
             Poll::Ready(Ok(()))
         }
-    }
-
-    fn poll_timer(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<()> {
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-        if timer.deadline() != at {
-            timer.as_mut().reset(at);
-        }
-        timer.as_mut().poll(cx)
     }
 
     /// The deadline passed: the attempt in flight is given up, and the call ends.

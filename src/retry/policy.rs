@@ -78,6 +78,7 @@ enum GiveUp {
 
 /// Decides what follows an attempt that ended with `result`, classified as `outcome`. `info`
 /// gives the response's rate-limit headers, asked only for a retryable response.
+#[inline]
 pub(crate) fn next<R>(
     config: &Config,
     progress: &mut Progress,
