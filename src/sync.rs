@@ -53,3 +53,49 @@ pub(crate) fn this_shard() -> usize {
         })
         .unwrap_or(0)
 }
+
+/// A count split over one cache line per shard, so that threads counting on different cores
+/// never write to the same line. Adding is one relaxed atomic add on the thread's own shard;
+/// reading sums every shard (for reports and rare decisions, not the hot path).
+pub(crate) struct ShardedCount {
+    shards: Box<[Line]>,
+}
+
+/// One shard's count on a cache line of its own.
+#[repr(align(64))]
+#[derive(Default)]
+struct Line(std::sync::atomic::AtomicI64);
+
+impl ShardedCount {
+    pub(crate) fn new() -> Self {
+        ShardedCount {
+            shards: (0..shards()).map(|_| Line::default()).collect(),
+        }
+    }
+
+    /// Adds `n` (negative to take away).
+    pub(crate) fn add(&self, n: i64) {
+        let shard = &self.shards[this_shard() % self.shards.len()];
+        shard.0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count: the sum of every shard, never below zero.
+    pub(crate) fn sum(&self) -> u64 {
+        let sum = self.shards.iter().fold(0i64, |sum, shard| {
+            sum.wrapping_add(shard.0.load(Ordering::Relaxed))
+        });
+        u64::try_from(sum).unwrap_or(0)
+    }
+}
+
+impl Default for ShardedCount {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for ShardedCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ShardedCount").field(&self.sum()).finish()
+    }
+}

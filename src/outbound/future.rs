@@ -36,8 +36,8 @@ use super::record::Record;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::circuit::Admission;
 use crate::classify::{Attempt, Classify, DefaultClassifier, Outcome};
-use crate::deadline::Timer;
 use crate::dead_letter::recording::{self, Write};
+use crate::deadline::Timer;
 use crate::error::{BoxError, Error, Kind};
 use crate::handoff::{instant_after, Deadline, DoubtedRefusal, Replaying};
 use crate::head::HeadCopy;
@@ -262,7 +262,9 @@ impl<S> Call<S> {
         loop {
             let step = match state.as_mut().project() {
                 StateProj::Buffering { buffer } => match buffer.poll(cx) {
-                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx)))),
+                    Poll::Pending => {
+                        Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx))))
+                    }
                     Poll::Ready(Err(err)) => Step::Final(Err(Error::with_source(Kind::Body, err))),
                     Poll::Ready(Ok(buffered)) => {
                         if self.progress.may_retry && !buffered.is_replayable() {
@@ -308,7 +310,9 @@ impl<S> Call<S> {
                     }
                 }
                 StateProj::Deciding { decision } => match decision.as_mut().poll(cx) {
-                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx)))),
+                    Poll::Pending => {
+                        Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx))))
+                    }
                     Poll::Ready(decision) => {
                         let admit = self.slot(decision);
                         match self.go(state.as_mut(), admit, cx) {
@@ -318,7 +322,9 @@ impl<S> Call<S> {
                     }
                 },
                 StateProj::Sending => match self.inner.poll_ready(cx) {
-                    Poll::Pending => Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx)))),
+                    Poll::Pending => {
+                        Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx))))
+                    }
                     Poll::Ready(Err(err)) => Step::Attempt(Err(Error::from_box(err.into()))),
                     Poll::Ready(Ok(())) => match self.launch(state.as_mut()) {
                         Some(step) => step,
@@ -612,13 +618,11 @@ impl<S> Call<S> {
             Ok(response) => RateLimitInfo::of_response(response),
             Err(_) => None,
         };
-        let others = match &stack.throttle {
-            Some(throttle) if std::mem::take(&mut self.outstanding) => throttle.answered(),
-            Some(throttle) => throttle
-                .outstanding
-                .load(std::sync::atomic::Ordering::Acquire),
-            None => 0,
-        };
+        if let Some(throttle) = &stack.throttle {
+            if std::mem::take(&mut self.outstanding) {
+                throttle.answered();
+            }
+        }
         if let (Ok(response), Some(info)) = (&mut result, &info) {
             let status = response.status();
             let doubted = stack
@@ -626,13 +630,7 @@ impl<S> Call<S> {
                 .as_ref()
                 .filter(|throttle| throttle.adaptive)
                 .is_some_and(|throttle| {
-                    throttle.adopt(
-                        record.key.as_ref(),
-                        record.bucket.as_deref(),
-                        status,
-                        info,
-                        others,
-                    )
+                    throttle.adopt(record.key.as_ref(), record.bucket.as_deref(), status, info)
                 });
             if doubted {
                 response.extensions_mut().insert(DoubtedRefusal);

@@ -122,7 +122,8 @@ pub struct RetryStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    calls: AtomicU64,
+    /// Counted on every call, from every core: one shard per core.
+    calls: crate::sync::ShardedCount,
     retries: AtomicU64,
     successes_after_retry: AtomicU64,
     gave_up: AtomicU64,
@@ -134,7 +135,7 @@ struct Counters {
 impl RetryStats {
     /// Logical calls made (each may have had several attempts).
     pub fn calls(&self) -> u64 {
-        self.counters.calls.load(Ordering::Relaxed)
+        self.counters.calls.sum()
     }
 
     /// Retries made (attempts after the first).
@@ -167,7 +168,7 @@ impl RetryStats {
     }
 
     pub(crate) fn record_call(&self) {
-        self.counters.calls.fetch_add(1, Ordering::Relaxed);
+        self.counters.calls.add(1);
     }
 
     /// Retries whose wait was the one the server named (`Retry-After` or a rate-limit reset)

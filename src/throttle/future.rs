@@ -1,7 +1,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -221,19 +220,14 @@ where
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
                     // Answered (or failed): no longer outstanding.
-                    let others = if std::mem::take(this.outstanding) {
-                        this.shared.answered()
-                    } else {
-                        this.shared.outstanding.load(Ordering::Acquire)
-                    };
+                    if std::mem::take(this.outstanding) {
+                        this.shared.answered();
+                    }
                     let mut response = result.map_err(|e| Error::from_box(e.into()))?;
                     if this.shared.adaptive {
                         if let Some(info) = RateLimitInfo::of_response(&mut response) {
                             let status = response.status();
-                            if this
-                                .shared
-                                .adopt(this.key.as_ref(), None, status, &info, others)
-                            {
+                            if this.shared.adopt(this.key.as_ref(), None, status, &info) {
                                 response.extensions_mut().insert(DoubtedRefusal);
                             }
                         }

@@ -214,12 +214,14 @@ impl Quota {
 #[derive(Clone, Debug, Default)]
 pub struct ThrottleStats {
     counters: Arc<[AtomicU64; 6]>,
+    /// Requests let through at once: counted on every call, from every core.
+    immediate: Arc<crate::sync::ShardedCount>,
 }
 
 impl ThrottleStats {
     /// Requests let through at once.
     pub fn immediate(&self) -> u64 {
-        self.counters[0].load(Ordering::Relaxed)
+        self.immediate.sum()
     }
 
     /// Requests that waited for their slot.
@@ -274,8 +276,9 @@ pub(crate) struct Shared {
     /// The store, when it is a [`LocalStore`]: its buckets can be held and used directly.
     pub(crate) local: Option<Arc<LocalStore>>,
     pub(crate) stats: ThrottleStats,
-    /// Requests that took a slot and were not answered yet.
-    pub(crate) outstanding: Arc<AtomicU64>,
+    /// Requests that took a slot and were not answered yet (one shard per core: every call
+    /// counts itself in and out).
+    pub(crate) outstanding: Arc<crate::sync::ShardedCount>,
 }
 
 impl fmt::Debug for Shared {
@@ -311,14 +314,14 @@ impl Shared {
     ) -> Slot {
         match decision {
             Ok(Decision::Go) => {
-                self.stats.count_one(0);
-                self.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.stats.immediate.add(1);
+                self.outstanding.add(1);
                 Slot::Go
             }
             Ok(Decision::Wait { wait, reservation }) => {
                 self.stats.count_one(1);
                 self.stats.count(3, nanos(wait));
-                self.outstanding.fetch_add(1, Ordering::AcqRel);
+                self.outstanding.add(1);
                 Slot::Wait { wait, reservation }
             }
             Ok(Decision::Reject { wait }) => {
@@ -329,12 +332,14 @@ impl Shared {
         }
     }
 
-    /// An outstanding request was answered (or failed, or was dropped): returns how many
-    /// others are still outstanding.
-    pub(crate) fn answered(&self) -> u64 {
-        self.outstanding
-            .fetch_sub(1, Ordering::AcqRel)
-            .saturating_sub(1)
+    /// An outstanding request was answered (or failed, or was dropped).
+    pub(crate) fn answered(&self) {
+        self.outstanding.add(-1);
+    }
+
+    /// Requests outstanding now (summed over the shards: for adopting a server's report).
+    pub(crate) fn outstanding(&self) -> u64 {
+        self.outstanding.sum()
     }
 
     /// Gives back a reserved slot a dropped request did not use, to `bucket` when the request
@@ -352,17 +357,17 @@ impl Shared {
     }
 
     /// Adopts the server's view from a response, when it gave one (`info`): the window's
-    /// count from `remaining` and `reset` (less the `outstanding` requests the server may not
-    /// have counted yet), and a pause from a 429 that names a wait. Returns `true` when the
-    /// store doubts the response's refusal (see [`DoubtedRefusal`]): it paused nothing.
-    /// `bucket`: the request's bucket, when it holds it (an in-process store).
+    /// count from `remaining` and `reset` (less the requests still outstanding, which the
+    /// server may not have counted yet: call it once this request is
+    /// [`answered`](Self::answered)), and a pause from a 429 that names a wait. Returns `true`
+    /// when the store doubts the response's refusal (see [`DoubtedRefusal`]): it paused
+    /// nothing. `bucket`: the request's bucket, when it holds it (an in-process store).
     pub(crate) fn adopt(
         &self,
         key: Option<&PartitionKey>,
         bucket: Option<&Bucket>,
         status: http::StatusCode,
         info: &RateLimitInfo,
-        outstanding: u64,
     ) -> bool {
         let local = bucket.zip(self.local.as_deref());
         let too_many = status == http::StatusCode::TOO_MANY_REQUESTS;
@@ -372,7 +377,7 @@ impl Shared {
                 remaining,
                 reset,
                 refused: too_many && remaining == 0 && info.retry_after.is_none(),
-                outstanding,
+                outstanding: self.outstanding(),
             };
             let believed = match local {
                 Some((bucket, store)) => store.report_in(bucket, report),
