@@ -83,7 +83,11 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let mut meter = CallMeter::start(&request, self.circuit);
+        let upstream = upstream::of(request.uri());
+        if self.circuit {
+            first_call(&upstream);
+        }
+        let mut meter = CallMeter::start(&request);
         meter.starts_at(Instant::now());
         let future = {
             let _entered = meter.span.enter();
@@ -91,8 +95,23 @@ where
         };
         CallFuture {
             inner: future,
+            upstream,
             meter,
         }
+    }
+}
+
+/// An upstream's first call through a stack whose breaker reports to
+/// [`record_circuit_change`](super::record_circuit_change): its `outbound_circuit_state`
+/// starts at 0 (closed), so the series exists before the first change.
+pub(crate) fn first_call(upstream: &Upstream) {
+    if upstream
+        .counts
+        .circuit_known
+        .load(std::sync::atomic::Ordering::Relaxed)
+        == 0
+    {
+        upstream.circuit_state(0);
     }
 }
 
@@ -101,30 +120,16 @@ where
 #[derive(Debug)]
 pub(crate) struct CallMeter {
     pub(crate) span: tracing::Span,
-    pub(crate) upstream: Arc<Upstream>,
     method: usize,
     started: Option<Instant>,
     replaying: bool,
 }
 
 impl CallMeter {
-    /// A call of `request`; `circuit`: the stack's breaker reports to
-    /// [`record_circuit_change`](super::record_circuit_change). Its time counts from
-    /// [`starts_at`](Self::starts_at).
-    pub(crate) fn start<B>(request: &Request<B>, circuit: bool) -> Self {
-        let upstream = upstream::of(request.uri());
-        if circuit
-            && upstream
-                .counts
-                .circuit_known
-                .load(std::sync::atomic::Ordering::Relaxed)
-                == 0
-        {
-            upstream.circuit_state(0);
-        }
+    /// A call of `request`. Its time counts from [`starts_at`](Self::starts_at).
+    pub(crate) fn start<B>(request: &Request<B>) -> Self {
         CallMeter {
             span: span_of(request),
-            upstream,
             method: method_index(request.method()),
             started: None,
             replaying: request.extensions().get::<Replaying>().is_some(),
@@ -136,8 +141,13 @@ impl CallMeter {
         self.started = Some(at);
     }
 
-    /// Records the call's end, at `now`, with its result.
-    pub(crate) fn end<ResB>(&self, result: &Result<Response<ResB>, Error>, now: Instant) {
+    /// Records the call's end, at `now`, with its result, for `upstream`.
+    pub(crate) fn end<ResB>(
+        &self,
+        upstream: &Upstream,
+        result: &Result<Response<ResB>, Error>,
+        now: Instant,
+    ) {
         let seconds = self.started.map_or(0.0, |started| {
             now.saturating_duration_since(started).as_secs_f64()
         });
@@ -173,7 +183,6 @@ impl CallMeter {
                 (outcome, error.attempts(), error.waited())
             }
         };
-        let upstream = &*self.upstream;
         upstream.call(self.method, outcome, seconds);
         if attempts > 1 {
             upstream.retries(u64::from(attempts - 1));
@@ -232,6 +241,7 @@ pin_project! {
     pub struct CallFuture<F> {
         #[pin]
         inner: F,
+        upstream: Arc<Upstream>,
         meter: CallMeter,
     }
 }
@@ -239,7 +249,7 @@ pin_project! {
 impl<F> fmt::Debug for CallFuture<F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CallFuture")
-            .field("upstream", &self.meter.upstream.label)
+            .field("upstream", &self.upstream.label)
             .finish_non_exhaustive()
     }
 }
@@ -256,7 +266,7 @@ where
             let _entered = this.meter.span.enter();
             ready!(this.inner.poll(cx))
         };
-        this.meter.end(&result, Instant::now());
+        this.meter.end(this.upstream, &result, Instant::now());
         Poll::Ready(result)
     }
 }

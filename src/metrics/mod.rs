@@ -87,7 +87,8 @@ pub use signals::{Signals, SinkSignals, UpstreamSignals};
 pub use sink::MeteredSink;
 
 pub(crate) use attempt::AttemptMeter;
-pub(crate) use call::CallMeter;
+pub(crate) use call::{first_call, CallMeter};
+pub(crate) use upstream::{of as upstream_of, Meters, MetersRef, Upstream};
 
 /// The default of [`max_upstreams`].
 pub const DEFAULT_MAX_UPSTREAMS: usize = 100;

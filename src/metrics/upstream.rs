@@ -93,6 +93,8 @@ pub(crate) struct Counts {
 /// One upstream's label, counts and meter handles.
 #[derive(Debug)]
 pub(crate) struct Upstream {
+    /// The recorder its handles were registered with.
+    recorder: usize,
     pub(crate) label: SharedString,
     pub(crate) counts: Arc<Counts>,
     calls: [[OnceLock<Counter>; 4]; 10],
@@ -108,8 +110,9 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    fn new(label: SharedString, counts: Arc<Counts>) -> Self {
+    fn new(recorder: usize, label: SharedString, counts: Arc<Counts>) -> Self {
         Upstream {
+            recorder,
             label,
             counts,
             calls: Default::default(),
@@ -212,7 +215,9 @@ struct Table {
 
 impl Table {
     fn new(recorder: usize, previous: Option<&Table>) -> Table {
-        let renew = |u: &Arc<Upstream>| Arc::new(Upstream::new(u.label.clone(), u.counts.clone()));
+        let renew = |u: &Arc<Upstream>| {
+            Arc::new(Upstream::new(recorder, u.label.clone(), u.counts.clone()))
+        };
         match previous {
             Some(old) => Table {
                 recorder,
@@ -228,10 +233,15 @@ impl Table {
                 recorder,
                 upstreams: HashMap::default(),
                 other: Arc::new(Upstream::new(
+                    recorder,
                     SharedString::const_str(OTHER),
                     Arc::default(),
                 )),
-                none: Arc::new(Upstream::new(SharedString::const_str(NONE), Arc::default())),
+                none: Arc::new(Upstream::new(
+                    recorder,
+                    SharedString::const_str(NONE),
+                    Arc::default(),
+                )),
             },
         }
     }
@@ -281,6 +291,7 @@ fn lookup(key: Option<&PartitionKey>) -> Arc<Upstream> {
             let key = key.cloned().unwrap_or_else(|| PartitionKey::from(NONE));
             let label = String::from_utf8_lossy(key.as_bytes());
             let upstream = Arc::new(Upstream::new(
+                recorder,
                 SharedString::from_shared(Arc::<str>::from(label.as_ref())),
                 Arc::default(),
             ));
@@ -290,6 +301,51 @@ fn lookup(key: Option<&PartitionKey>) -> Arc<Upstream> {
     };
     TABLE.store(Some(Arc::new(table)));
     upstream
+}
+
+/// One upstream's meters as a per-upstream record keeps them: found once, when the record is
+/// made. After a change of recorder (an exporter installed after the first calls) they are
+/// looked up again on each use.
+#[derive(Debug)]
+pub(crate) struct Meters {
+    key: Option<PartitionKey>,
+    kept: Arc<Upstream>,
+}
+
+impl Meters {
+    /// The meters of the upstream `key` (`None`: requests without an authority).
+    pub(crate) fn new(key: Option<&PartitionKey>) -> Self {
+        Meters {
+            key: key.cloned(),
+            kept: lookup(key),
+        }
+    }
+
+    /// The meters, registered with the recorder in use.
+    pub(crate) fn get(&self) -> MetersRef<'_> {
+        if self.kept.recorder == recorder_id() {
+            MetersRef::Kept(&self.kept)
+        } else {
+            MetersRef::Found(lookup(self.key.as_ref()))
+        }
+    }
+}
+
+/// The meters [`Meters::get`] found.
+pub(crate) enum MetersRef<'a> {
+    Kept(&'a Upstream),
+    Found(Arc<Upstream>),
+}
+
+impl std::ops::Deref for MetersRef<'_> {
+    type Target = Upstream;
+
+    fn deref(&self) -> &Upstream {
+        match self {
+            MetersRef::Kept(upstream) => upstream,
+            MetersRef::Found(upstream) => upstream,
+        }
+    }
 }
 
 /// The meters of an upstream named by its key (`scheme://host:port`), as a breaker's partition

@@ -133,6 +133,10 @@ struct Call<S> {
     meter: crate::metrics::CallMeter,
     #[cfg(feature = "metrics")]
     attempt_meter: Option<crate::metrics::AttemptMeter>,
+    /// The call's upstream's meters, when its record is not its upstream's own (one record
+    /// for every call, [`Scope::Global`](crate::partition::Scope::Global)).
+    #[cfg(feature = "metrics")]
+    own_meters: Option<std::sync::Arc<crate::metrics::Upstream>>,
 }
 
 /// What admission decided for an attempt.
@@ -159,7 +163,12 @@ where
         let retry = &stack.retry;
         retry.stats.record_call();
         #[cfg(feature = "metrics")]
-        let meter = crate::metrics::CallMeter::start(&request, stack.breaker.is_some());
+        let meter = crate::metrics::CallMeter::start(&request);
+        #[cfg(feature = "metrics")]
+        let own_meters = record
+            .meters
+            .is_none()
+            .then(|| crate::metrics::upstream_of(request.uri()));
         let (parts, body) = request.into_parts();
         let replaying = parts.extensions.get::<Replaying>().is_some();
         let deadline = parts.extensions.get::<Deadline>().map(|d| d.0);
@@ -190,6 +199,8 @@ where
                 meter,
                 #[cfg(feature = "metrics")]
                 attempt_meter: None,
+                #[cfg(feature = "metrics")]
+                own_meters,
             },
         }
     }
@@ -236,7 +247,11 @@ where
                 call.now = None;
             }
             #[cfg(feature = "metrics")]
-            Poll::Ready(result) => call.meter.end(result, Instant::now()),
+            Poll::Ready(result) => {
+                let (now, _) = clock(&mut call.now, &call.record);
+                call.meter
+                    .end(&meters(&call.record, &call.own_meters), result, now);
+            }
             #[cfg(not(feature = "metrics"))]
             Poll::Ready(_) => {}
         }
@@ -452,7 +467,13 @@ impl<S> Call<S> {
         }
         self.begun_at = Some(now);
         #[cfg(feature = "metrics")]
-        self.meter.starts_at(now);
+        {
+            self.meter.starts_at(now);
+            if record.stack.breaker.is_some() {
+                // The upstream's breaker gauge exists from its first call.
+                crate::metrics::first_call(&meters(record, &self.own_meters));
+            }
+        }
     }
 
     /// The call's deadline: the earlier of the request's and the stack's, which counts from
@@ -652,7 +673,8 @@ impl<S> Call<S> {
         }
         #[cfg(feature = "metrics")]
         if let Some(meter) = self.attempt_meter.take() {
-            meter.end(&self.meter.upstream, &result, Instant::now());
+            let (now, _) = clock(&mut self.now, record);
+            meter.end(&meters(record, &self.own_meters), &result, now);
         }
         policy::next(
             &stack.retry,
@@ -797,6 +819,21 @@ enum Head {
     Gone,
 }
 
+/// The meters of the call's upstream: its record's, or its own.
+#[cfg(feature = "metrics")]
+fn meters<'a>(
+    record: &'a Record,
+    own: &'a Option<std::sync::Arc<crate::metrics::Upstream>>,
+) -> crate::metrics::MetersRef<'a> {
+    match (&record.meters, own) {
+        (_, Some(own)) => crate::metrics::MetersRef::Kept(own),
+        (Some(meters), None) => meters.get(),
+        (None, None) => crate::metrics::MetersRef::Found(crate::metrics::upstream_of(
+            &http::Uri::from_static("/"),
+        )),
+    }
+}
+
 /// The upstream of the call: from the head while it is kept.
 fn upstream<'a>(head: &'a Head, kept: &'a Option<Box<Authority>>) -> Option<&'a Authority> {
     match head {
@@ -820,6 +857,6 @@ mod tests {
         >;
         let size =
             std::mem::size_of::<ResponseFuture<Client, http_body_util::Full<bytes::Bytes>>>();
-        assert!(size <= 672, "{size} bytes");
+        assert!(size <= 768, "{size} bytes");
     }
 }

@@ -50,11 +50,17 @@ pub(crate) struct Record {
     pub(crate) epoch: Instant,
     pub(crate) budget_lag: u64,
     pub(crate) bucket_lag: u64,
+    /// The upstream's meters (feature `metrics`), shared by the record's shard copies; `None`
+    /// for the global record, whose calls are metered by their own upstream.
+    #[cfg(feature = "metrics")]
+    pub(crate) meters: Option<Arc<crate::metrics::Meters>>,
 }
 
 impl Record {
     fn new(stack: &Arc<Stack>, key: Option<PartitionKey>) -> Self {
         let k = key.as_ref();
+        #[cfg(feature = "metrics")]
+        let meters = k.map(|key| Arc::new(crate::metrics::Meters::new(Some(key))));
         let local = stack.throttle.as_ref().and_then(|t| t.local.as_ref());
         let budget = stack.budget.as_ref().map(|budget| budget.allowance(k));
         let epoch = Instant::now();
@@ -69,6 +75,8 @@ impl Record {
             bucket: local.map(|local| local.bucket(k)),
             epoch,
             stack: stack.clone(),
+            #[cfg(feature = "metrics")]
+            meters,
             key,
         }
     }
