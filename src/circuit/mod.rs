@@ -15,7 +15,7 @@
 //!
 //! - **Closed:** calls go through; their outcomes fill a sliding window, by count (the last
 //!   N calls) or by time (the last T, in slices).
-//! - **Open:** calls fail at once with [`Kind::CircuitOpen`](crate::error::Kind::CircuitOpen),
+//! - **Open:** calls fail at once with [`Kind::CircuitOpen`],
 //!   carrying the time until the next probe, without touching the inner service.
 //! - **Half-open:** at most `half_open_probes` calls go through; all must succeed to close, one
 //!   failure re-opens. Other calls meanwhile fail fast with a `retry_in` of zero. A probe whose

@@ -1,23 +1,31 @@
 //! The whole stack in one call, in the right order, with presets from practice.
 //!
-//! [`Outbound`] puts the crate's layers together around a client:
+//! [`Outbound`] runs the steps of the crate's layers around a client, in this order:
 //!
 //! ```text
 //!                        ┌──────────────────────────────────────────── one logical call ──┐
-//! IdempotencyKeyLayer    │ one key per logical write, the same on every attempt            │
-//! DeadLetterLayer        │ reads the body once; records the call if it finally fails       │
-//! RetryLayer             │ attempts, and the waits between them; the whole call ends by    │
+//! idempotency key        │ one key per logical write, the same on every attempt            │
+//! dead letters           │ records the call if it finally fails                            │
+//! retry                  │ attempts, and the waits between them; the whole call ends by    │
 //!                        │ the deadline (30 s)                                             │
 //!                        ├──────────────────────────────────────────── each attempt ───────┤
-//! CircuitBreakerLayer    │ fails fast while the upstream is down; counts every attempt     │
-//! RetryAfterLayer        │ shared gate while the server asked for a pause                  │
-//! ThrottleLayer          │ waits for a token right before sending                          │
-//! TimeoutLayer           │ one attempt ends after 10 s: a retryable, breaker-counted failure│
+//! circuit breaker        │ fails fast while the upstream is down; counts every attempt     │
+//! Retry-After gate       │ shared gate while the server asked for a pause                  │
+//! throttle               │ waits for a token right before sending                          │
+//! attempt timeout        │ one attempt ends after 10 s: a retryable, breaker-counted failure│
 //! client                 └─────────────────────────────────────────────────────────────────┘
 //! ```
 //!
-//! See `docs/design.md` for why this order. Every part can be replaced or left out; two presets
-//! give the common shapes:
+//! It does the same as [`IdempotencyKeyLayer`], [`DeadLetterLayer`], [`RetryLayer`],
+//! [`CircuitBreakerLayer`], [`RetryAfterLayer`], [`ThrottleLayer`] and
+//! [`TimeoutLayer`](crate::timeout::TimeoutLayer) stacked in that order, with their settings,
+//! but as one state machine over one record per upstream: each call finds its upstream's
+//! retry budget, breaker, gate and bucket once, reads the clock once, arms one timer only if it
+//! waits, classifies each attempt once and keeps one copy of the request head. The layers given
+//! to it keep their read-outs (`state()`, `stats()`, `closed_for()`): they read the same state.
+//! See `docs/design.md` for the order and the call's state machine.
+//!
+//! Every part can be replaced or left out; two presets give the common shapes:
 //!
 //! | preset                    | attempts | delays             | wait budget | deadline | attempt timeout | gate      | breaker | dead letters |
 //! |---------------------------|----------|--------------------|-------------|----------|-----------------|-----------|---------|--------------|

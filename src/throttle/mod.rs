@@ -10,10 +10,10 @@
 //!   in arrival order: slots are reserved as requests arrive, so a later request never gets an
 //!   earlier slot, and nobody starves. A request that would wait longer than
 //!   [`max_wait`](ThrottleLayer::max_wait) (default 30 s) fails at once with
-//!   [`Kind::Throttled`](crate::error::Kind::Throttled), carrying the wait, and takes nothing.
+//!   [`Kind::Throttled`], carrying the wait, and takes nothing.
 //!   A request dropped while it waits gives its slot back when no later request reserved one
 //!   after it (otherwise that one slot stays used: the bucket is never looser than configured).
-//! - **Adaptive.** When a response carries a [`RateLimitInfo`](crate::RateLimitInfo) with
+//! - **Adaptive.** When a response carries a [`RateLimitInfo`] with
 //!   `remaining` and `reset`, the bucket adopts the server's view: if the server says 12 left
 //!   until a reset in 40 s, no more than 12 more go before then. A pause and the window's count
 //!   are kept apart: a 429 (or any response with nothing remaining) stops the bucket until the
