@@ -297,12 +297,19 @@ impl<S> Layer<S> for Outbound {
     type Service = OutboundService<S>;
 
     fn layer(&self, client: S) -> Self::Service {
+        OutboundService::new(client, Arc::new(Records::new(self.stack())))
+    }
+}
+
+impl Outbound {
+    /// What every call of a service made from this stack reads.
+    fn stack(&self) -> Stack {
         let retry = self
             .retry
             .clone()
             .retry_budget(self.retry_budget.clone())
             .deadline(self.deadline);
-        let stack = Stack {
+        Stack {
             keys: self.idempotency.clone(),
             retry: retry.config().clone(),
             budget: self.retry_budget.clone(),
@@ -312,8 +319,15 @@ impl<S> Layer<S> for Outbound {
             attempt_timeout: self.attempt_timeout,
             dead_letters: self.dead_letters.as_ref().map(|d| d.config().clone()),
             scope: self.scope,
-        };
-        OutboundService::new(client, Arc::new(Records::new(stack)))
+        }
+    }
+}
+
+impl Outbound {
+    /// The records of a stack, for model checks.
+    #[cfg(all(test, tower_outbound_loom))]
+    pub(crate) fn records_for_model(&self) -> Arc<Records> {
+        OutboundService::new((), Arc::new(Records::new(self.stack()))).records()
     }
 }
 

@@ -149,7 +149,24 @@ impl Records {
             return record;
         }
         let spelled = Spelled::of(scheme, authority.as_str());
-        let shards = crate::partition::upstream_of(uri).and_then(|key| {
+        let shards = self.shards_of(uri);
+        let record = match &shards {
+            Some(shards) => shards[shard % shards.len()].clone(),
+            None => self.global[shard % self.global.len()].clone(),
+        };
+        // An authority with userinfo is never remembered: the cache holds no credential.
+        if let (Some(spelled), Some(_), false) =
+            (spelled, &shards, authority.as_str().contains('@'))
+        {
+            remember(self.id, generation, spelled, record.clone());
+        }
+        record
+    }
+
+    /// The shard copies of the record of `uri`'s upstream, made when there is none (`None`:
+    /// the map is full of records worth keeping, and the upstream shares the global record).
+    fn shards_of(&self, uri: &Uri) -> Option<Arc<Shards>> {
+        crate::partition::upstream_of(uri).and_then(|key| {
             self.keyed.get_or_insert(
                 &key,
                 MAX_RECORDS,
@@ -162,18 +179,7 @@ impl Records {
                 },
                 || shards_of(Record::new(&self.stack, Some(key.clone()))),
             )
-        });
-        let record = match &shards {
-            Some(shards) => shards[shard % shards.len()].clone(),
-            None => self.global[shard % self.global.len()].clone(),
-        };
-        // An authority with userinfo is never remembered: the cache holds no credential.
-        if let (Some(spelled), Some(_), false) =
-            (spelled, &shards, authority.as_str().contains('@'))
-        {
-            remember(self.id, generation, spelled, record.clone());
-        }
-        record
+        })
     }
 
     /// Per-upstream records held now.
@@ -266,4 +272,46 @@ fn remember(owner: u64, generation: u64, spelled: Spelled, record: Arc<Record>) 
             });
         }
     });
+}
+
+/// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use super::*;
+    use crate::{Outbound, ThrottleLayer};
+    use loom::thread;
+
+    fn records() -> Arc<Records> {
+        let outbound = Outbound::new().throttle(Some(ThrottleLayer::new(
+            10,
+            std::time::Duration::from_secs(1),
+        )));
+        outbound.records_for_model()
+    }
+
+    /// Two calls to an upstream nobody called yet, at once: both end up with the same retry
+    /// budget, breaker, gate and bucket, whichever makes the record.
+    #[test]
+    fn loom_two_first_calls_to_an_upstream_share_one_state() {
+        loom::model(|| {
+            let records = records();
+            let uri: Uri = "http://a.example/x".parse().unwrap();
+            let other = {
+                let records = records.clone();
+                let uri = uri.clone();
+                thread::spawn(move || records.shards_of(&uri).expect("room for a record"))
+            };
+            let mine = records.shards_of(&uri).expect("room for a record");
+            let theirs = other.join().unwrap();
+            let (a, b) = (&mine[0], &theirs[0]);
+            fn same<T>(x: &Option<Arc<T>>, y: &Option<Arc<T>>) -> bool {
+                matches!((x, y), (Some(x), Some(y)) if Arc::ptr_eq(x, y))
+            }
+            assert!(same(&a.budget, &b.budget), "one retry budget");
+            assert!(same(&a.breaker, &b.breaker), "one breaker");
+            assert!(Arc::ptr_eq(&a.gate, &b.gate), "one gate");
+            assert!(same(&a.bucket, &b.bucket), "one bucket");
+            assert_eq!(records.len(), 1);
+        });
+    }
 }

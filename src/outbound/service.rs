@@ -28,6 +28,12 @@ impl<S> OutboundService<S> {
         OutboundService { inner, records }
     }
 
+    /// The records, for model checks.
+    #[cfg(all(test, tower_outbound_loom))]
+    pub(crate) fn records(&self) -> Arc<Records> {
+        self.records.clone()
+    }
+
     /// The client.
     pub fn get_ref(&self) -> &S {
         &self.inner
