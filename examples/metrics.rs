@@ -35,7 +35,7 @@ use tower_outbound::circuit::CircuitStats;
 use tower_outbound::dead_letter::{self, DeadLetterStats, ReplayReport};
 use tower_outbound::metrics::Signals;
 use tower_outbound::retry::RetryStats;
-use tower_outbound::{BoxError, Outbound, RetryLayer};
+use tower_outbound::{BoxError, CircuitBreakerLayer, Outbound, RetryLayer};
 
 pub(crate) use support::serve_prometheus;
 
@@ -115,12 +115,17 @@ pub(crate) struct Run {
 pub(crate) async fn workload(calls: u32) -> Result<Run, BoxError> {
     let flaky_url = upstream(flaky).await?;
     let down_url = upstream(down).await?;
-    let stack = Outbound::background().retry(
-        RetryLayer::new()
-            .max_attempts(3)
-            .base_delay(Duration::from_millis(1))
-            .max_delay(Duration::from_millis(4)),
-    );
+    // The breaker fails fast and stays open 30 s: the down upstream's refusals are one of the
+    // signals shown (the preset's breaker would hold those calls for up to a minute).
+    let breaker = CircuitBreakerLayer::new().open_duration(Duration::from_secs(30));
+    let stack = Outbound::background()
+        .retry(
+            RetryLayer::new()
+                .max_attempts(3)
+                .base_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(4)),
+        )
+        .circuit_breaker(Some(tower_outbound::metrics::watch(breaker)));
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let service = stack.service(client);
 

@@ -78,6 +78,7 @@ use crate::partition::PartitionKey;
 
 mod breaker;
 mod future;
+pub(crate) mod hold;
 mod layer;
 mod service;
 mod window;
@@ -134,6 +135,7 @@ pub(crate) struct Settings {
     pub(crate) open_duration: Duration,
     pub(crate) open_backoff: Option<(f32, Duration)>,
     pub(crate) half_open_probes: u32,
+    pub(crate) max_wait: Duration,
     pub(crate) slow_call: Option<(Duration, f32)>,
     pub(crate) max_partitions: usize,
     pub(crate) listener: Option<Listener>,
@@ -148,6 +150,7 @@ impl fmt::Debug for Settings {
             .field("open_duration", &self.open_duration)
             .field("open_backoff", &self.open_backoff)
             .field("half_open_probes", &self.half_open_probes)
+            .field("max_wait", &self.max_wait)
             .field("slow_call", &self.slow_call)
             .finish_non_exhaustive()
     }
@@ -159,9 +162,10 @@ impl Default for Settings {
             failure_rate_threshold: 0.5,
             window: Window::Count(20),
             minimum_calls: 10,
-            open_duration: Duration::from_secs(30),
-            open_backoff: None,
+            open_duration: Duration::from_secs(1),
+            open_backoff: Some((2.0, Duration::from_secs(30))),
             half_open_probes: 3,
+            max_wait: Duration::ZERO,
             slow_call: None,
             max_partitions: 1024,
             listener: None,
@@ -172,7 +176,7 @@ impl Default for Settings {
 /// Counters of a [`CircuitBreakerLayer`] and every service it made. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct CircuitStats {
-    counters: Arc<[AtomicU64; 5]>,
+    counters: Arc<[AtomicU64; 6]>,
 }
 
 impl CircuitStats {
@@ -199,6 +203,13 @@ impl CircuitStats {
     /// Times a breaker opened.
     pub fn times_opened(&self) -> u64 {
         self.counters[4].load(Ordering::Relaxed)
+    }
+
+    /// Calls that waited for the circuit ([`max_wait`](CircuitBreakerLayer::max_wait)): each
+    /// is also counted once in [`permitted`](Self::permitted) or [`rejected`](Self::rejected)
+    /// when it stops waiting, unless its caller dropped it first.
+    pub fn held(&self) -> u64 {
+        self.counters[5].load(Ordering::Relaxed)
     }
 
     pub(crate) fn count(&self, index: usize) {
@@ -275,6 +286,24 @@ impl Registry {
 
     pub(crate) fn partitions(&self) -> usize {
         self.keyed.len()
+    }
+
+    /// The longest time until an open breaker lets a probe through (`None`: none is open).
+    pub(crate) fn longest_open(&self) -> Option<Duration> {
+        let map = self.keyed.snapshot();
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .filter_map(|b| b.open_for())
+            .max()
+    }
+
+    /// Calls held by every breaker, now.
+    pub(crate) fn held(&self) -> usize {
+        let map = self.keyed.snapshot();
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .map(|b| b.held())
+            .sum()
     }
 
     /// Logs and announces state changes (outside any breaker's lock).

@@ -7,6 +7,7 @@ use tower_service::Service;
 
 use super::breaker::Admission;
 use super::future::{Permit, ResponseFuture};
+use super::hold::{HeldCall, Hold};
 use super::{CircuitState, Registry};
 use crate::classify::Classify;
 use crate::error::{BoxError, Error, Kind};
@@ -48,14 +49,14 @@ impl<S, C, P> CircuitBreaker<S, C, P> {
 
 impl<S, C, P, B, ResB> Service<Request<B>> for CircuitBreaker<S, C, P>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     C: Classify,
     P: Partition,
 {
     type Response = Response<ResB>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S, B, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner
@@ -70,6 +71,14 @@ where
         let admission = breaker.admit(&self.registry.settings, &mut changes);
         self.registry.announce(&changes);
         match admission {
+            Admission::Reject { .. } if !self.registry.settings.max_wait.is_zero() => {
+                // The ready service goes with the request; this one keeps an unreserved clone.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let hold = Hold::new(self.registry.clone(), breaker, Instant::now());
+                let held = HeldCall::new(hold, inner, request);
+                ResponseFuture::held(held, self.classify.clone())
+            }
             Admission::Reject { retry_in } => {
                 self.registry.stats.count(1);
                 let error = Error::new(Kind::CircuitOpen { retry_in })
