@@ -215,6 +215,41 @@ async fn json_lines_records_survive_reopening() {
 }
 
 #[tokio::test]
+async fn a_drained_dead_letter_file_is_compacted_whatever_the_count() {
+    // 203 letters and their tombstones stayed on disk once replayed: under the compaction
+    // threshold of 1,024 garbage lines, the drained file was never rewritten.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.jsonl");
+    let (upstream, _) = upstream();
+    let sink = JsonLinesSink::new(&path);
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(sink.clone()))
+        .service(upstream);
+    for _ in 0..203 {
+        svc.clone().oneshot(post("/down", b"{}")).await.unwrap();
+    }
+    let ids: Vec<String> = sink
+        .read_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(ids.len(), 203);
+    // Removed in groups, as a replay does: the file shrinks only once the last one is gone.
+    for group in ids[..200].chunks(50) {
+        assert_eq!(sink.remove(group).await.unwrap(), group.len());
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    assert_eq!(sink.remove(&ids[200..]).await.unwrap(), 3);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "drained: empty");
+    assert_eq!(sink.count().await.unwrap(), 0);
+    // The emptied file takes new letters as before.
+    svc.clone().oneshot(post("/down", b"{}")).await.unwrap();
+    assert_eq!(JsonLinesSink::new(&path).read_all().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn a_torn_last_line_is_skipped_and_the_next_record_stays_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dead.jsonl");

@@ -16,7 +16,9 @@
 //! - **Closed:** calls go through; their outcomes fill a sliding window, by count (the last
 //!   N calls) or by time (the last T, in slices).
 //! - **Open:** calls fail at once with [`Kind::CircuitOpen`](crate::error::Kind::CircuitOpen),
-//!   carrying the time until the next probe, without touching the inner service.
+//!   carrying the time until the next probe, without touching the inner service; or, with a
+//!   [`max_wait`](CircuitBreakerLayer::max_wait) (a patience), they wait in line for the
+//!   probe and leave paced once it passes (see below).
 //! - **Half-open:** at most `half_open_probes` calls go through; all must succeed to close, one
 //!   failure re-opens. Other calls meanwhile fail fast with a `retry_in` of zero. A probe whose
 //!   caller gives up (drops the future) gives its permit back.
@@ -31,11 +33,32 @@
 //! | [`failure_rate_threshold`](CircuitBreakerLayer::failure_rate_threshold) | 0.5 (50 %) |
 //! | [`window`](CircuitBreakerLayer::window) | the last 20 calls |
 //! | [`minimum_calls`](CircuitBreakerLayer::minimum_calls) | 10 |
-//! | [`open_duration`](CircuitBreakerLayer::open_duration) | 30 s |
-//! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | off (each trip opens for `open_duration`) |
+//! | [`open_duration`](CircuitBreakerLayer::open_duration) | 1 s (the first open time) |
+//! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | ×2 up to 30 s when it trips again soon |
 //! | [`half_open_probes`](CircuitBreakerLayer::half_open_probes) | 3 |
+//! | [`max_wait`](CircuitBreakerLayer::max_wait) | zero: fail fast |
 //! | [`slow_call`](CircuitBreakerLayer::slow_call) | off |
 //! | [`partition`](CircuitBreakerLayer::partition) | one breaker per upstream (scheme, host, port) |
+//!
+//! # Waiting for the circuit
+//!
+//! Fail-fast is right for a call a person waits on. For work nobody waits on (a sync job, a
+//! queue consumer), [`max_wait`](CircuitBreakerLayer::max_wait) lets a call that meets an open
+//! circuit wait, up to that patience, instead of failing (and being dead-lettered):
+//!
+//! - it waits for the probe time if that comes within its patience, else fails at once;
+//! - once half-open, held calls take the probe slots, never more than `half_open_probes`, and
+//!   the others wait for the verdict;
+//! - when the probes close the circuit, held calls leave paced: as many as there were probes,
+//!   then two more per success that comes back (a slow start), new calls lining up behind them;
+//! - when a probe fails, they wait for the next probe if it still fits their patience, and fail
+//!   with `CircuitOpen` (its `retry_in` the time to that probe) otherwise;
+//! - a caller that drops a held call frees its place (a probe slot or a release it was given
+//!   passes to the next in line).
+//!
+//! [`Outbound::background`](crate::Outbound::background) waits up to 60 s. The open time starts
+//! at 1 s and doubles, up to 30 s, each time the circuit opens again soon after, so a held call
+//! waits about as long as the outage, not 30 s more.
 //!
 //! Every state change is logged (`warn` on open, `info` otherwise) and reaches the listener set
 //! with [`on_state_change`](CircuitBreakerLayer::on_state_change). Clones of the layer and its
