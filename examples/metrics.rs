@@ -150,15 +150,26 @@ pub(crate) async fn workload(calls: u32) -> Result<Run, BoxError> {
         return Err("the background preset keeps dead letters".into());
     };
     let sink = letters.sink();
-    // Each letter is sent again through the same stack: count them as calls to their upstream.
-    for letter in sink.read_all().await? {
-        if letter.uri.starts_with(&flaky_url) {
-            flaky_calls += 1;
-        } else {
-            down_calls += 1;
-        }
-    }
-    let replay = dead_letter::replay(&*sink, service.clone()).await?;
+    // Each letter sent again goes through the same stack: count it as a call to its upstream.
+    // (Once the down upstream's open circuit refuses one, its other letters are not sent.)
+    let replayed = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let counted = replayed.clone();
+    let flaky_prefix = flaky_url.clone();
+    let counting = tower::ServiceBuilder::new()
+        .map_request(move |request: Request<ReplayBody>| {
+            let mut counts = counted.lock().unwrap_or_else(|e| e.into_inner());
+            if request.uri().to_string().starts_with(&flaky_prefix) {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+            request
+        })
+        .service(service.clone());
+    let replay = dead_letter::replay(&*sink, counting).await?;
+    let (flaky_replayed, down_replayed) = *replayed.lock().unwrap_or_else(|e| e.into_inner());
+    flaky_calls += flaky_replayed;
+    down_calls += down_replayed;
     // Only the flaky upstream can deliver a replay.
     flaky_ok += u64::try_from(replay.succeeded)?;
     let dead_letters_kept = sink.count().await?;

@@ -311,6 +311,65 @@ async fn a_damaged_middle_line_takes_no_other_record_with_it() {
 }
 
 #[tokio::test]
+async fn a_replay_stops_at_an_open_circuit_for_that_upstream_only() {
+    let sink = MemorySink::new();
+    let (down, _) = upstream();
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(sink.clone()))
+        .service(down);
+    let other = |body: &'static [u8]| {
+        let mut request = post("/down", body);
+        *request.uri_mut() = "https://other.example.com/down".parse().unwrap();
+        request
+    };
+    for request in [
+        post("/down", b"a"),
+        other(b"x"),
+        post("/down", b"b"),
+        other(b"y"),
+    ] {
+        svc.clone().oneshot(request).await.unwrap();
+    }
+    // api.example.com's circuit is open: its calls are refused without being sent; the other
+    // host answers.
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let seen = sent.clone();
+    let open = tower::service_fn(move |req: Request<ReplayBody>| {
+        let host = req.uri().host().unwrap().to_owned();
+        seen.lock().unwrap().push(host.clone());
+        async move {
+            if host == "api.example.com" {
+                Err(Error::new(Kind::CircuitOpen {
+                    retry_in: std::time::Duration::from_secs(4),
+                }))
+            } else {
+                Ok(Response::new(()))
+            }
+        }
+    });
+    let report = replay(&sink, open).await.unwrap();
+    assert_eq!(
+        *sent.lock().unwrap(),
+        ["api.example.com", "other.example.com", "other.example.com"],
+        "api.example.com's second letter was not sent"
+    );
+    assert_eq!(
+        (
+            report.replayed,
+            report.succeeded,
+            report.still_failing,
+            report.deferred
+        ),
+        (3, 2, 1, 1)
+    );
+    assert_eq!(
+        sink.count().await.unwrap(),
+        2,
+        "both api.example.com letters kept"
+    );
+}
+
+#[tokio::test]
 async fn replay_removes_exactly_the_letters_that_now_succeed_and_keeps_the_key() {
     let dir = tempfile::tempdir().unwrap();
     let sink = JsonLinesSink::new(dir.path().join("dead.jsonl"));
