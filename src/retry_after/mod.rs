@@ -11,7 +11,11 @@
 //! - a request that meets a closed gate waits until it opens, then goes; if the gate stays
 //!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
 //!   fails at once with [`Kind::RateLimited`], carrying the
-//!   remaining wait and the wall-clock time the upstream accepts requests again.
+//!   remaining wait and the wall-clock time the upstream accepts requests again. `max_wait` is
+//!   the request's patience, counted from when it first met the closed gate: a gate closed
+//!   again while it waited (a longer pause) holds it no longer than that in all, as the
+//!   breaker's [`max_wait`](crate::CircuitBreakerLayer::max_wait) bounds a wait for an open
+//!   circuit. [`Outbound::background`](crate::Outbound::background) gives both 60 s.
 //! - there is one gate per upstream (scheme, host and port) by default: a pause one host asks
 //!   for never holds calls to another ([`partition`](RetryAfterLayer::partition));
 //! - no server closes a gate for longer than [`max_pause`](RetryAfterLayer::max_pause) (15
@@ -189,6 +193,13 @@ impl Gates {
     }
 
     pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
+        self.pass_by(key, None)
+    }
+
+    /// As [`pass`](Self::pass) for a request already held since it first met the closed gate:
+    /// its patience ends at `deadline` (that first meeting plus `max_wait`), so a gate closed
+    /// again while it waited holds it no longer than that in all.
+    pub(crate) fn pass_by(&self, key: Option<&PartitionKey>, deadline: Option<Instant>) -> Pass {
         if self.closed.load(Ordering::Acquire) == 0 {
             return Pass::Open;
         }
@@ -222,7 +233,11 @@ impl Gates {
         let server_until = self.instant(gate.server_until.load(Ordering::Acquire).max(until));
         let capped = server_until > until_instant;
         let wait = until_instant - now;
-        if capped || wait > self.settings.max_wait {
+        let too_long = match deadline {
+            Some(deadline) => until_instant > deadline,
+            None => wait > self.settings.max_wait,
+        };
+        if capped || too_long {
             // The caller is told the server's own time, even when the gate opens earlier.
             let wait = server_until - now;
             return Pass::Refuse(Error::new(Kind::RateLimited {
@@ -370,6 +385,31 @@ mod properties {
             .header("retry-after", seconds.to_string())
             .body(())
             .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_waits_no_longer_than_its_patience_when_the_gate_closes_again() {
+        let gates = Gates::new(Settings {
+            max_wait: Duration::from_secs(60),
+            ..Settings::default()
+        });
+        let key = PartitionKey::from("https://a.example:443");
+        let start = Instant::now();
+        gates.observe(Some(&key), &mut pause(40));
+        let deadline = start + Duration::from_secs(60);
+        assert!(matches!(
+            gates.pass_by(Some(&key), Some(deadline)),
+            Pass::Wait(_)
+        ));
+        // At 30 s the gate closes again until 80 s: 50 s from now is within a newcomer's
+        // patience, not within the one of a request held since 0 s.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        gates.observe(Some(&key), &mut pause(50));
+        assert!(matches!(gates.pass(Some(&key)), Pass::Wait(_)));
+        match gates.pass_by(Some(&key), Some(deadline)) {
+            Pass::Refuse(error) => assert_eq!(error.retry_after(), Some(Duration::from_secs(50))),
+            _ => panic!("held past its patience"),
+        }
     }
 
     proptest! {
