@@ -764,6 +764,88 @@ mod loom_models {
         });
     }
 
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn loom_a_freed_probe_slot_always_reaches_a_held_call() {
+        loom::model(|| {
+            let settings = Arc::new(Settings {
+                max_wait: Duration::from_secs(60),
+                ..settings(1)
+            });
+            let breaker = opened(&settings);
+            let Admission::Probe { round } = breaker.admit(&settings, &mut Vec::new()) else {
+                panic!("the first caller probes");
+            };
+            // Two held calls wait for the probe's verdict.
+            let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+            let waker = Waker::from(count.clone());
+            let now = Instant::now();
+            let deadline = now + Duration::from_secs(60);
+            let step = |ticket| {
+                let mut wake = Vec::new();
+                let step = breaker.hold_step(
+                    ticket,
+                    deadline,
+                    now,
+                    &waker,
+                    &settings,
+                    &mut Vec::new(),
+                    &mut wake,
+                );
+                wake.into_iter().for_each(Waker::wake);
+                step
+            };
+            let (first, second) = (breaker.join(), breaker.join());
+            assert!(matches!(step(first), Step::Wait(_)));
+            let second_waker_count =
+                std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+            {
+                let mut wake = Vec::new();
+                let waker = Waker::from(second_waker_count.clone());
+                assert!(matches!(
+                    breaker.hold_step(
+                        second,
+                        deadline,
+                        now,
+                        &waker,
+                        &settings,
+                        &mut Vec::new(),
+                        &mut wake
+                    ),
+                    Step::Wait(_)
+                ));
+            }
+            // The probe's caller and the first held call's caller give up at once.
+            let releaser = {
+                let breaker = breaker.clone();
+                thread::spawn(move || breaker.release_probe(round))
+            };
+            let leaver = {
+                let breaker = breaker.clone();
+                thread::spawn(move || breaker.leave(first))
+            };
+            releaser.join().unwrap();
+            leaver.join().unwrap();
+            assert_eq!(
+                second_waker_count
+                    .0
+                    .load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "the free slot woke the call left in line"
+            );
+            assert!(matches!(step(second), Step::Go(Admission::Probe { .. })));
+            assert_eq!(breaker.held(), 0);
+        });
+    }
+
     #[test]
     fn loom_concurrent_probe_outcomes_take_legal_transitions() {
         loom::model(|| {
