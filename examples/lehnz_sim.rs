@@ -23,7 +23,14 @@
 //! Flags: `--serve ADDR` (a loopback address; default `127.0.0.1:0`, a free port), `--seed N`
 //! (chaos seed, default 7), `--window LIMIT/SECONDS` (default `100/5`), `--no-chaos`,
 //! `--org NAME` (default `acme`), `--keep-bodies` (keep every event as sent; by default only ids
-//! and counts are kept, a million events in tens of MB).
+//! and counts are kept, a million events in tens of MB), `--outages EVERY/LASTING` (periodic
+//! outages, in seconds: `--outages 30/6` is down 6 s every 30 s).
+//!
+//! An outage on demand, without stopping the process (its counts are kept):
+//!
+//! ```text
+//! curl -X POST 'http://127.0.0.1:8787/_sim/outage?secs=6'
+//! ```
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -38,6 +45,7 @@ struct Args {
     chaos: bool,
     org: String,
     keep_bodies: bool,
+    outages: Option<(Duration, Duration)>,
 }
 
 fn args() -> Result<Args, String> {
@@ -48,6 +56,7 @@ fn args() -> Result<Args, String> {
         chaos: true,
         org: "acme".to_owned(),
         keep_bodies: false,
+        outages: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +76,7 @@ fn args() -> Result<Args, String> {
             "--org" => args.org = value("--org")?,
             "--no-chaos" => args.chaos = false,
             "--keep-bodies" => args.keep_bodies = true,
+            "--outages" => args.outages = Some(outages(&value("--outages")?)?),
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -81,6 +91,21 @@ fn window(text: &str) -> Result<(u32, Duration), String> {
     let secs: f64 = secs.trim().parse().map_err(|_| wrong())?;
     let period = Duration::try_from_secs_f64(secs).map_err(|_| wrong())?;
     Ok((limit, period))
+}
+
+/// `EVERY/LASTING` in seconds, for example `30/6`.
+fn outages(text: &str) -> Result<(Duration, Duration), String> {
+    let wrong =
+        || format!("--outages {text:?}: expected EVERY/LASTING in seconds, for example 30/6");
+    let (every, lasting) = text.split_once('/').ok_or_else(wrong)?;
+    let secs = |v: &str| {
+        v.trim()
+            .parse::<f64>()
+            .ok()
+            .and_then(|s| Duration::try_from_secs_f64(s).ok())
+            .ok_or_else(wrong)
+    };
+    Ok((secs(every)?, secs(lasting)?))
 }
 
 /// Resolves when the process is asked to stop: SIGTERM, ctrl-c, or the end of a piped stdin.
@@ -136,6 +161,8 @@ fn print_stats(stats: &SimStats) {
     println!("window_idle_ms={}", stats.window_idle_ms);
     println!("window_unused={}", stats.window_unused);
     println!("connections_dropped={}", stats.connections_dropped);
+    println!("outages={}", stats.outages);
+    println!("refused_in_outage={}", stats.refused_in_outage);
     let statuses: Vec<String> = stats
         .responses_by_status
         .iter()
@@ -147,11 +174,14 @@ fn print_stats(stats: &SimStats) {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = args()?;
-    let chaos = if args.chaos {
+    let mut chaos = if args.chaos {
         Chaos::flaky()
     } else {
         Chaos::none()
     };
+    if let Some((every, lasting)) = args.outages {
+        chaos = chaos.outages(every, lasting);
+    }
     let sim = Simulator::builder()
         .org(&args.org)
         .window(args.window.0, args.window.1)

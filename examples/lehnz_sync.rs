@@ -23,7 +23,9 @@
 //! checkpoint, a file of the run's own in the temporary directory), `--base-url URL` (key in `LEHNZ_API_KEY`),
 //! `--window LIMIT/SECONDS` (the organization's rate-limit window; default 100/5 for the
 //! in-process simulator, 1000/900 otherwise), `--concurrency N` (default 32), `--batch N`
-//! (default 500), `--seed N`, `--quiet`, `--metrics ADDR` (feature `metrics`: serve the five
+//! (default 500), `--seed N`, `--patience SECS` (how long a batch waits for an open circuit
+//! before it goes to the dead letters; default 60), `--quiet` (only the last line),
+//! `--metrics ADDR` (feature `metrics`: serve the five
 //! signals on a Prometheus endpoint while the job runs, and print them in the report:
 //! `cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics 127.0.0.1:9464`).
 //!
@@ -34,6 +36,20 @@
 //! that were in flight at a crash are sent again with the same ids and can be removed
 //! downstream. Batches that still fail after the retries go to the dead-letter file and are
 //! replayed at the end of each run.
+//!
+//! When Lehnz is down, the breaker opens after the first failures; batches then wait for it
+//! (up to `--patience`) instead of failing, the source is not read meanwhile, and once a probe
+//! finds Lehnz back the held batches go out, paced. An outage shorter than the patience
+//! dead-letters nothing.
+//!
+//! The report ends with one line saying whether everything was delivered, and the exit status
+//! says the same to cron or CI:
+//!
+//! | status | meaning |
+//! |---|---|
+//! | 0 | every event of this run was delivered (streamed or by the replay); the dead-letter file is empty |
+//! | 75 | some events are in the dead-letter file (an outage longer than the patience); nothing is lost: run the job again, later, to replay them (`EX_TEMPFAIL`) |
+//! | 1 | an error: the job stopped (bad flag or input, checkpoint, wrong key), or events were rejected, unaccounted for or lost |
 
 #[cfg(feature = "metrics")]
 #[path = "support/prometheus.rs"]
@@ -44,7 +60,9 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tower_outbound::dead_letter::StoredBody;
@@ -67,6 +85,11 @@ pub(crate) struct Args {
     pub(crate) concurrency: usize,
     pub(crate) batch: usize,
     pub(crate) quiet: bool,
+    /// How long a batch waits for an open circuit before it goes to the dead letters.
+    pub(crate) patience: Duration,
+    /// The API key, when not from `LEHNZ_API_KEY` (tests set it here; a command line would
+    /// show it to `ps`).
+    pub(crate) key: Option<String>,
     /// Serve the five signals on a Prometheus endpoint at this address while the job runs
     /// (feature `metrics`).
     pub(crate) metrics: Option<std::net::SocketAddr>,
@@ -89,6 +112,8 @@ impl Args {
             concurrency: 32,
             batch: 500,
             quiet: false,
+            patience: Duration::from_secs(60),
+            key: None,
             metrics: None,
         };
         let mut it = args.into_iter();
@@ -117,6 +142,7 @@ impl Args {
                     parsed.window = Some((limit, Duration::from_secs(secs)));
                 }
                 "--quiet" => parsed.quiet = true,
+                "--patience" => parsed.patience = Duration::from_secs(number(value()?)?),
                 "--metrics" => {
                     let v = value()?;
                     parsed.metrics = Some(v.parse().map_err(|e| format!("--metrics {v:?}: {e}"))?);
@@ -209,15 +235,86 @@ fn count_lines(path: &Path) -> Result<usize, BoxError> {
     }
 }
 
-/// Runs the job to the end of its source.
-pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
+/// The exit status when every event was delivered.
+pub(crate) const EXIT_DELIVERED: u8 = 0;
+/// The exit status when the job failed: an error stopped it, or events were rejected or lost.
+pub(crate) const EXIT_ERROR: u8 = 1;
+/// The exit status when some events are in the dead-letter file, nothing lost: run the job
+/// again (later) to replay them. 75 is `EX_TEMPFAIL` of sysexits.h, "try again later".
+pub(crate) const EXIT_DEAD_LETTERS: u8 = 75;
+
+/// How a run ended, as its last line and its exit status say.
+#[derive(Clone, Debug)]
+pub(crate) struct Outcome {
+    /// Events this run delivered: accepted when streamed, or by the replay of dead letters.
+    pub(crate) delivered: usize,
+    /// Events left in the dead-letter file after the replay.
+    pub(crate) dead_lettered: usize,
+    /// Events this run's streaming wrote to the dead-letter file (before the replay).
+    pub(crate) dead_lettered_while_streaming: usize,
+    /// Events Lehnz rejected for good, or whose fate is unknown (a 2xx that counted fewer),
+    /// or whose dead letter could not be stored, or (in-process simulator) lost.
+    pub(crate) failed: usize,
+    /// The whole run: streaming, the replay and the checks.
+    pub(crate) wall_time: Duration,
+    /// The dead-letter file.
+    pub(crate) dead_letter_file: PathBuf,
+}
+
+impl Outcome {
+    /// 0 all delivered, 75 some events in dead letters (run again), 1 failed.
+    pub(crate) fn exit_status(&self) -> u8 {
+        if self.failed > 0 {
+            EXIT_ERROR
+        } else if self.dead_lettered > 0 {
+            EXIT_DEAD_LETTERS
+        } else {
+            EXIT_DELIVERED
+        }
+    }
+
+    /// The report's last line.
+    pub(crate) fn last_line(&self) -> String {
+        match self.exit_status() {
+            EXIT_DELIVERED => format!(
+                "all delivered: {} events this run ({} of this run's went through the dead-letter file), none left in dead letters (exit {EXIT_DELIVERED})",
+                self.delivered, self.dead_lettered_while_streaming
+            ),
+            EXIT_DEAD_LETTERS => format!(
+                "not all delivered: {} events in the dead-letter file {}, nothing lost; run again to replay them (exit {EXIT_DEAD_LETTERS})",
+                self.dead_lettered,
+                self.dead_letter_file.display()
+            ),
+            _ => format!(
+                "failed: {} events rejected, unaccounted for or lost, {} in dead letters (exit {EXIT_ERROR})",
+                self.failed, self.dead_lettered
+            ),
+        }
+    }
+}
+
+/// The events a dead letter holds (a JSON array of events), when it holds events.
+fn events_in(letter: &tower_outbound::DeadLetter) -> Vec<Event> {
+    match &letter.body {
+        Some(StoredBody::Text(body)) => serde_json::from_str(body).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+/// Runs the job to the end of its source, then replays the dead letters; the outcome says
+/// whether everything was delivered.
+pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
+    let started = Instant::now();
     if let Some(addr) = args.metrics {
         serve_metrics(addr).await?;
     }
     let (sim, key, base_url) = match &args.base_url {
         Some(url) => {
-            let key = std::env::var("LEHNZ_API_KEY")
-                .map_err(|_| "set LEHNZ_API_KEY to talk to a running server")?;
+            let key = match &args.key {
+                Some(key) => key.clone(),
+                None => std::env::var("LEHNZ_API_KEY")
+                    .map_err(|_| "set LEHNZ_API_KEY to talk to a running server")?,
+            };
             (None, key, url.clone())
         }
         None => {
@@ -249,6 +346,9 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
             s.retry_seed(args.seed)
                 .dead_letter_file(&dead_letter_path)
                 .throttle(Some(window))
+                // Nobody waits on this job: a batch that meets an open circuit waits for it
+                // (the source pauses meanwhile) instead of going to the dead letters.
+                .circuit_max_wait(args.patience)
         })
         .build()?;
 
@@ -312,7 +412,6 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     );
     bar.set_position(start as u64);
     bar.reset_eta();
-    let started = Instant::now();
     let mut checkpoint_error = None;
     let mut last_written = start;
     let options = IngestOptions::new().start_offset(start).on_progress(|p| {
@@ -332,7 +431,7 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
     });
     let summary = client.ingest_iter(source, options).await?;
     bar.finish();
-    let elapsed = started.elapsed();
+    let ingest_time = started.elapsed();
     if let Some(err) = checkpoint_error {
         return Err(format!("writing the checkpoint failed: {err}").into());
     }
@@ -344,16 +443,45 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         .into());
     }
 
-    // What still failed is in the dead-letter file: send it once more.
+    // What still failed is in the dead-letter file (this run's and earlier runs'): send it
+    // once more.
     let sink = JsonLinesSink::new(&dead_letter_path);
+    let dead_before: usize = sink
+        .read_all()
+        .await?
+        .iter()
+        .map(|l| events_in(l).len())
+        .sum();
     let replay = client.replay_dead_letters(&sink).await?;
     let still_dead = sink.read_all().await?;
+    let dead_after: usize = still_dead.iter().map(|l| events_in(l).len()).sum();
+    let replay_time = started.elapsed().saturating_sub(ingest_time);
+    let delivered = summary.accepted + dead_before.saturating_sub(dead_after);
+    let mut outcome = Outcome {
+        delivered,
+        dead_lettered: dead_after,
+        dead_lettered_while_streaming: summary.dead_lettered,
+        // Rejected records include those of dead-lettered batches (kept: not failed) and of
+        // batches whose letter the sink could not store (failed).
+        failed: (summary.rejected.len() + summary.rejected_unlisted)
+            .saturating_sub(summary.dead_lettered)
+            + summary.unaccounted,
+        wall_time: started.elapsed(),
+        dead_letter_file: dead_letter_path.clone(),
+    };
 
     if args.quiet {
-        return Ok(());
+        if let Some(sim) = sim {
+            sim.shutdown().await;
+        }
+        outcome.wall_time = started.elapsed();
+        println!("{}", outcome.last_line());
+        return Ok(outcome);
     }
     let sent = summary.settled.saturating_sub(start);
-    let rate = sent as f64 / elapsed.as_secs_f64().max(1e-9);
+    let elapsed = started.elapsed();
+    // Delivered events only, over the whole run that delivered them.
+    let rate = delivered as f64 / elapsed.as_secs_f64().max(1e-9);
     let window_rate = f64::from(window.0) / window.1.as_secs_f64() * args.batch as f64;
     println!();
     println!("report");
@@ -371,12 +499,13 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         summary.dead_letter_failed
     );
     println!(
-        "  replayed at the end    {} batches, {} delivered, {} still dead, {} refused (other hosts), {} skipped",
+        "  replayed at the end    {} batches, {} delivered, {} still dead, {} refused (other hosts), {} skipped, {} not sent (circuit open)",
         replay.replayed,
         replay.succeeded,
         still_dead.len(),
         replay.refused,
-        replay.skipped
+        replay.skipped,
+        replay.deferred
     );
     println!("  settled offset         {}", summary.settled);
     println!("  batches (requests)     {}", summary.requests);
@@ -402,16 +531,26 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         }
         if let Some(breaker) = stats.circuit_breaker() {
             println!(
-                "  circuit breaker        opened {} times, {} calls refused",
+                "  circuit breaker        opened {} times, {} batches held ({} s patience), {} refused; source paused {:.1?}",
                 breaker.times_opened(),
-                breaker.rejected()
+                breaker.held(),
+                args.patience.as_secs(),
+                breaker.rejected(),
+                summary.paused
             );
         }
     }
-    println!("  wall time              {elapsed:.1?}");
     println!(
-        "  rate                   {rate:.0} events/s of {window_rate:.0} the window allows \
-         ({} per {}s at {} per batch): {:.0} %",
+        "  wall time              {elapsed:.1?} (streaming {ingest_time:.1?}, replay {replay_time:.1?})"
+    );
+    println!(
+        "  delivered              {delivered} events ({} streamed, {} by the replay)",
+        summary.accepted,
+        delivered - summary.accepted
+    );
+    println!(
+        "  rate                   {rate:.0} events/s delivered over the whole run, of \
+         {window_rate:.0} the window allows ({} per {}s at {} per batch): {:.0} %",
         window.0,
         window.1.as_secs(),
         args.batch,
@@ -439,11 +578,7 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         let stats = sim.stats();
         let dead: HashSet<String> = still_dead
             .iter()
-            .filter_map(|letter| match &letter.body {
-                Some(StoredBody::Text(body)) => serde_json::from_str::<Vec<Event>>(body).ok(),
-                _ => None,
-            })
-            .flatten()
+            .flat_map(events_in)
             .filter_map(|e| e.client_event_id().map(str::to_owned))
             .collect();
         // The ids are derived, so they can be computed again instead of kept.
@@ -480,10 +615,12 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         let idle = stats.window_idle_ms as f64 / 1e3;
         let resent_s = resent as f64 * per;
         let window_refused_s = stats.rate_limited_window as f64 * per;
-        let other = elapsed.as_secs_f64() - ideal - resent_s - unused - idle - window_refused_s;
+        let other = ingest_time.as_secs_f64() - ideal - resent_s - unused - idle - window_refused_s;
         println!(
-            "where the time went ({:.1}s at the window's rate for {} batches)",
-            ideal, summary.requests
+            "where the streaming's {:.1}s went ({:.1}s at the window's rate for {} batches)",
+            ingest_time.as_secs_f64(),
+            ideal,
+            summary.requests
         );
         println!(
             "  resent, reply dropped  {resent_s:.1}s ({resent} batches stored twice: the server \
@@ -505,15 +642,15 @@ pub(crate) async fn run(args: Args) -> Result<(), BoxError> {
         );
         println!("  other                  {other:+.1}s (first and last window, end of the run)");
         sim.shutdown().await;
-        if lost > 0 {
-            return Err(format!("{lost} events were lost").into());
-        }
+        outcome.failed += lost;
     }
     #[cfg(feature = "metrics")]
     if args.metrics.is_some() {
         println!("{}", tower_outbound::metrics::Signals::snapshot());
     }
-    Ok(())
+    outcome.wall_time = started.elapsed();
+    println!("{}", outcome.last_line());
+    Ok(outcome)
 }
 
 /// Serves the job's metrics (the five signals, per upstream) on a Prometheus endpoint.
@@ -532,7 +669,17 @@ async fn serve_metrics(_addr: std::net::SocketAddr) -> Result<(), BoxError> {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), BoxError> {
-    let args = Args::parse(std::env::args().skip(1))?;
-    run(args).await
+async fn main() -> std::process::ExitCode {
+    let outcome = match Args::parse(std::env::args().skip(1)) {
+        Ok(args) => run(args).await,
+        Err(usage) => Err(usage.into()),
+    };
+    match outcome {
+        Ok(outcome) => std::process::ExitCode::from(outcome.exit_status()),
+        Err(err) => {
+            eprintln!("lehnz_sync: {err}");
+            println!("failed: {err} (exit {EXIT_ERROR})");
+            std::process::ExitCode::from(EXIT_ERROR)
+        }
+    }
 }

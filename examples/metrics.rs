@@ -35,7 +35,7 @@ use tower_outbound::circuit::CircuitStats;
 use tower_outbound::dead_letter::{self, DeadLetterStats, ReplayReport};
 use tower_outbound::metrics::Signals;
 use tower_outbound::retry::RetryStats;
-use tower_outbound::{BoxError, Outbound, RetryLayer};
+use tower_outbound::{BoxError, CircuitBreakerLayer, Outbound, RetryLayer};
 
 pub(crate) use support::serve_prometheus;
 
@@ -115,12 +115,17 @@ pub(crate) struct Run {
 pub(crate) async fn workload(calls: u32) -> Result<Run, BoxError> {
     let flaky_url = upstream(flaky).await?;
     let down_url = upstream(down).await?;
-    let stack = Outbound::background().retry(
-        RetryLayer::new()
-            .max_attempts(3)
-            .base_delay(Duration::from_millis(1))
-            .max_delay(Duration::from_millis(4)),
-    );
+    // The breaker fails fast and stays open 30 s: the down upstream's refusals are one of the
+    // signals shown (the preset's breaker would hold those calls for up to a minute).
+    let breaker = CircuitBreakerLayer::new().open_duration(Duration::from_secs(30));
+    let stack = Outbound::background()
+        .retry(
+            RetryLayer::new()
+                .max_attempts(3)
+                .base_delay(Duration::from_millis(1))
+                .max_delay(Duration::from_millis(4)),
+        )
+        .circuit_breaker(Some(tower_outbound::metrics::watch(breaker)));
     let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
     let service = stack.service(client);
 
@@ -145,15 +150,26 @@ pub(crate) async fn workload(calls: u32) -> Result<Run, BoxError> {
         return Err("the background preset keeps dead letters".into());
     };
     let sink = letters.sink();
-    // Each letter is sent again through the same stack: count them as calls to their upstream.
-    for letter in sink.read_all().await? {
-        if letter.uri.starts_with(&flaky_url) {
-            flaky_calls += 1;
-        } else {
-            down_calls += 1;
-        }
-    }
-    let replay = dead_letter::replay(&*sink, service.clone()).await?;
+    // Each letter sent again goes through the same stack: count it as a call to its upstream.
+    // (Once the down upstream's open circuit refuses one, its other letters are not sent.)
+    let replayed = Arc::new(std::sync::Mutex::new((0u64, 0u64)));
+    let counted = replayed.clone();
+    let flaky_prefix = flaky_url.clone();
+    let counting = tower::ServiceBuilder::new()
+        .map_request(move |request: Request<ReplayBody>| {
+            let mut counts = counted.lock().unwrap_or_else(|e| e.into_inner());
+            if request.uri().to_string().starts_with(&flaky_prefix) {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+            request
+        })
+        .service(service.clone());
+    let replay = dead_letter::replay(&*sink, counting).await?;
+    let (flaky_replayed, down_replayed) = *replayed.lock().unwrap_or_else(|e| e.into_inner());
+    flaky_calls += flaky_replayed;
+    down_calls += down_replayed;
     // Only the flaky upstream can deliver a replay.
     flaky_ok += u64::try_from(replay.succeeded)?;
     let dead_letters_kept = sink.count().await?;

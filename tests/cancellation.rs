@@ -609,6 +609,8 @@ async fn a_probe_from_an_earlier_half_open_does_not_free_a_slot_of_the_next() {
         .window(Window::Count(2))
         .minimum_calls(2)
         .open_duration(Duration::from_secs(1))
+        // One open time, so the rounds' times below are fixed.
+        .open_backoff(1.0, Duration::from_secs(1))
         .half_open_probes(2);
     let client = ServiceBuilder::new()
         .layer(breaker.clone())
@@ -673,6 +675,8 @@ async fn a_late_probe_success_from_an_earlier_half_open_does_not_count_in_the_ne
         .window(Window::Count(2))
         .minimum_calls(2)
         .open_duration(Duration::from_secs(1))
+        // One open time, so the rounds' times below are fixed.
+        .open_backoff(1.0, Duration::from_secs(1))
         .half_open_probes(2);
     let client = ServiceBuilder::new()
         .layer(breaker.clone())

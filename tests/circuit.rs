@@ -175,19 +175,27 @@ async fn a_failed_probe_reopens_and_the_open_time_can_grow_up_to_a_cap() {
         ]
     );
 
-    // Recovery resets the open time.
+    // Recovery, then a trip at once: a flapping upstream keeps the long open time.
     upstream.set(200);
-    let wait = svc
-        .clone()
-        .oneshot(get())
-        .await
-        .unwrap_err()
-        .retry_after()
-        .unwrap();
-    tokio::time::advance(wait).await;
+    let wait = svc.clone().oneshot(get()).await.unwrap_err().retry_after();
+    tokio::time::advance(wait.unwrap()).await;
     svc.clone().oneshot(get()).await.unwrap();
     svc.clone().oneshot(get()).await.unwrap();
     assert_eq!(breaker.state(), CircuitState::Closed);
+    upstream.set(502);
+    for _ in 0..5 {
+        svc.clone().oneshot(get()).await.unwrap();
+    }
+    let err = svc.clone().oneshot(get()).await.unwrap_err();
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(25)));
+
+    // Closed for the cap's length: the next trip opens for the first open time again.
+    upstream.set(200);
+    tokio::time::advance(err.retry_after().unwrap()).await;
+    svc.clone().oneshot(get()).await.unwrap();
+    svc.clone().oneshot(get()).await.unwrap();
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    tokio::time::advance(Duration::from_secs(25)).await;
     upstream.set(502);
     for _ in 0..5 {
         svc.clone().oneshot(get()).await.unwrap();
@@ -357,7 +365,8 @@ async fn the_listener_sees_every_change_in_order() {
     }
     tokio::time::advance(Duration::from_secs(10)).await;
     svc.clone().oneshot(get()).await.unwrap(); // probe fails
-    tokio::time::advance(Duration::from_secs(10)).await;
+                                               // The default open backoff doubles the open time after a failed probe.
+    tokio::time::advance(Duration::from_secs(20)).await;
     upstream.set(200);
     svc.clone().oneshot(get()).await.unwrap();
     svc.clone().oneshot(get()).await.unwrap();
@@ -449,4 +458,134 @@ async fn invariants_hold_under_many_tasks() {
     assert_eq!(stats.failures() + stats.successes(), stats.permitted());
     assert!(stats.times_opened() >= 1);
     assert!(stats.rejected() > 0, "the open circuit spared the upstream");
+}
+
+/// A breaker that holds calls for up to `patience` while its circuit is open.
+fn patient(patience: Duration) -> CircuitBreakerLayer {
+    small().max_wait(patience)
+}
+
+#[tokio::test(start_paused = true)]
+async fn held_calls_ride_out_an_outage_with_the_probes_bounded_and_the_release_paced() {
+    let upstream = Upstream::new(503);
+    let breaker = patient(Duration::from_secs(60));
+    let svc = ServiceBuilder::new()
+        .layer(breaker.clone())
+        .service(upstream.service());
+    for _ in 0..5 {
+        svc.clone().oneshot(get()).await.unwrap();
+    }
+    assert_eq!(breaker.state(), CircuitState::Open);
+
+    // 20 calls arrive while it is open; the upstream comes back, answering in 100 ms.
+    let start = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get())))
+        .collect();
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.held(), 20);
+    upstream.set(200);
+    upstream.delay_ms.store(100, Ordering::SeqCst);
+    upstream.max_in_flight.store(0, Ordering::SeqCst);
+    let before = upstream.calls();
+    for call in calls {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // Two probes (the setting), then 2, 4, 8 and the last 4: never all at once.
+    assert_eq!(upstream.calls() - before, 20, "each call sent once");
+    assert_eq!(upstream.max_in_flight.load(Ordering::SeqCst), 8);
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_secs(10) + Duration::from_millis(500)
+    );
+    let stats = breaker.stats();
+    assert_eq!((stats.held(), stats.rejected()), (20, 0));
+    assert_eq!(breaker.held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn fail_fast_stays_the_default() {
+    let upstream = Upstream::new(503);
+    let breaker = small();
+    let svc = ServiceBuilder::new()
+        .layer(breaker.clone())
+        .service(upstream.service());
+    for _ in 0..5 {
+        svc.clone().oneshot(get()).await.unwrap();
+    }
+    let start = tokio::time::Instant::now();
+    let err = svc.clone().oneshot(get()).await.unwrap_err();
+    assert!(err.is_circuit_open());
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    assert_eq!(breaker.stats().held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn patience_bounds_the_wait_and_ends_in_the_breakers_error() {
+    let upstream = Upstream::new(503);
+    // Open for 10 s, then 20 s after the failed probe: a 25 s patience covers the first probe,
+    // not the second.
+    let breaker = patient(Duration::from_secs(25));
+    let svc = ServiceBuilder::new()
+        .layer(breaker.clone())
+        .service(upstream.service());
+    for _ in 0..5 {
+        svc.clone().oneshot(get()).await.unwrap();
+    }
+    // Answers take 100 ms: both probes are out before the first fails.
+    upstream.delay_ms.store(100, Ordering::SeqCst);
+    let start = tokio::time::Instant::now();
+    let calls: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(svc.clone().oneshot(get())))
+        .collect();
+    let mut probes = 0;
+    let mut refused = Vec::new();
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(response) => {
+                assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+                probes += 1;
+            }
+            Err(err) => refused.push(err),
+        }
+    }
+    // The two probes failed at 10.1 s; the others learned then that the next probe is 20 s
+    // away, past their patience.
+    assert_eq!(probes, 2);
+    assert_eq!(refused.len(), 2);
+    for err in &refused {
+        assert!(err.is_circuit_open(), "{err}");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(20)));
+        assert_eq!(err.upstream().map(|a| a.as_str()), Some("api.example.com"));
+    }
+    assert_eq!(start.elapsed(), Duration::from_millis(10_100));
+    assert_eq!(breaker.stats().rejected(), 2);
+    assert_eq!(breaker.held(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_call_dropped_by_its_caller_frees_its_place() {
+    let upstream = Upstream::new(503);
+    let breaker = patient(Duration::from_secs(60)).half_open_probes(1);
+    let svc = ServiceBuilder::new()
+        .layer(breaker.clone())
+        .service(upstream.service());
+    for _ in 0..5 {
+        svc.clone().oneshot(get()).await.unwrap();
+    }
+    let gives_up = tokio::spawn(svc.clone().oneshot(get()));
+    let waits = tokio::spawn(svc.clone().oneshot(get()));
+    tokio::task::yield_now().await;
+    assert_eq!(breaker.held(), 2);
+    gives_up.abort();
+    assert!(gives_up.await.unwrap_err().is_cancelled());
+    assert_eq!(breaker.held(), 1, "the dropped call left the line");
+
+    // The one left is the probe at 10 s: nothing waits on the call that gave up.
+    upstream.set(200);
+    let start = tokio::time::Instant::now();
+    assert_eq!(waits.await.unwrap().unwrap().status(), StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(10));
+    assert_eq!(breaker.state(), CircuitState::Closed);
+    assert_eq!(upstream.calls(), 6);
 }

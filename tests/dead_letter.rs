@@ -215,6 +215,41 @@ async fn json_lines_records_survive_reopening() {
 }
 
 #[tokio::test]
+async fn a_drained_dead_letter_file_is_compacted_whatever_the_count() {
+    // 203 letters and their tombstones stayed on disk once replayed: under the compaction
+    // threshold of 1,024 garbage lines, the drained file was never rewritten.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dead.jsonl");
+    let (upstream, _) = upstream();
+    let sink = JsonLinesSink::new(&path);
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(sink.clone()))
+        .service(upstream);
+    for _ in 0..203 {
+        svc.clone().oneshot(post("/down", b"{}")).await.unwrap();
+    }
+    let ids: Vec<String> = sink
+        .read_all()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|l| l.id)
+        .collect();
+    assert_eq!(ids.len(), 203);
+    // Removed in groups, as a replay does: the file shrinks only once the last one is gone.
+    for group in ids[..200].chunks(50) {
+        assert_eq!(sink.remove(group).await.unwrap(), group.len());
+    }
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+    assert_eq!(sink.remove(&ids[200..]).await.unwrap(), 3);
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "drained: empty");
+    assert_eq!(sink.count().await.unwrap(), 0);
+    // The emptied file takes new letters as before.
+    svc.clone().oneshot(post("/down", b"{}")).await.unwrap();
+    assert_eq!(JsonLinesSink::new(&path).read_all().await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn a_torn_last_line_is_skipped_and_the_next_record_stays_whole() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("dead.jsonl");
@@ -272,6 +307,65 @@ async fn a_damaged_middle_line_takes_no_other_record_with_it() {
             Some(StoredBody::Text("1".into())),
             Some(StoredBody::Text("2".into()))
         ]
+    );
+}
+
+#[tokio::test]
+async fn a_replay_stops_at_an_open_circuit_for_that_upstream_only() {
+    let sink = MemorySink::new();
+    let (down, _) = upstream();
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(sink.clone()))
+        .service(down);
+    let other = |body: &'static [u8]| {
+        let mut request = post("/down", body);
+        *request.uri_mut() = "https://other.example.com/down".parse().unwrap();
+        request
+    };
+    for request in [
+        post("/down", b"a"),
+        other(b"x"),
+        post("/down", b"b"),
+        other(b"y"),
+    ] {
+        svc.clone().oneshot(request).await.unwrap();
+    }
+    // api.example.com's circuit is open: its calls are refused without being sent; the other
+    // host answers.
+    let sent = Arc::new(Mutex::new(Vec::new()));
+    let seen = sent.clone();
+    let open = tower::service_fn(move |req: Request<ReplayBody>| {
+        let host = req.uri().host().unwrap().to_owned();
+        seen.lock().unwrap().push(host.clone());
+        async move {
+            if host == "api.example.com" {
+                Err(Error::new(Kind::CircuitOpen {
+                    retry_in: std::time::Duration::from_secs(4),
+                }))
+            } else {
+                Ok(Response::new(()))
+            }
+        }
+    });
+    let report = replay(&sink, open).await.unwrap();
+    assert_eq!(
+        *sent.lock().unwrap(),
+        ["api.example.com", "other.example.com", "other.example.com"],
+        "api.example.com's second letter was not sent"
+    );
+    assert_eq!(
+        (
+            report.replayed,
+            report.succeeded,
+            report.still_failing,
+            report.deferred
+        ),
+        (3, 2, 1, 1)
+    );
+    assert_eq!(
+        sink.count().await.unwrap(),
+        2,
+        "both api.example.com letters kept"
     );
 }
 

@@ -33,7 +33,8 @@ const CONCURRENCY: usize = 4;
 async fn lehnz_sync_job_process() {
     let args = std::env::var(ARGS_ENV).expect("run by the resume test");
     let args = lehnz_sync::Args::parse(args.lines().map(str::to_owned)).unwrap();
-    lehnz_sync::run(args).await.unwrap();
+    let outcome = lehnz_sync::run(args).await.unwrap();
+    assert_eq!(outcome.exit_status(), 0, "{}", outcome.last_line());
 }
 
 fn input_event(i: usize) -> Event {

@@ -847,3 +847,116 @@ async fn shutdown_returns_once_the_server_is_gone() {
     sim.shutdown().await;
     assert!(TcpStream::connect(addr).await.is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_outage_switch_takes_the_server_down_for_its_length_and_keeps_its_counts() {
+    let (sim, sk, _) = acme().await;
+    let batch = || body(&json!([event("u", "i", "e")]));
+    assert_eq!(
+        call(&sim, post(EVENTS, &[("x-api-key", &sk)], batch()))
+            .await
+            .status,
+        StatusCode::ACCEPTED
+    );
+    // A keep-alive connection opened before the outage.
+    let stream = TcpStream::connect(sim.addr()).await.unwrap();
+    let (mut open, conn) = http1::handshake(TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let reply = open
+        .send_request(post(EVENTS, &[("x-api-key", &sk)], batch()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), StatusCode::ACCEPTED);
+    drop(reply);
+
+    let switched = call(&sim, post("/_sim/outage?secs=6", &[], Bytes::new())).await;
+    assert_eq!(switched.status, StatusCode::OK);
+    assert_eq!(switched.body["outage_secs"], 6.0);
+    let start = Instant::now();
+
+    // Down: a new connection is closed without an answer, a request on an open one too.
+    assert!(
+        send(sim.addr(), post(EVENTS, &[("x-api-key", &sk)], batch()))
+            .await
+            .is_err()
+    );
+    assert!(open
+        .send_request(post(EVENTS, &[("x-api-key", &sk)], batch()))
+        .await
+        .is_err());
+    assert!(send(
+        sim.addr(),
+        Request::get("/_sim/stats").body(Full::default()).unwrap()
+    )
+    .await
+    .is_err());
+    tokio::time::sleep(Duration::from_millis(5_999)).await;
+    assert!(
+        send(sim.addr(), post(EVENTS, &[("x-api-key", &sk)], batch()))
+            .await
+            .is_err()
+    );
+
+    // Up again after six seconds, with what it stored before.
+    tokio::time::sleep_until(start + Duration::from_secs(6)).await;
+    let reply = call(&sim, post(EVENTS, &[("x-api-key", &sk)], batch())).await;
+    assert_eq!(reply.status, StatusCode::ACCEPTED);
+    let stats = sim.stats();
+    assert_eq!(stats.events, 3);
+    assert_eq!(stats.outages, 1);
+    assert_eq!(stats.refused_in_outage, 4);
+}
+
+#[tokio::test]
+async fn an_outage_switch_without_a_length_is_refused() {
+    let (sim, _, _) = acme().await;
+    for query in [
+        "",
+        "?secs=",
+        "?secs=abc",
+        "?secs=-1",
+        "?secs=NaN",
+        "?mins=5",
+    ] {
+        let reply = call(
+            &sim,
+            post(&format!("/_sim/outage{query}"), &[], Bytes::new()),
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{query}");
+        assert_eq!(reply.error(), "invalid_query");
+    }
+    // A huge one is cut to an hour.
+    let reply = call(&sim, post("/_sim/outage?secs=1e300", &[], Bytes::new())).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body["outage_secs"], 3600.0);
+    assert_eq!(sim.stats().outages, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn periodic_outages_come_back_every_period() {
+    let sim = Simulator::builder()
+        .org("acme")
+        .chaos(Chaos::none().outages(Duration::from_secs(10), Duration::from_secs(3)))
+        .start()
+        .await
+        .unwrap();
+    let sk = sim.keys("acme").unwrap().secret;
+    let start = Instant::now();
+    let mut up = Vec::new();
+    for at in [0, 9_900, 10_100, 12_900, 13_100, 20_500, 23_500] {
+        tokio::time::sleep_until(start + Duration::from_millis(at)).await;
+        let batch = body(&json!([event("u", "i", &format!("e-{at}"))]));
+        up.push(
+            send(sim.addr(), post(EVENTS, &[("x-api-key", &sk)], batch))
+                .await
+                .is_ok(),
+        );
+    }
+    assert_eq!(up, [true, true, false, false, true, false, true]);
+    let stats = sim.stats();
+    assert_eq!(
+        (stats.events, stats.outages, stats.refused_in_outage),
+        (4, 2, 3)
+    );
+}

@@ -367,7 +367,8 @@ async fn a_dead_upstream_trips_the_breaker_and_nothing_the_caller_sent_is_lost()
     let sink = MemorySink::new();
     let breaker = CircuitBreakerLayer::new()
         .minimum_calls(5)
-        .open_duration(Duration::from_secs(5));
+        .open_duration(Duration::from_secs(5))
+        .open_backoff(2.0, Duration::from_secs(10));
     let stack = Outbound::background()
         .retry(RetryLayer::new().max_attempts(3).rng_seed(9))
         .circuit_breaker(Some(breaker.clone()))
@@ -403,10 +404,58 @@ async fn a_dead_upstream_trips_the_breaker_and_nothing_the_caller_sent_is_lost()
     assert!(breaker.stats().rejected() > 0);
     // Traffic resumed after the recovery.
     assert_eq!(breaker.state(), CircuitState::Closed);
-    assert!(delivered >= 55, "delivered {delivered}");
+    // Within one open time (at most 10 s) of the recovery.
+    assert!(delivered >= 50, "delivered {delivered}");
     // Nothing lost: every call was delivered or is a dead letter.
     assert_eq!(delivered + failed, 120);
     assert_eq!(sink.letters().len(), failed);
+}
+
+/// The presets' breakers through `Outbound`'s own call: `background()` holds a call that meets
+/// an open circuit until the probe passes; `user_facing()` fails it at once.
+#[tokio::test(start_paused = true)]
+async fn background_waits_for_the_circuit_where_user_facing_fails_fast() {
+    let (url, down, _hits) = switchable_upstream().await;
+    let client = Client::builder(TokioExecutor::new()).build_http::<ReplayBody>();
+    // One attempt per call, so ten calls are ten outcomes for the breaker.
+    let trip = |stack: Outbound| stack.retry(RetryLayer::new().max_attempts(1));
+    for (name, stack, waits) in [
+        ("background", trip(Outbound::background()), true),
+        ("user_facing", trip(Outbound::user_facing()), false),
+    ] {
+        down.store(true, Ordering::SeqCst);
+        let breaker = stack.circuit_breaker_layer().unwrap().clone();
+        let svc = stack.service(client.clone());
+        // The presets' breakers open after 10 calls (all failed), for 1 s the first time.
+        for _ in 0..10 {
+            let response = svc.clone().oneshot(post(&format!("{url}/a"), "{}")).await;
+            assert_eq!(response.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+        }
+        assert_eq!(breaker.state(), CircuitState::Open, "{name}");
+        // The upstream comes back 500 ms later; the circuit's next probe is in 1 s.
+        let up = down.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            up.store(false, Ordering::SeqCst);
+        });
+        let start = Instant::now();
+        let result = svc.clone().oneshot(post(&format!("{url}/b"), "{}")).await;
+        if waits {
+            assert_eq!(result.unwrap().status(), StatusCode::OK, "{name}");
+            assert_eq!(
+                Instant::now() - start,
+                Duration::from_secs(1),
+                "{name}: held until the probe"
+            );
+            // The held call was the first probe, and it passed (two more close the circuit).
+            assert_eq!(breaker.state(), CircuitState::HalfOpen, "{name}");
+        } else {
+            let err = result.unwrap_err();
+            assert!(err.is_circuit_open(), "{name}: {err:?}");
+            assert_eq!(Instant::now(), start, "{name}: at once");
+        }
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
 }
 
 /// A service that insists on the readiness contract: `call` without a `poll_ready` that

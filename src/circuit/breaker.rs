@@ -1,10 +1,12 @@
 //! One breaker's state machine: closed → open → half-open → closed.
 
 use crate::sync::{lock, AtomicBool, AtomicU64, AtomicU8, Mutex, Ordering};
+use std::task::Waker;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::hold::{Line, Step};
 use super::window::Ring;
 use super::{CircuitState, Settings, StateChange};
 use crate::partition::PartitionKey;
@@ -34,6 +36,11 @@ struct Inner {
     probes_passed: u32,
     /// Half-open rounds so far; probes carry the round they were let through in.
     round: u64,
+    /// When the circuit last closed after being open: a trip soon after that opens it for
+    /// longer (see `next_open_for`).
+    closed_at: Option<Instant>,
+    /// The calls held while the circuit is open (with a patience, see `hold.rs`).
+    line: Line,
 }
 
 /// One breaker. The state is mirrored in an atomic so a closed breaker admits a call without
@@ -59,6 +66,10 @@ fn code(state: CircuitState) -> u8 {
     }
 }
 
+/// The mirrored state of a closed breaker still releasing the calls it held: closed for
+/// everyone who asks, but calls and outcomes take the lock, to pace the release.
+const RELEASING: u8 = 3;
+
 impl Breaker {
     pub(crate) fn new(settings: &Settings, key: Option<PartitionKey>) -> Self {
         Breaker {
@@ -73,6 +84,8 @@ impl Breaker {
                 probes_in_flight: 0,
                 probes_passed: 0,
                 round: 0,
+                closed_at: None,
+                line: Line::default(),
             }),
             key,
         }
@@ -97,7 +110,9 @@ impl Breaker {
     pub(crate) fn is_idle(&self) -> bool {
         let mut inner = lock(&self.inner);
         self.settle(&mut inner);
-        inner.state == CircuitState::Closed && inner.ring.tally().failures == 0
+        inner.state == CircuitState::Closed
+            && inner.ring.tally().failures == 0
+            && inner.line.is_empty()
     }
 
     /// Moves the successes counted without the lock into the window (dropped if the breaker
@@ -137,14 +152,96 @@ impl Breaker {
         });
     }
 
-    fn open(&self, inner: &mut Inner, now: Instant, changes: &mut Vec<StateChange>) {
+    /// Opens the circuit for `open_for` from `now`; held calls look at the new probe time.
+    fn open(
+        &self,
+        inner: &mut Inner,
+        open_for: Duration,
+        now: Instant,
+        changes: &mut Vec<StateChange>,
+        wake: &mut Vec<Waker>,
+    ) {
+        inner.open_for = open_for;
         inner.opened_at = now;
         inner.probes_in_flight = 0;
         inner.probes_passed = 0;
+        inner.line.stop();
+        inner.line.wake_all(wake);
         self.set(inner, CircuitState::Open, changes);
     }
 
+    /// How long the circuit opens for at `now`. The first trip opens it for `open_duration`;
+    /// with an `open_backoff`, a failed probe, or a trip while the circuit closed less than the
+    /// backoff's maximum ago, opens it `factor` times longer than the last time, up to the
+    /// maximum (never shorter than `open_duration`).
+    fn next_open_for(inner: &Inner, settings: &Settings, now: Instant) -> Duration {
+        let Some((factor, max)) = settings.open_backoff else {
+            return settings.open_duration;
+        };
+        let again = match inner.state {
+            CircuitState::HalfOpen | CircuitState::Open => true,
+            CircuitState::Closed => inner
+                .closed_at
+                .is_some_and(|closed| now.saturating_duration_since(closed) < max),
+        };
+        if !again {
+            return settings.open_duration;
+        }
+        Duration::try_from_secs_f64(inner.open_for.as_secs_f64() * f64::from(factor))
+            .unwrap_or(max)
+            .min(max)
+            .max(settings.open_duration)
+    }
+
+    /// Half-open to closed: the window starts afresh; held calls start to leave, paced.
+    fn close(
+        &self,
+        inner: &mut Inner,
+        settings: &Settings,
+        changes: &mut Vec<StateChange>,
+        wake: &mut Vec<Waker>,
+    ) {
+        inner.ring.clear();
+        self.successes.store(0, Ordering::Release);
+        inner.closed_at = Some(Instant::now());
+        self.set(inner, CircuitState::Closed, changes);
+        if !inner.line.is_empty() {
+            self.state.store(RELEASING, Ordering::Release);
+            inner.line.release(settings.half_open_probes, wake);
+        }
+    }
+
+    /// Open to half-open, once the open time is over.
+    fn half_open(&self, inner: &mut Inner, changes: &mut Vec<StateChange>) {
+        inner.probes_in_flight = 0;
+        inner.probes_passed = 0;
+        inner.round = inner.round.wrapping_add(1);
+        self.set(inner, CircuitState::HalfOpen, changes);
+    }
+
+    /// Whether a half-open breaker has a probe slot free.
+    fn probe_free(inner: &Inner, settings: &Settings) -> bool {
+        inner.probes_in_flight + inner.probes_passed < settings.half_open_probes
+    }
+
+    /// A closed breaker whose line emptied goes back to the lock-free path.
+    fn released(&self, inner: &Inner) {
+        if inner.state == CircuitState::Closed && inner.line.is_empty() {
+            let _ = self.state.compare_exchange(
+                RELEASING,
+                code(CircuitState::Closed),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            );
+        }
+    }
+
     /// Decides whether a call may go. Transitions are appended to `changes`.
+    ///
+    /// With a patience (`settings.max_wait` above zero), `Reject` means "hold the call" (see
+    /// [`Hold`](super::hold::Hold)), which may still fail it at once; a closed breaker that is
+    /// still releasing the calls it held answers `Call` only while releases are left, so new
+    /// calls line up behind the held ones.
     pub(crate) fn admit(&self, settings: &Settings, changes: &mut Vec<StateChange>) -> Admission {
         if self.is_closed() {
             return Admission::Call;
@@ -158,16 +255,20 @@ impl Breaker {
                     retry_in: until - now,
                 };
             }
-            inner.probes_in_flight = 0;
-            inner.probes_passed = 0;
-            inner.round = inner.round.wrapping_add(1);
-            self.set(&mut inner, CircuitState::HalfOpen, changes);
+            self.half_open(&mut inner, changes);
         }
-        match inner.state {
-            CircuitState::Closed => Admission::Call,
-            CircuitState::HalfOpen
-                if inner.probes_in_flight + inner.probes_passed < settings.half_open_probes =>
+        let state = inner.state;
+        match state {
+            CircuitState::Closed
+                if settings.max_wait.is_zero() || inner.line.is_empty() || inner.line.take() =>
             {
+                Admission::Call
+            }
+            // Releasing the held calls, none left to release: wait in line.
+            CircuitState::Closed => Admission::Reject {
+                retry_in: Duration::ZERO,
+            },
+            CircuitState::HalfOpen if Self::probe_free(&inner, settings) => {
                 inner.probes_in_flight += 1;
                 Admission::Probe { round: inner.round }
             }
@@ -176,6 +277,77 @@ impl Breaker {
                 retry_in: Duration::ZERO,
             },
         }
+    }
+
+    /// A place at the end of the line of held calls.
+    pub(crate) fn join(&self) -> u64 {
+        lock(&self.inner).line.join()
+    }
+
+    /// A held call gives up its place (dropped before it was answered).
+    pub(crate) fn leave(&self, ticket: u64) {
+        let mut wake = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            inner.line.leave(ticket, &mut wake);
+            self.released(&inner);
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// What the held call of `ticket`, whose patience runs out at `deadline`, may do at `now`
+    /// (see [`Hold`](super::hold::Hold) for the rules). Registers `waker` when it must wait;
+    /// appends transitions to `changes` and the calls to wake (outside the lock) to `wake`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn hold_step(
+        &self,
+        ticket: u64,
+        deadline: Instant,
+        now: Instant,
+        waker: &Waker,
+        settings: &Settings,
+        changes: &mut Vec<StateChange>,
+        wake: &mut Vec<Waker>,
+    ) -> Step {
+        let mut inner = lock(&self.inner);
+        inner.line.polled(ticket);
+        if inner.state == CircuitState::Open {
+            let until = Self::reopens_at(&inner);
+            if now < until {
+                if until > deadline {
+                    inner.line.leave(ticket, wake);
+                    return Step::Refuse {
+                        retry_in: until - now,
+                    };
+                }
+                inner.line.wait(ticket, waker);
+                return Step::Wait(until);
+            }
+            self.half_open(&mut inner, changes);
+        }
+        let state = inner.state;
+        let step = match state {
+            CircuitState::HalfOpen if Self::probe_free(&inner, settings) => {
+                inner.probes_in_flight += 1;
+                Step::Go(Admission::Probe { round: inner.round })
+            }
+            CircuitState::HalfOpen | CircuitState::Open if now >= deadline => Step::Refuse {
+                retry_in: Duration::ZERO,
+            },
+            CircuitState::Closed if inner.line.take() || now >= deadline => {
+                Step::Go(Admission::Call)
+            }
+            CircuitState::Closed if self.state.load(Ordering::Acquire) != RELEASING => {
+                Step::Go(Admission::Call)
+            }
+            _ => {
+                inner.line.wait(ticket, waker);
+                return Step::Wait(deadline);
+            }
+        };
+        inner.line.leave(ticket, wake);
+        self.released(&inner);
+        step
     }
 
     /// Records the outcome of an admitted call. `None` as `failure` means the outcome does not
@@ -199,15 +371,46 @@ impl Breaker {
                 return;
             }
         }
-        let mut inner = lock(&self.inner);
-        self.settle(&mut inner);
+        let mut wake = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            self.settle(&mut inner);
+            self.record_locked(
+                &mut inner, admission, failure, slow, now, settings, changes, &mut wake,
+            );
+            self.released(&inner);
+        }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn record_locked(
+        &self,
+        inner: &mut Inner,
+        admission: Admission,
+        failure: Option<bool>,
+        slow: bool,
+        now: Option<Instant>,
+        settings: &Settings,
+        changes: &mut Vec<StateChange>,
+        wake: &mut Vec<Waker>,
+    ) {
         match admission {
             Admission::Call => {
-                let Some(failure) = failure else { return };
                 if inner.state != CircuitState::Closed {
                     // Opened by other calls meanwhile; this outcome belongs to the old window.
                     return;
                 }
+                if !inner.line.is_empty() {
+                    // Releasing held calls: each success lets two more go, an outcome that
+                    // does not count gives its place to one.
+                    match (failure, slow) {
+                        (Some(false), false) => inner.line.grow(2, wake),
+                        (None, _) => inner.line.grow(1, wake),
+                        _ => {}
+                    }
+                }
+                let Some(failure) = failure else { return };
                 let now = now.unwrap_or_else(Instant::now);
                 let clock = inner.ring.needs_clock().then_some(now);
                 inner.ring.record(failure, slow, clock);
@@ -218,8 +421,8 @@ impl Breaker {
                     .slow_call
                     .is_some_and(|(_, threshold)| tally.slow_rate() >= threshold);
                 if tally.calls >= settings.minimum_calls && (failing || slow_calls) {
-                    inner.open_for = settings.open_duration;
-                    self.open(&mut inner, now, changes);
+                    let open_for = Self::next_open_for(inner, settings, now);
+                    self.open(inner, open_for, now, changes, wake);
                 }
             }
             Admission::Probe { round } => {
@@ -230,30 +433,23 @@ impl Breaker {
                 }
                 inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
                 match failure {
-                    None => {}
+                    // Refused elsewhere: the slot is free for a held call.
+                    None => inner.line.wake(1, wake),
                     Some(true) => {
-                        let next = match settings.open_backoff {
-                            Some((factor, max)) => Duration::try_from_secs_f64(
-                                inner.open_for.as_secs_f64() * f64::from(factor),
-                            )
-                            .unwrap_or(max)
-                            .min(max),
-                            None => settings.open_duration,
-                        };
-                        inner.open_for = next;
-                        self.open(&mut inner, now.unwrap_or_else(Instant::now), changes);
+                        let now = now.unwrap_or_else(Instant::now);
+                        let open_for = Self::next_open_for(inner, settings, now);
+                        self.open(inner, open_for, now, changes, wake);
                     }
                     Some(false) if slow => {
                         // A slow probe is no proof of health.
-                        self.open(&mut inner, now.unwrap_or_else(Instant::now), changes);
+                        let now = now.unwrap_or_else(Instant::now);
+                        let open_for = Self::next_open_for(inner, settings, now);
+                        self.open(inner, open_for, now, changes, wake);
                     }
                     Some(false) => {
                         inner.probes_passed += 1;
                         if inner.probes_passed >= settings.half_open_probes {
-                            inner.ring.clear();
-                            self.successes.store(0, Ordering::Release);
-                            inner.open_for = settings.open_duration;
-                            self.set(&mut inner, CircuitState::Closed, changes);
+                            self.close(inner, settings, changes, wake);
                         }
                     }
                 }
@@ -263,12 +459,36 @@ impl Breaker {
     }
 
     /// A probe whose call was dropped before it finished gives its permit back, if its round
-    /// is still the current one.
+    /// is still the current one; a held call may take the slot.
     pub(crate) fn release_probe(&self, round: u64) {
-        let mut inner = lock(&self.inner);
-        if inner.state == CircuitState::HalfOpen && round == inner.round {
-            inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+        let mut wake = Vec::new();
+        {
+            let mut inner = lock(&self.inner);
+            if inner.state == CircuitState::HalfOpen && round == inner.round {
+                inner.probes_in_flight = inner.probes_in_flight.saturating_sub(1);
+                inner.line.wake(1, &mut wake);
+            }
         }
+        wake.into_iter().for_each(Waker::wake);
+    }
+
+    /// Calls in the line of held calls.
+    pub(crate) fn held(&self) -> usize {
+        lock(&self.inner).line.len()
+    }
+
+    /// How long until an open breaker lets a probe through (`None` unless open).
+    pub(crate) fn open_for(&self) -> Option<Duration> {
+        if self.is_closed() {
+            return None;
+        }
+        let inner = lock(&self.inner);
+        if inner.state != CircuitState::Open {
+            return None;
+        }
+        let until = Self::reopens_at(&inner);
+        let now = Instant::now();
+        (until > now).then(|| until - now)
     }
 }
 
@@ -541,6 +761,88 @@ mod loom_models {
                 inner.probes_in_flight, expected,
                 "no slot held twice or lost"
             );
+        });
+    }
+
+    /// A waker that counts its wakes.
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn loom_a_freed_probe_slot_always_reaches_a_held_call() {
+        loom::model(|| {
+            let settings = Arc::new(Settings {
+                max_wait: Duration::from_secs(60),
+                ..settings(1)
+            });
+            let breaker = opened(&settings);
+            let Admission::Probe { round } = breaker.admit(&settings, &mut Vec::new()) else {
+                panic!("the first caller probes");
+            };
+            // Two held calls wait for the probe's verdict.
+            let count = std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+            let waker = Waker::from(count.clone());
+            let now = Instant::now();
+            let deadline = now + Duration::from_secs(60);
+            let step = |ticket| {
+                let mut wake = Vec::new();
+                let step = breaker.hold_step(
+                    ticket,
+                    deadline,
+                    now,
+                    &waker,
+                    &settings,
+                    &mut Vec::new(),
+                    &mut wake,
+                );
+                wake.into_iter().for_each(Waker::wake);
+                step
+            };
+            let (first, second) = (breaker.join(), breaker.join());
+            assert!(matches!(step(first), Step::Wait(_)));
+            let second_waker_count =
+                std::sync::Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+            {
+                let mut wake = Vec::new();
+                let waker = Waker::from(second_waker_count.clone());
+                assert!(matches!(
+                    breaker.hold_step(
+                        second,
+                        deadline,
+                        now,
+                        &waker,
+                        &settings,
+                        &mut Vec::new(),
+                        &mut wake
+                    ),
+                    Step::Wait(_)
+                ));
+            }
+            // The probe's caller and the first held call's caller give up at once.
+            let releaser = {
+                let breaker = breaker.clone();
+                thread::spawn(move || breaker.release_probe(round))
+            };
+            let leaver = {
+                let breaker = breaker.clone();
+                thread::spawn(move || breaker.leave(first))
+            };
+            releaser.join().unwrap();
+            leaver.join().unwrap();
+            assert_eq!(
+                second_waker_count
+                    .0
+                    .load(std::sync::atomic::Ordering::SeqCst),
+                1,
+                "the free slot woke the call left in line"
+            );
+            assert!(matches!(step(second), Step::Go(Admission::Probe { .. })));
+            assert_eq!(breaker.held(), 0);
         });
     }
 

@@ -4,10 +4,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use http::Response;
+use http::{Request, Response};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
+use tower_service::Service;
 
+use super::hold::HeldCall;
 use super::Registry;
 use super::{Admission, Breaker};
 use crate::classify::{Attempt, Classify, Outcome};
@@ -65,9 +67,14 @@ pin_project! {
     /// # Panics
     ///
     /// When polled again after it completed, as futures may.
-    pub struct ResponseFuture<F, C> {
+    pub struct ResponseFuture<S, B, C>
+    where
+        S: Service<Request<B>>,
+    {
         #[pin]
-        future: Option<F>,
+        future: Option<S::Future>,
+        // A call waiting for its circuit (boxed: rare, and the calling state stays small).
+        held: Option<Box<HeldCall<S, Request<B>>>>,
         permit: Option<Permit>,
         classify: Option<C>,
         started: Option<Instant>,
@@ -75,7 +82,10 @@ pin_project! {
     }
 }
 
-impl<F, C> fmt::Debug for ResponseFuture<F, C> {
+impl<S, B, C> fmt::Debug for ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("permit", &self.permit)
@@ -83,15 +93,19 @@ impl<F, C> fmt::Debug for ResponseFuture<F, C> {
     }
 }
 
-impl<F, C> ResponseFuture<F, C> {
+impl<S, B, C> ResponseFuture<S, B, C>
+where
+    S: Service<Request<B>>,
+{
     pub(crate) fn calling(
-        future: F,
+        future: S::Future,
         permit: Permit,
         classify: C,
         started: Option<Instant>,
     ) -> Self {
         ResponseFuture {
             future: Some(future),
+            held: None,
             permit: Some(permit),
             classify: Some(classify),
             started,
@@ -99,9 +113,21 @@ impl<F, C> ResponseFuture<F, C> {
         }
     }
 
+    pub(crate) fn held(held: HeldCall<S, Request<B>>, classify: C) -> Self {
+        ResponseFuture {
+            future: None,
+            held: Some(Box::new(held)),
+            permit: None,
+            classify: Some(classify),
+            started: None,
+            error: None,
+        }
+    }
+
     pub(crate) fn rejected(error: Error) -> Self {
         ResponseFuture {
             future: None,
+            held: None,
             permit: None,
             classify: None,
             started: None,
@@ -110,16 +136,24 @@ impl<F, C> ResponseFuture<F, C> {
     }
 }
 
-impl<F, C, ResB, E> Future for ResponseFuture<F, C>
+impl<S, B, C, ResB> Future for ResponseFuture<S, B, C>
 where
-    F: Future<Output = Result<Response<ResB>, E>>,
-    E: Into<BoxError>,
+    S: Service<Request<B>, Response = Response<ResB>>,
+    S::Error: Into<BoxError>,
     C: Classify,
 {
     type Output = Result<Response<ResB>, Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
+        if let Some(held) = this.held.as_mut() {
+            let (admission, future) = ready!(held.poll_call(cx))?;
+            let (breaker, registry) = held.breaker();
+            *this.permit = Some(Permit::new(breaker, registry, admission));
+            *this.started = held.needs_clock().then(Instant::now);
+            *this.held = None;
+            this.future.set(Some(future));
+        }
         let Some(future) = this.future.as_pin_mut() else {
             return Poll::Ready(Err(this
                 .error

@@ -73,15 +73,20 @@ impl<C, P> CircuitBreakerLayer<C, P> {
         self.update(|s| s.minimum_calls = calls.max(1))
     }
 
-    /// How long the circuit stays open before probing (default 30 s; over a year is lowered to
-    /// a year).
+    /// How long the circuit stays open the first time it trips, before the first probe
+    /// (default 1 s; over a year is lowered to a year). With an
+    /// [`open_backoff`](Self::open_backoff) (on by default) repeated trips open it longer.
     pub fn open_duration(self, duration: Duration) -> Self {
         self.update(|s| s.open_duration = duration.min(MAX_DURATION))
     }
 
-    /// Lengthens the open time by `factor` each time a probe fails, up to `max`; it returns to
-    /// `open_duration` once the circuit closes (default off). A factor below 1 (or NaN) is
-    /// raised to 1, over 1,000 lowered to 1,000; a `max` over a year is lowered to a year.
+    /// Lengthens the open time by `factor` each time the circuit opens again soon, up to
+    /// `max` (default on: a factor of 2 up to 30 s, so the open times are 1 s, 2 s, 4 s, …,
+    /// 30 s). "Again soon" is a failed probe, or a trip less than `max` after the circuit last
+    /// closed; a trip after the circuit stayed closed for `max` or longer opens it for
+    /// [`open_duration`](Self::open_duration) again. A factor below 1 (or NaN) is raised to
+    /// 1, over 1,000 lowered to 1,000; a `max` over a year is lowered to a year; a `max` below
+    /// `open_duration` (or a factor of 1) keeps every open time at `open_duration`.
     pub fn open_backoff(self, factor: f32, max: Duration) -> Self {
         self.update(|s| {
             let factor = if factor.is_nan() {
@@ -91,6 +96,27 @@ impl<C, P> CircuitBreakerLayer<C, P> {
             };
             s.open_backoff = Some((factor, max.min(MAX_DURATION)));
         })
+    }
+
+    /// How long a call may wait for an open circuit, its patience (default zero: calls fail at
+    /// once with [`Kind::CircuitOpen`](crate::error::Kind::CircuitOpen), the right choice for
+    /// a call a person waits on; over a year is lowered to a year).
+    ///
+    /// Above zero, a call that meets an open circuit is held instead, when the next probe
+    /// comes within its patience (else it fails at once, as without patience): held calls
+    /// wait for the probe time, take the [`half_open_probes`](Self::half_open_probes) slots
+    /// (never more), and wait for the probes' verdict. When the probes close the circuit,
+    /// held calls leave paced: as many as there were probes at once, then two more for each
+    /// success that comes back (a slow start); new calls line up behind them. When a probe
+    /// fails, held calls wait for the next probe if it still comes within their patience, and
+    /// fail with `CircuitOpen` otherwise. A caller that drops a held call frees its place.
+    /// Use it for work nobody waits on: [`Outbound::background`](crate::Outbound::background)
+    /// holds calls for up to 60 s.
+    ///
+    /// The patience counts from the moment the call met the open circuit and covers the
+    /// whole hold; a deadline around the call (the retry layer's) still ends it first.
+    pub fn max_wait(self, patience: Duration) -> Self {
+        self.update(|s| s.max_wait = patience.min(MAX_DURATION))
     }
 
     /// Probe calls let through while half-open; all must succeed to close (default 3; at
@@ -162,6 +188,18 @@ impl<C, P> CircuitBreakerLayer<C, P> {
     /// Per-partition breakers currently kept.
     pub fn partitions(&self) -> usize {
         self.registry.partitions()
+    }
+
+    /// How long until the longest-open breaker lets a probe through, or `None` when no
+    /// breaker is open (closed or half-open). A source of work can pause this long instead of
+    /// queueing calls that would wait or fail.
+    pub fn open_for(&self) -> Option<Duration> {
+        self.registry.longest_open()
+    }
+
+    /// Calls held now, waiting for their circuit ([`max_wait`](Self::max_wait)).
+    pub fn held(&self) -> usize {
+        self.registry.held()
     }
 
     /// The counters of every service made by this layer and its clones.

@@ -16,7 +16,9 @@
 //! - **Closed:** calls go through; their outcomes fill a sliding window, by count (the last
 //!   N calls) or by time (the last T, in slices).
 //! - **Open:** calls fail at once with [`Kind::CircuitOpen`],
-//!   carrying the time until the next probe, without touching the inner service.
+//!   carrying the time until the next probe, without touching the inner service; or, with a
+//!   [`max_wait`](CircuitBreakerLayer::max_wait) (a patience), they wait in line for the
+//!   probe and leave paced once it passes (see below).
 //! - **Half-open:** at most `half_open_probes` calls go through; all must succeed to close, one
 //!   failure re-opens. Other calls meanwhile fail fast with a `retry_in` of zero. A probe whose
 //!   caller gives up (drops the future) gives its permit back.
@@ -31,11 +33,32 @@
 //! | [`failure_rate_threshold`](CircuitBreakerLayer::failure_rate_threshold) | 0.5 (50 %) |
 //! | [`window`](CircuitBreakerLayer::window) | the last 20 calls |
 //! | [`minimum_calls`](CircuitBreakerLayer::minimum_calls) | 10 |
-//! | [`open_duration`](CircuitBreakerLayer::open_duration) | 30 s |
-//! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | off (each trip opens for `open_duration`) |
+//! | [`open_duration`](CircuitBreakerLayer::open_duration) | 1 s (the first open time) |
+//! | [`open_backoff`](CircuitBreakerLayer::open_backoff) | ×2 up to 30 s when it trips again soon |
 //! | [`half_open_probes`](CircuitBreakerLayer::half_open_probes) | 3 |
+//! | [`max_wait`](CircuitBreakerLayer::max_wait) | zero: fail fast |
 //! | [`slow_call`](CircuitBreakerLayer::slow_call) | off |
 //! | [`partition`](CircuitBreakerLayer::partition) | one breaker per upstream (scheme, host, port) |
+//!
+//! # Waiting for the circuit
+//!
+//! Fail-fast is right for a call a person waits on. For work nobody waits on (a sync job, a
+//! queue consumer), [`max_wait`](CircuitBreakerLayer::max_wait) lets a call that meets an open
+//! circuit wait, up to that patience, instead of failing (and being dead-lettered):
+//!
+//! - it waits for the probe time if that comes within its patience, else fails at once;
+//! - once half-open, held calls take the probe slots, never more than `half_open_probes`, and
+//!   the others wait for the verdict;
+//! - when the probes close the circuit, held calls leave paced: as many as there were probes,
+//!   then two more per success that comes back (a slow start), new calls lining up behind them;
+//! - when a probe fails, they wait for the next probe if it still fits their patience, and fail
+//!   with `CircuitOpen` (its `retry_in` the time to that probe) otherwise;
+//! - a caller that drops a held call frees its place (a probe slot or a release it was given
+//!   passes to the next in line).
+//!
+//! [`Outbound::background`](crate::Outbound::background) waits up to 60 s. The open time starts
+//! at 1 s and doubles, up to 30 s, each time the circuit opens again soon after, so a held call
+//! waits about as long as the outage, not 30 s more.
 //!
 //! Every state change is logged (`warn` on open, `info` otherwise) and reaches the listener set
 //! with [`on_state_change`](CircuitBreakerLayer::on_state_change). Clones of the layer and its
@@ -82,6 +105,7 @@ use crate::partition::PartitionKey;
 
 mod breaker;
 mod future;
+pub(crate) mod hold;
 mod layer;
 mod service;
 mod window;
@@ -92,6 +116,7 @@ pub use service::CircuitBreaker;
 pub use window::Window;
 
 pub(crate) use breaker::{Admission, Breaker};
+pub(crate) use hold::Hold;
 
 /// Where a breaker is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -138,6 +163,7 @@ pub(crate) struct Settings {
     pub(crate) open_duration: Duration,
     pub(crate) open_backoff: Option<(f32, Duration)>,
     pub(crate) half_open_probes: u32,
+    pub(crate) max_wait: Duration,
     pub(crate) slow_call: Option<(Duration, f32)>,
     pub(crate) max_partitions: usize,
     pub(crate) listener: Option<Listener>,
@@ -152,6 +178,7 @@ impl fmt::Debug for Settings {
             .field("open_duration", &self.open_duration)
             .field("open_backoff", &self.open_backoff)
             .field("half_open_probes", &self.half_open_probes)
+            .field("max_wait", &self.max_wait)
             .field("slow_call", &self.slow_call)
             .finish_non_exhaustive()
     }
@@ -163,9 +190,10 @@ impl Default for Settings {
             failure_rate_threshold: 0.5,
             window: Window::Count(20),
             minimum_calls: 10,
-            open_duration: Duration::from_secs(30),
-            open_backoff: None,
+            open_duration: Duration::from_secs(1),
+            open_backoff: Some((2.0, Duration::from_secs(30))),
             half_open_probes: 3,
+            max_wait: Duration::ZERO,
             slow_call: None,
             max_partitions: 1024,
             listener: None,
@@ -176,7 +204,7 @@ impl Default for Settings {
 /// Counters of a [`CircuitBreakerLayer`] and every service it made. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct CircuitStats {
-    counters: Arc<[AtomicU64; 5]>,
+    counters: Arc<[AtomicU64; 6]>,
 }
 
 impl CircuitStats {
@@ -203,6 +231,13 @@ impl CircuitStats {
     /// Times a breaker opened.
     pub fn times_opened(&self) -> u64 {
         self.counters[4].load(Ordering::Relaxed)
+    }
+
+    /// Calls that waited for the circuit ([`max_wait`](CircuitBreakerLayer::max_wait)): each
+    /// is also counted once in [`permitted`](Self::permitted) or [`rejected`](Self::rejected)
+    /// when it stops waiting, unless its caller dropped it first.
+    pub fn held(&self) -> u64 {
+        self.counters[5].load(Ordering::Relaxed)
     }
 
     pub(crate) fn count(&self, index: usize) {
@@ -295,10 +330,18 @@ impl Registry {
             self.announce(&changes);
         }
         match admission {
+            // With a patience, a refused call is held: the hold counts it when it answers.
+            Admission::Reject { .. } if self.holds() => {}
             Admission::Reject { .. } => self.stats.count(1),
             Admission::Call | Admission::Probe { .. } => self.stats.count(0),
         }
         admission
+    }
+
+    /// Whether calls the breaker refuses wait for it (a `max_wait` above zero) rather than fail
+    /// at once.
+    pub(crate) fn holds(&self) -> bool {
+        !self.settings.max_wait.is_zero()
     }
 
     /// Whether an admitted call's outcome needs the time it started: slow calls are judged,
@@ -343,6 +386,24 @@ impl Registry {
         if !changes.is_empty() {
             self.announce(&changes);
         }
+    }
+
+    /// The longest time until an open breaker lets a probe through (`None`: none is open).
+    pub(crate) fn longest_open(&self) -> Option<Duration> {
+        let map = self.keyed.snapshot();
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .filter_map(|b| b.open_for())
+            .max()
+    }
+
+    /// Calls held by every breaker, now.
+    pub(crate) fn held(&self) -> usize {
+        let map = self.keyed.snapshot();
+        map.values()
+            .chain(std::iter::once(&self.default))
+            .map(|b| b.held())
+            .sum()
     }
 
     /// Logs and announces state changes (outside any breaker's lock).

@@ -6,6 +6,7 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::future::{Permit, ResponseFuture};
+use super::hold::{HeldCall, Hold};
 use super::Admission;
 use super::{CircuitState, Registry};
 use crate::classify::Classify;
@@ -48,14 +49,14 @@ impl<S, C, P> CircuitBreaker<S, C, P> {
 
 impl<S, C, P, B, ResB> Service<Request<B>> for CircuitBreaker<S, C, P>
 where
-    S: Service<Request<B>, Response = Response<ResB>>,
+    S: Service<Request<B>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     C: Classify,
     P: Partition,
 {
     type Response = Response<ResB>;
     type Error = Error;
-    type Future = ResponseFuture<S::Future, C>;
+    type Future = ResponseFuture<S, B, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
         self.inner
@@ -67,6 +68,14 @@ where
         let key = crate::partition::key_of(&self.partition, &request);
         let breaker = self.registry.breaker(key.as_ref());
         match self.registry.admit(&breaker) {
+            Admission::Reject { .. } if self.registry.holds() => {
+                // The ready service goes with the request; this one keeps an unreserved clone.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                let hold = Hold::new(self.registry.clone(), breaker, Instant::now());
+                let held = HeldCall::new(hold, inner, request);
+                ResponseFuture::held(held, self.classify.clone())
+            }
             Admission::Reject { retry_in } => {
                 ResponseFuture::rejected(super::open_error(retry_in, request.uri().authority()))
             }

@@ -24,8 +24,9 @@ use super::sink::{BoxFuture, Sink, SinkError, SinkErrorKind};
 ///   letter handed to `write` is written even if the caller then drops the future.
 /// - **Removal is linear.** `remove` appends one tombstone line naming the removed letters
 ///   (`{"removed":["<id>",...]}`), fsynced like a write; it never rewrites the file per call.
-///   Once removed records and tombstones outnumber the letters kept (and there are at least
-///   1,024 of them), the file is compacted: rewritten atomically without them (a temporary
+///   Once the last letter is removed, or removed records and tombstones outnumber the letters
+///   kept (and there are at least 1,024 of them), the file is compacted: rewritten atomically
+///   without them, so a drained file is empty (damaged lines aside) (a temporary
 ///   file in the same directory, fsynced, renamed over the old one, the directory fsynced).
 ///   Every line that is not removed, damaged ones included, is kept byte for byte. Replaying
 ///   N letters (one read, removals in any grouping) is O(N) overall. [`compact`](Self::compact)
@@ -719,11 +720,11 @@ impl Store {
                 return Err(io("cannot write dead-letter file", path)(e));
             }
         }
-        if self
-            .index
-            .as_ref()
-            .is_some_and(|i| i.garbage >= COMPACT_MIN_GARBAGE && i.garbage > i.letters)
-        {
+        if self.index.as_ref().is_some_and(|i| {
+            // Drained (whatever the count), or mostly garbage.
+            (i.letters == 0 && i.garbage > 0)
+                || (i.garbage >= COMPACT_MIN_GARBAGE && i.garbage > i.letters)
+        }) {
             // The batch is durable already; a failed compaction only leaves the file longer.
             if let Err(e) = self.compact(inner) {
                 tracing::warn!(path = %path.display(), error = %e, "cannot compact the dead-letter file");

@@ -219,6 +219,10 @@ pub struct ReplayReport {
     /// Letters the filter of [`replay_matching`] refused (say, for a host the replaying
     /// client does not own); kept, not sent.
     pub refused: usize,
+    /// Letters not sent because an earlier letter to the same upstream met an open circuit
+    /// (the replay stops there for that upstream: it is down); kept as they were, for the next
+    /// replay.
+    pub deferred: usize,
 }
 
 /// Sends every letter in `sink` again through `service`, one at a time, and removes exactly
@@ -228,6 +232,11 @@ pub struct ReplayReport {
 /// letter again, and the idempotency key of each letter goes with it. Requests carry the
 /// [`Replaying`] extension, so the same stack can be used.
 ///
+/// A letter refused by an open circuit ([`Error::is_circuit_open`]) ends the replay for its
+/// upstream (scheme, host and port): the later letters to that upstream are kept untouched and
+/// counted in [`ReplayReport::deferred`], instead of each waiting for (or failing on) a circuit
+/// that says the upstream is down. Letters to other upstreams are still sent.
+///
 /// A letter is sent to the URI it holds: replay only sinks whose letters come from your own
 /// clients, or use [`replay_matching`] to restrict the hosts.
 pub async fn replay<S, ResB>(sink: &dyn Sink, service: S) -> Result<ReplayReport, sink::SinkError>
@@ -236,6 +245,16 @@ where
     S::Error: Into<BoxError>,
 {
     replay_matching(sink, service, |_: &DeadLetter| true).await
+}
+
+/// The scheme and authority of a letter's URI (`https://api.example.com:8443`), as written.
+fn upstream_of(uri: &str) -> &str {
+    let rest = uri.find("://").map_or(0, |i| i + 3);
+    let end = uri
+        .get(rest..)
+        .and_then(|r| r.find(['/', '?', '#']))
+        .map_or(uri.len(), |i| rest + i);
+    uri.get(..end).unwrap_or(uri)
 }
 
 /// As [`replay`], sending only the letters `filter` accepts; the others are kept and counted
@@ -260,7 +279,14 @@ where
     let mut report = ReplayReport::default();
     let mut delivered = Vec::new();
     let mut failed_again = Vec::new();
+    // Upstreams whose circuit refused a letter: their later letters wait for the next replay.
+    let mut down: Vec<String> = Vec::new();
     for letter in letters {
+        let upstream = upstream_of(&letter.uri);
+        if down.iter().any(|d| *d == upstream) {
+            report.deferred += 1;
+            continue;
+        }
         if !filter(&letter) {
             report.refused += 1;
             continue;
@@ -280,6 +306,9 @@ where
         match result {
             Ok(response) if response.status().is_success() => delivered.push(letter.id),
             result => {
+                if matches!(&result, Err(e) if e.is_circuit_open()) {
+                    down.push(upstream.to_owned());
+                }
                 report.still_failing += 1;
                 failed_again.push(letter.replayed(&result, started));
             }

@@ -64,6 +64,9 @@ pub struct Summary {
     pub settled: usize,
     /// Requests sent (batches), not counting retries.
     pub requests: usize,
+    /// How long a streamed call left its source unread because the circuit was open (see
+    /// [`StackConfig::circuit_max_wait`](super::StackConfig::circuit_max_wait)).
+    pub paused: std::time::Duration,
     /// The error of each batch that failed.
     pub errors: Vec<LehnzError>,
 }

@@ -28,7 +28,7 @@ use crate::{
 /// |---|---|
 /// | dead letters | off; [`dead_letter_file`](Self::dead_letter_file) turns them on |
 /// | retry | 4 attempts; honors `RateLimit-Reset` and `Retry-After` up to 15 min; backoff with full jitter for 5xx and network errors |
-/// | circuit breaker | opens at 50 % failures over the last 20 calls (a full window of 20), for 30 s |
+/// | circuit breaker | opens at 50 % failures over the last 20 calls (a full window of 20), for 1 s, then 2, 4, … up to 30 s if it trips again soon; batches fail at once while it is open ([`circuit_max_wait`](Self::circuit_max_wait) holds them instead), and streamed ingestion pauses its source |
 /// | Retry-After gate | holds every batch while the org's window is used up |
 /// | throttle | 1,000 requests per 15 minutes for the organization, adopting the server's `RateLimit-*` view |
 /// | attempt timeout | 30 s |
@@ -41,6 +41,7 @@ pub struct StackConfig {
     throttle: Option<(u32, Duration)>,
     throttle_store: Option<Arc<dyn BucketStore>>,
     breaker: bool,
+    circuit_max_wait: Duration,
     dead_letters: Option<Arc<dyn Sink>>,
 }
 
@@ -52,6 +53,7 @@ impl std::fmt::Debug for StackConfig {
             .field("attempt_timeout", &self.attempt_timeout)
             .field("throttle", &self.throttle)
             .field("breaker", &self.breaker)
+            .field("circuit_max_wait", &self.circuit_max_wait)
             .field("dead_letters", &self.dead_letters.is_some())
             .finish_non_exhaustive()
     }
@@ -67,6 +69,7 @@ impl Default for StackConfig {
             throttle: Some((1000, Duration::from_secs(15 * 60))),
             throttle_store: None,
             breaker: true,
+            circuit_max_wait: Duration::ZERO,
             dead_letters: None,
         }
     }
@@ -122,6 +125,16 @@ impl StackConfig {
         self
     }
 
+    /// How long a batch waits for an open circuit before it fails (default zero: it fails at
+    /// once, and is dead-lettered when dead letters are on). A job that nobody waits on
+    /// should wait: held batches go out once a probe finds Lehnz back, paced, and an outage
+    /// shorter than the patience dead-letters nothing. `lehnz_sync` waits 60 s. Over a year
+    /// is lowered to a year; see [`CircuitBreakerLayer::max_wait`].
+    pub fn circuit_max_wait(mut self, patience: Duration) -> Self {
+        self.circuit_max_wait = patience;
+        self
+    }
+
     /// Writes batches that finally fail to a JSON Lines file, to replay later (default off).
     pub fn dead_letter_file(self, path: impl Into<PathBuf>) -> Self {
         self.dead_letter_sink(JsonLinesSink::new(path))
@@ -169,9 +182,12 @@ impl StackConfig {
         // A full window of 20 calls before the breaker may open: with many batches in flight,
         // the first 10 to finish are too small a sample, and a few ordinary 5xx and dropped
         // connections among them opened it for 30 s, dead-lettering every batch meanwhile.
-        let breaker = self
-            .breaker
-            .then(|| CircuitBreakerLayer::new().minimum_calls(20));
+        let patience = self.circuit_max_wait;
+        let breaker = self.breaker.then(|| {
+            CircuitBreakerLayer::new()
+                .minimum_calls(20)
+                .max_wait(patience)
+        });
         // With the `metrics` feature its state is exported per upstream.
         #[cfg(feature = "metrics")]
         let breaker = breaker.map(crate::metrics::watch);
@@ -182,6 +198,7 @@ impl StackConfig {
             throttle: throttle.as_ref().map(ThrottleLayer::stats),
             breaker: breaker.as_ref().map(CircuitBreakerLayer::stats),
             dead_letters: dead_letters.as_ref().map(DeadLetterLayer::stats),
+            circuit: breaker.clone(),
         };
         // Lehnz's limits are per organization, across the API and the ingestion hosts: one
         // gate, breaker and budget for both.
@@ -217,6 +234,8 @@ pub struct StackStats {
     throttle: Option<ThrottleStats>,
     breaker: Option<CircuitStats>,
     dead_letters: Option<DeadLetterStats>,
+    /// The breaker itself, for its state (streamed ingestion pauses while it is open).
+    circuit: Option<CircuitBreakerLayer>,
 }
 
 impl StackStats {
@@ -243,5 +262,12 @@ impl StackStats {
     /// The dead-letter counters, when dead letters are on.
     pub fn dead_letters(&self) -> Option<&DeadLetterStats> {
         self.dead_letters.as_ref()
+    }
+
+    /// How long until the breaker lets a probe through, when it is open.
+    pub fn circuit_open_for(&self) -> Option<Duration> {
+        self.circuit
+            .as_ref()
+            .and_then(CircuitBreakerLayer::open_for)
     }
 }

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use http::Uri;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 use super::batch::{Batch, Packer, Rejected};
 use super::client::{Client, Summary};
@@ -182,9 +183,32 @@ impl Client {
             ..Progress::default()
         };
 
+        // While the breaker is open: since when the source is paused, and until when.
+        let mut paused_since: Option<Instant> = None;
+        let mut paused_until: Option<Instant> = None;
         loop {
-            // Fill the window, reading the source only as far as a batch needs.
+            // Fill the window, reading the source only as far as a batch needs, and not at all
+            // while the circuit is open: the batches would only wait or fail (backpressure,
+            // not dead letters).
             while slots.len() < window {
+                let open_for = self.stats().and_then(|s| s.circuit_open_for());
+                if let Some(wait) = open_for {
+                    let now = Instant::now();
+                    if paused_since.is_none() {
+                        tracing::info!(
+                            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                            in_flight = tasks.len(),
+                            "lehnz: circuit open, source paused until the next probe"
+                        );
+                        paused_since = Some(now);
+                    }
+                    paused_until = Some(now.checked_add(wait).unwrap_or(now));
+                    break;
+                }
+                if let Some(since) = paused_since.take() {
+                    summary.paused = summary.paused.saturating_add(since.elapsed());
+                }
+                paused_until = None;
                 if ready.is_empty() {
                     if exhausted {
                         break;
@@ -245,8 +269,20 @@ impl Client {
             if slots.is_empty() && exhausted && ready.is_empty() {
                 break;
             }
-            // Every slot not done has its task: with none running, the window has room.
-            match tasks.join_next().await {
+            // Every slot not done has its task: with none running, the window has room (or
+            // the source is paused, and the pause ends first).
+            let joined = match paused_until {
+                Some(until) if tasks.is_empty() => {
+                    tokio::time::sleep_until(until).await;
+                    continue;
+                }
+                Some(until) => tokio::select! {
+                    joined = tasks.join_next() => joined,
+                    () = tokio::time::sleep_until(until) => continue,
+                },
+                None => tasks.join_next().await,
+            };
+            match joined {
                 Some(Ok((seq, outcome))) => {
                     if let Some(slot) = slots.get_mut(seq.wrapping_sub(front)) {
                         slot.outcome = Some(outcome);
@@ -256,6 +292,9 @@ impl Client {
                 // The set is owned here and never aborted: cancellation cannot happen.
                 Some(Err(_)) | None => {}
             }
+        }
+        if let Some(since) = paused_since {
+            summary.paused = summary.paused.saturating_add(since.elapsed());
         }
         summary.rejected.sort_by_key(|r| r.index);
         Ok(summary)

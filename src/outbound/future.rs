@@ -34,7 +34,7 @@ use tower_service::Service;
 
 use super::record::Record;
 use crate::body::{Buffer, Buffered, ReplayBody};
-use crate::circuit::Admission;
+use crate::circuit::{Admission, Hold};
 use crate::classify::{Attempt, Classify, DefaultClassifier, Outcome};
 use crate::dead_letter::recording::{self, Write};
 use crate::deadline::Timer;
@@ -78,6 +78,8 @@ pin_project! {
     enum State<F, B, R> {
         // Reading the request body into memory.
         Buffering { #[pin] buffer: Buffer<B> },
+        // Held by the open breaker (it has a patience) until the next probe.
+        AtBreaker { hold: Hold },
         // Held at the closed gate until `until`.
         AtGate { until: Instant },
         // Held by the throttle until its reserved slot at `until`.
@@ -122,6 +124,8 @@ struct Call<S> {
     reservation: Option<Reservation>,
     /// The last attempt's outcome.
     outcome: Outcome,
+    /// When the patience of an attempt held at the closed gate runs out.
+    gate_patience: Option<Instant>,
     /// Whether the call started (at its first poll), and when.
     begun: bool,
     begun_at: Option<Instant>,
@@ -142,6 +146,7 @@ struct Call<S> {
 /// What admission decided for an attempt.
 enum Admit {
     Send,
+    AtBreaker(Hold),
     AtGate(Instant),
     ForSlot(Instant),
     Deciding(Deciding),
@@ -190,6 +195,7 @@ where
                 outstanding: false,
                 reservation: None,
                 outcome: Outcome::Success,
+                gate_patience: None,
                 begun: false,
                 begun_at: None,
                 deadline_known: false,
@@ -296,6 +302,25 @@ impl<S> Call<S> {
                         }
                     }
                 },
+                StateProj::AtBreaker { hold } => {
+                    let (now, _) = clock(&mut self.now, &self.record);
+                    match hold.poll_admit(cx, now) {
+                        Poll::Ready(Ok(admission)) => {
+                            let admit = self.admitted(admission);
+                            match self.go(state.as_mut(), admit, cx) {
+                                Some(step) => step,
+                                None => continue,
+                            }
+                        }
+                        Poll::Ready(Err(mut err)) => {
+                            err.set_upstream(upstream(&self.head, &self.upstream));
+                            Step::Attempt(Err(err))
+                        }
+                        Poll::Pending => {
+                            Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx))))
+                        }
+                    }
+                }
                 StateProj::AtGate { until } => {
                     let until = *until;
                     match ready!(self.poll_wait(timer.as_mut(), until, cx)) {
@@ -421,6 +446,10 @@ impl<S> Call<S> {
                     None
                 }
             },
+            Admit::AtBreaker(hold) => {
+                state.set(State::AtBreaker { hold });
+                None
+            }
             Admit::AtGate(until) => {
                 state.set(State::AtGate { until });
                 None
@@ -499,6 +528,7 @@ impl<S> Call<S> {
 
     /// Counts an attempt, then asks the breaker, the gate and the throttle.
     fn admit(&mut self) -> Admit {
+        self.gate_patience = None;
         let replayable = self.body.as_ref().is_some_and(Buffered::is_replayable);
         let stack = &*self.record.stack;
         self.progress.start_attempt(&stack.retry, replayable);
@@ -512,15 +542,26 @@ impl<S> Call<S> {
         }
         if let (Some(breakers), Some(breaker)) = (&stack.breaker, &self.record.breaker) {
             match breakers.admit(breaker) {
+                // With a patience, the call waits in the breaker's line for the next probe.
+                Admission::Reject { .. } if breakers.holds() => {
+                    let (now, _) = clock(&mut self.now, &self.record);
+                    return Admit::AtBreaker(Hold::new(breakers.clone(), breaker.clone(), now));
+                }
                 Admission::Reject { retry_in } => {
                     let upstream = upstream(&self.head, &self.upstream);
                     return Admit::Refused(crate::circuit::open_error(retry_in, upstream));
                 }
-                admission => {
-                    self.admission = Some(admission);
-                    self.breaker_started = breakers.needs_clock().then(Instant::now);
-                }
+                admission => return self.admitted(admission),
             }
+        }
+        self.pass_gate(true)
+    }
+
+    /// The breaker let the attempt through: the gate and the throttle are next.
+    fn admitted(&mut self, admission: Admission) -> Admit {
+        self.admission = Some(admission);
+        if let Some(breakers) = &self.record.stack.breaker {
+            self.breaker_started = breakers.needs_clock().then(Instant::now);
         }
         self.pass_gate(true)
     }
@@ -530,11 +571,14 @@ impl<S> Call<S> {
     fn pass_gate(&mut self, first: bool) -> Admit {
         let record = &*self.record;
         let gates = &record.stack.gates;
-        match gates.pass_gate(&record.gate) {
+        match gates.pass_gate(&record.gate, self.gate_patience) {
             Pass::Open => self.take_slot(),
             Pass::Wait(until) => {
                 if first {
                     gates.count_delayed();
+                    // Its patience counts from this first meeting with the closed gate.
+                    let (now, _) = clock(&mut self.now, record);
+                    self.gate_patience = Some(gates.patience_from(now));
                 }
                 Admit::AtGate(until)
             }

@@ -27,11 +27,15 @@
 //!
 //! Every part can be replaced or left out; two presets give the common shapes:
 //!
-//! | preset                    | attempts | delays             | wait budget | deadline | attempt timeout | gate      | breaker | dead letters |
-//! |---------------------------|----------|--------------------|-------------|----------|-----------------|-----------|---------|--------------|
-//! | [`Outbound::new`]         | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s    | on      | off          |
-//! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on      | off          |
-//! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on      | on (memory)  |
+//! | preset                    | attempts | delays             | wait budget | deadline | attempt timeout | gate      | breaker          | dead letters |
+//! |---------------------------|----------|--------------------|-------------|----------|-----------------|-----------|------------------|--------------|
+//! | [`Outbound::new`]         | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s    | on, fail fast    | off          |
+//! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on, fail fast    | off          |
+//! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on, waits ≤ 60 s | on (memory)  |
+//!
+//! "Waits ≤ 60 s" is the breaker's [`max_wait`](CircuitBreakerLayer::max_wait): a call that
+//! meets an open circuit waits for the next probe (and leaves paced once it passes) instead of
+//! failing at once, up to the same 60 s the gate holds a call ([`RetryAfterLayer::max_wait`]).
 //!
 //! Every preset keeps its state **per upstream** (scheme, host and port): the Retry-After gate,
 //! the circuit breaker, the throttle and the retry budget of one host never change what
@@ -164,6 +168,7 @@ impl Outbound {
     /// [`MemorySink`] (see [`dead_letters`](Self::dead_letters) for a durable file or a shared
     /// stream); a letter the full sink refuses is reported on the call's receipt
     /// ([`Recorded::stored`](crate::dead_letter::Recorded)) and counted, never dropped silently.
+    /// A call that meets an open circuit waits up to 60 s for it instead of failing at once.
     pub fn background() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
@@ -174,7 +179,9 @@ impl Outbound {
                 .base_delay(Duration::from_millis(500))
                 .jitter(Jitter::Full),
             retry_budget: Some(RetryBudget::new()),
-            circuit_breaker: Some(watched(CircuitBreakerLayer::new())),
+            circuit_breaker: Some(watched(
+                CircuitBreakerLayer::new().max_wait(Duration::from_secs(60)),
+            )),
             gate: RetryAfterLayer::new(),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(20)),

@@ -45,6 +45,8 @@ pin_project! {
     struct Held<S, B> {
         #[pin]
         sleep: Sleep,
+        // When its patience (`max_wait` from its first meeting with the closed gate) ends.
+        deadline: Instant,
         inner: S,
         request: Option<Request<B>>,
     }
@@ -83,6 +85,10 @@ where
             state: State::Waiting {
                 held: Box::pin(Held {
                     sleep: tokio::time::sleep_until(until),
+                    deadline: {
+                        let now = Instant::now();
+                        now.checked_add(gates.settings.max_wait).unwrap_or(until)
+                    },
                     inner,
                     request: Some(request),
                 }),
@@ -118,7 +124,7 @@ where
                     let (mut sleep, inner, request) = (held.sleep, held.inner, held.request);
                     ready!(sleep.as_mut().poll(cx));
                     // Another response may have closed the gate again while this one slept.
-                    match this.gates.pass(this.key.as_ref()) {
+                    match this.gates.pass_by(this.key.as_ref(), Some(*held.deadline)) {
                         Pass::Open => {}
                         Pass::Wait(until) => {
                             sleep.reset(until);

@@ -50,9 +50,12 @@ impl RetryAfterLayer {
         }
     }
 
-    /// The longest a request waits at a closed gate (default 60 s). When the gate stays
-    /// closed longer, requests fail at once with [`Kind::RateLimited`](crate::error::Kind)
-    /// carrying the remaining wait. Zero makes every request fail fast while the gate is closed.
+    /// The longest a request waits at a closed gate, its patience (default 60 s; above a year:
+    /// a year), counted from when it first met the closed gate. When the gate stays closed
+    /// longer, requests fail at once with [`Kind::RateLimited`](crate::error::Kind) carrying
+    /// the remaining wait; a held request whose gate is closed again past its patience fails
+    /// then. Zero makes every request fail fast while the gate is closed. The breaker's
+    /// [`max_wait`](crate::CircuitBreakerLayer::max_wait) is the same idea for an open circuit.
     pub fn max_wait(self, wait: Duration) -> Self {
         self.update(|s| s.max_wait = wait.min(MAX_SETTING))
     }

@@ -11,7 +11,11 @@
 //! - a request that meets a closed gate waits until it opens, then goes; if the gate stays
 //!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
 //!   fails at once with [`Kind::RateLimited`], carrying the
-//!   remaining wait and the wall-clock time the upstream accepts requests again.
+//!   remaining wait and the wall-clock time the upstream accepts requests again. `max_wait` is
+//!   the request's patience, counted from when it first met the closed gate: a gate closed
+//!   again while it waited (a longer pause) holds it no longer than that in all, as the
+//!   breaker's [`max_wait`](crate::CircuitBreakerLayer::max_wait) bounds a wait for an open
+//!   circuit. [`Outbound::background`](crate::Outbound::background) gives both 60 s.
 //! - there is one gate per upstream (scheme, host and port) by default: a pause one host asks
 //!   for never holds calls to another ([`partition`](RetryAfterLayer::partition));
 //! - no server closes a gate for longer than [`max_pause`](RetryAfterLayer::max_pause) (15
@@ -203,13 +207,20 @@ impl Gates {
 
     /// What a request for `key` finds at its gate.
     pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
+        self.pass_by(key, None)
+    }
+
+    /// As [`pass`](Self::pass) for a request already held since it first met the closed gate:
+    /// its patience ends at `deadline` (that first meeting plus `max_wait`), so a gate closed
+    /// again while it waited holds it no longer than that in all.
+    pub(crate) fn pass_by(&self, key: Option<&PartitionKey>, deadline: Option<Instant>) -> Pass {
         if self.closed.load(Ordering::Acquire) == 0 {
             return Pass::Open;
         }
         let Some(gate) = self.gate(key, false) else {
             return Pass::Open;
         };
-        self.pass_gate(&gate)
+        self.pass_gate(&gate, deadline)
     }
 
     /// The gate of `key`, made when there is none (`None`: the map is full of closed gates and
@@ -218,8 +229,9 @@ impl Gates {
         self.gate(key, true).unwrap_or_else(|| self.default.clone())
     }
 
-    /// What a request finds at `gate`. While no gate is closed, one atomic load.
-    pub(crate) fn pass_gate(&self, gate: &Gate) -> Pass {
+    /// What a request finds at `gate`; `deadline`: the end of its patience when it is already
+    /// held (see [`pass_by`](Self::pass_by)). While no gate is closed, one atomic load.
+    pub(crate) fn pass_gate(&self, gate: &Gate, deadline: Option<Instant>) -> Pass {
         if self.closed.load(Ordering::Acquire) == 0 {
             return Pass::Open;
         }
@@ -250,7 +262,11 @@ impl Gates {
         let server_until = self.instant(gate.server_until.load(Ordering::Acquire).max(until));
         let capped = server_until > until_instant;
         let wait = until_instant - now;
-        if capped || wait > self.settings.max_wait {
+        let too_long = match deadline {
+            Some(deadline) => until_instant > deadline,
+            None => wait > self.settings.max_wait,
+        };
+        if capped || too_long {
             // The caller is told the server's own time, even when the gate opens earlier.
             let wait = server_until - now;
             return Pass::Refuse(Error::new(Kind::RateLimited {
@@ -327,6 +343,11 @@ impl Gates {
     pub(crate) fn closed_for(&self, key: Option<&PartitionKey>) -> Option<Duration> {
         let gate = self.gate(key, false)?;
         self.remaining(&gate)
+    }
+
+    /// The end of the patience of a request first held at a closed gate now.
+    pub(crate) fn patience_from(&self, now: Instant) -> Instant {
+        crate::handoff::instant_after(now, self.settings.max_wait)
     }
 
     /// Whether `gate` is open now (nothing to remember about it).
@@ -414,6 +435,31 @@ mod properties {
             .header("retry-after", seconds.to_string())
             .body(())
             .unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_held_request_waits_no_longer_than_its_patience_when_the_gate_closes_again() {
+        let gates = Gates::new(Settings {
+            max_wait: Duration::from_secs(60),
+            ..Settings::default()
+        });
+        let key = PartitionKey::from("https://a.example:443");
+        let start = Instant::now();
+        gates.observe(Some(&key), &mut pause(40));
+        let deadline = start + Duration::from_secs(60);
+        assert!(matches!(
+            gates.pass_by(Some(&key), Some(deadline)),
+            Pass::Wait(_)
+        ));
+        // At 30 s the gate closes again until 80 s: 50 s from now is within a newcomer's
+        // patience, not within the one of a request held since 0 s.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        gates.observe(Some(&key), &mut pause(50));
+        assert!(matches!(gates.pass(Some(&key)), Pass::Wait(_)));
+        match gates.pass_by(Some(&key), Some(deadline)) {
+            Pass::Refuse(error) => assert_eq!(error.retry_after(), Some(Duration::from_secs(50))),
+            _ => panic!("held past its patience"),
+        }
     }
 
     proptest! {

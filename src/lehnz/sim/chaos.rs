@@ -43,6 +43,8 @@ pub struct Chaos {
     rate_limit_reset: Duration,
     latency_min: Duration,
     latency_max: Duration,
+    /// Periodic outages: every `.0`, for `.1`.
+    outages: Option<(Duration, Duration)>,
 }
 
 impl Chaos {
@@ -57,6 +59,7 @@ impl Chaos {
             rate_limit_reset: Duration::from_secs(1),
             latency_min: Duration::ZERO,
             latency_max: Duration::ZERO,
+            outages: None,
         }
     }
 
@@ -121,6 +124,29 @@ impl Chaos {
         self
     }
 
+    /// Periodic outages: `every` period after the simulator starts (at `every`, `2 × every`,
+    /// …) it is down for `lasting`: new connections are closed at once and requests on open
+    /// ones get no response, as [`Simulator::outage`](super::Simulator::outage) does. Counted
+    /// in [`SimStats::outages`](super::SimStats::outages). Default none. `every` must be
+    /// longer than `lasting` (and than zero), or the simulator's `start` fails with
+    /// `InvalidInput`.
+    pub fn outages(mut self, every: Duration, lasting: Duration) -> Self {
+        self.outages = Some((every, lasting));
+        self
+    }
+
+    /// Whether a periodic outage is on, `elapsed` after the start, and how many began so far.
+    pub(crate) fn outage_at(&self, elapsed: Duration) -> (bool, u64) {
+        let Some((every, lasting)) = self.outages else {
+            return (false, 0);
+        };
+        let every_ns = every.as_nanos().max(1);
+        let elapsed_ns = elapsed.as_nanos();
+        let begun = u64::try_from(elapsed_ns / every_ns).unwrap_or(u64::MAX);
+        let into = elapsed_ns % every_ns;
+        (begun > 0 && into < lasting.as_nanos(), begun)
+    }
+
     /// The `RateLimit-Reset` of an injected 429.
     pub(crate) fn reset(&self) -> Duration {
         self.rate_limit_reset
@@ -146,6 +172,13 @@ impl Chaos {
             return Err(invalid(format!(
                 "chaos probabilities add up to {sum}; they must add up to at most 1"
             )));
+        }
+        if let Some((every, lasting)) = self.outages {
+            if every.is_zero() || lasting >= every {
+                return Err(invalid(format!(
+                    "chaos outages every {every:?} lasting {lasting:?}: the period must be longer than the outage"
+                )));
+            }
         }
         if self.latency_min > self.latency_max {
             return Err(invalid(format!(
@@ -276,5 +309,24 @@ mod tests {
         assert!(too_much.validate().is_err());
         let inverted = Chaos::none().latency_range(Duration::from_secs(2), Duration::from_secs(1));
         assert!(inverted.validate().is_err());
+        let always_down = Chaos::none().outages(Duration::from_secs(5), Duration::from_secs(5));
+        assert!(always_down.validate().is_err());
+        assert!(Chaos::none()
+            .outages(Duration::ZERO, Duration::ZERO)
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn periodic_outages_start_after_each_period_and_last_their_length() {
+        let chaos = Chaos::none().outages(Duration::from_secs(10), Duration::from_secs(3));
+        let at = |ms: u64| chaos.outage_at(Duration::from_millis(ms));
+        assert_eq!(at(0), (false, 0));
+        assert_eq!(at(9_999), (false, 0));
+        assert_eq!(at(10_000), (true, 1));
+        assert_eq!(at(12_999), (true, 1));
+        assert_eq!(at(13_000), (false, 1));
+        assert_eq!(at(20_500), (true, 2));
+        assert_eq!(Chaos::none().outage_at(Duration::from_secs(99)), (false, 0));
     }
 }

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
@@ -29,6 +30,8 @@ const REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
 const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// The simulator's own endpoint: its [`SimStats`](super::SimStats) as JSON.
 pub(crate) const STATS_PATH: &str = "/_sim/stats";
+/// The simulator's outage switch: `POST /_sim/outage?secs=N`.
+pub(crate) const OUTAGE_PATH: &str = "/_sim/outage";
 
 /// Returned instead of a response when chaos closes the connection: hyper then drops the
 /// connection without writing anything.
@@ -49,6 +52,7 @@ enum Route {
     Api(Collection),
     Account,
     Stats,
+    Outage,
 }
 
 /// Answers one request and counts the answer in the stats.
@@ -61,8 +65,13 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
+    if shared.in_outage(Instant::now()) {
+        shared.record_refused();
+        return Err(Dropped);
+    }
     let answer = match route(req.method(), req.uri().path()) {
         Err(answer) => Ok(*answer),
+        Ok(Route::Outage) => Ok(outage(shared, req.uri().query())),
         Ok(Route::Account) => Ok(account(shared, peer, req).await),
         Ok(Route::Stats) => Ok(json_answer(
             StatusCode::OK,
@@ -96,6 +105,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Box<Answer>> {
         "/api/v1/users/upsert" => Route::Api(Collection::Users),
         "/auth/register" | "/auth/login" => Route::Account,
         STATS_PATH => Route::Stats,
+        OUTAGE_PATH => Route::Outage,
         _ => {
             return Err(Box::new(error(
                 StatusCode::NOT_FOUND,
@@ -119,6 +129,33 @@ fn route(method: &Method, path: &str) -> Result<Route, Box<Answer>> {
         return Err(Box::new(answer));
     }
     Ok(route)
+}
+
+/// `POST /_sim/outage?secs=N`: down for N seconds (a decimal; at most an hour) from now.
+fn outage(shared: &Shared, query: Option<&str>) -> Answer {
+    let secs = query
+        .unwrap_or("")
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("secs="))
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .and_then(|v| Duration::try_from_secs_f64(v.min(Shared::MAX_OUTAGE.as_secs_f64())).ok());
+    let Some(lasting) = secs else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "name the outage's length in seconds: POST /_sim/outage?secs=6",
+        );
+    };
+    shared.outage(Instant::now(), lasting);
+    tracing::info!(
+        secs = lasting.as_secs_f64(),
+        "lehnz simulator: outage switched on"
+    );
+    json_answer(
+        StatusCode::OK,
+        &json!({ "outage_secs": lasting.as_secs_f64() }),
+    )
 }
 
 /// `/auth/register` and `/auth/login`: no key, a limit per client address.

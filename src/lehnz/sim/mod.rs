@@ -15,6 +15,14 @@
 //! | `POST /api/v1/users/upsert` | secret | `200 {"upserted": n}` |
 //! | `POST /auth/register`, `POST /auth/login` | none | `200 {"ok": true}` |
 //! | `GET /_sim/stats` (the simulator's own, not Lehnz's) | none | `200` and [`SimStats`] as JSON |
+//! | `POST /_sim/outage?secs=N` (the simulator's own) | none | `200 {"outage_secs": N}`, then down for N seconds |
+//!
+//! An outage ([`Simulator::outage`], `POST /_sim/outage?secs=N` with N in decimal seconds, at
+//! most an hour, or periodic ones with [`Chaos::outages`]) takes the whole server down as an
+//! unreachable host would be, while keeping what it stored and counted: every new connection is
+//! closed at once and every request on an open connection is left without a response, the
+//! simulator's own endpoints included; [`SimStats::outages`] and
+//! [`SimStats::refused_in_outage`] count them. It ends by itself.
 //!
 //! Batch bodies are a JSON array of records, or the same array wrapped under the endpoint's
 //! noun: `{"events": [...]}`, `{"items": [...]}`, `{"users": [...]}`.

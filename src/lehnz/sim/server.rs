@@ -108,6 +108,15 @@ impl Simulator {
         self.shared.users()
     }
 
+    /// Takes the simulator down for `lasting` (at most an hour) from now, as if its host were
+    /// unreachable: new connections are closed at once, requests on open connections get no
+    /// response (and store nothing), every endpoint included. What it stored and counted is
+    /// kept. Calling it during an outage lengthens the outage if `lasting` ends later.
+    /// `POST /_sim/outage?secs=N` does the same over HTTP.
+    pub fn outage(&self, lasting: Duration) {
+        self.shared.outage(tokio::time::Instant::now(), lasting);
+    }
+
     /// Stops accepting, lets requests in flight finish (up to 5 seconds, then closes their
     /// connections) and returns when the server is gone.
     pub async fn shutdown(self) {
@@ -133,6 +142,11 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, mut stopped: watch::
         tokio::select! {
             _ = stopped.changed() => break,
             accepted = listener.accept() => match accepted {
+                Ok((stream, _)) if shared.in_outage(tokio::time::Instant::now()) => {
+                    // Down: the connection is closed at once, without a byte.
+                    shared.record_refused();
+                    drop(stream);
+                }
                 Ok((stream, peer)) => {
                     connections.spawn(connection(stream, peer, Arc::clone(&shared), stopped.clone()));
                 }

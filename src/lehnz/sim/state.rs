@@ -105,6 +105,12 @@ pub struct SimStats {
     /// Requests an organization's ended windows would have admitted and did not get, summed:
     /// capacity left unused.
     pub window_unused: u64,
+    /// Outages begun: switched on ([`Simulator::outage`](super::Simulator::outage),
+    /// `POST /_sim/outage`) or periodic ([`Chaos::outages`](super::Chaos::outages)).
+    pub outages: u64,
+    /// Connections closed at once and requests left without a response because an outage was
+    /// on.
+    pub refused_in_outage: u64,
 }
 
 impl SimStats {
@@ -128,6 +134,8 @@ pub(crate) struct Config {
 pub(crate) struct Shared {
     pub(crate) config: Config,
     state: Mutex<State>,
+    /// When the simulator was made: periodic outages count from here.
+    started: Instant,
 }
 
 #[derive(Debug)]
@@ -144,6 +152,8 @@ pub(crate) struct State {
     duplicate_events: usize,
     events_without_id: usize,
     counters: Counters,
+    /// An outage switched on lasts until then.
+    outage_until: Option<Instant>,
 }
 
 #[derive(Debug)]
@@ -229,6 +239,8 @@ struct Counters {
     windows_opened: u64,
     window_idle: Duration,
     window_unused: u64,
+    outages: u64,
+    refused_in_outage: u64,
 }
 
 /// An authenticated request: whose key it is, and how it stands in the org's window.
@@ -261,6 +273,7 @@ impl State {
             duplicate_events: 0,
             events_without_id: 0,
             counters: Counters::default(),
+            outage_until: None,
         }
     }
 
@@ -321,7 +334,37 @@ impl Shared {
         Shared {
             config,
             state: Mutex::new(state),
+            started: Instant::now(),
         }
+    }
+
+    /// The longest outage one switch can ask for: an hour.
+    pub(crate) const MAX_OUTAGE: Duration = Duration::from_secs(3600);
+
+    /// Switches an outage on from `now` for `lasting` (at most an hour), or lengthens the one
+    /// that is on.
+    pub(crate) fn outage(&self, now: Instant, lasting: Duration) {
+        let lasting = lasting.min(Self::MAX_OUTAGE);
+        let until = now.checked_add(lasting).unwrap_or(now);
+        let mut state = self.lock();
+        state.outage_until = Some(state.outage_until.map_or(until, |u| u.max(until)));
+        state.counters.outages += 1;
+    }
+
+    /// Whether an outage is on at `now`: switched on, or periodic.
+    pub(crate) fn in_outage(&self, now: Instant) -> bool {
+        let switched = self.lock().outage_until.is_some_and(|until| now < until);
+        switched
+            || self
+                .config
+                .chaos
+                .outage_at(now.saturating_duration_since(self.started))
+                .0
+    }
+
+    /// A connection or request turned away by an outage.
+    pub(crate) fn record_refused(&self) {
+        self.lock().counters.refused_in_outage += 1;
     }
 
     /// The state, even if a panic elsewhere poisoned the lock: every step leaves it consistent.
@@ -474,6 +517,13 @@ impl Shared {
             window_idle_ms: u64::try_from(state.counters.window_idle.as_millis())
                 .unwrap_or(u64::MAX),
             window_unused: state.counters.window_unused,
+            outages: state.counters.outages
+                + self
+                    .config
+                    .chaos
+                    .outage_at(Instant::now().saturating_duration_since(self.started))
+                    .1,
+            refused_in_outage: state.counters.refused_in_outage,
         }
     }
 
