@@ -11,12 +11,13 @@ use http_body_util::BodyExt;
 use tower::util::BoxCloneSyncService;
 use tower::{Service, ServiceExt};
 
-use super::batch::Rejected;
 use super::error::LehnzError;
 use super::key::{ApiKey, KeyKind};
 use super::model::{Event, Item, Record, User};
 use super::response::interpret;
-use super::stream::{ChannelSource, IngestOptions, IterSource, Outcome};
+use super::stack::LehnzService;
+use super::stream::{run_stream, ChannelSource, IngestOptions, IterSource, Sender};
+use super::summary::{Outcome, Summary};
 use crate::body::ReplayBody;
 use crate::dead_letter::Recorded;
 use crate::error::{BoxError, Error};
@@ -25,63 +26,12 @@ use crate::idempotency::{MakeKey, UuidV4};
 /// Lehnz's hard limit on a request body: 1 MB.
 pub const MAX_BODY_BYTES: usize = 1_000_000;
 
-/// The service a [`Client`] sends its requests through: the layer stack and the transport,
-/// type-erased so a custom stack fits too (see [`ClientBuilder::service`]).
-pub type LehnzService =
-    BoxCloneSyncService<Request<ReplayBody>, Response<UnsyncBoxBody<Bytes, BoxError>>, Error>;
-
 const API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const EVENTS_PATH: &str = "/api/v1/events/ingest";
 const ITEMS_PATH: &str = "/api/v1/items/upsert";
 const USERS_PATH: &str = "/api/v1/users/upsert";
 /// Replies are small JSON documents; more than this is not Lehnz talking.
 const MAX_REPLY_BYTES: usize = 256 * 1024;
-
-/// What one call did with the records it was given.
-#[derive(Debug, Default)]
-#[non_exhaustive]
-pub struct Summary {
-    /// Records Lehnz accepted (events queued, items or users upserted).
-    pub accepted: usize,
-    /// Records not accepted, each with its position, id and why (a streamed call lists the
-    /// first [`IngestOptions::listed_rejections`](super::IngestOptions::listed_rejections)).
-    pub rejected: Vec<Rejected>,
-    /// Rejected records counted but not listed in [`rejected`](Self::rejected).
-    pub rejected_unlisted: usize,
-    /// Records whose batch failed and that the dead-letter sink confirmed it stored, to be
-    /// replayed. A batch the sink failed to store is not counted here but in
-    /// [`dead_letter_failed`](Self::dead_letter_failed).
-    pub dead_lettered: usize,
-    /// Records whose batch failed and whose dead letter the sink failed to store (disk
-    /// full, Redis down): neither delivered nor kept. Each such batch is also in
-    /// [`errors`](Self::errors).
-    pub dead_letter_failed: usize,
-    /// Records of batches Lehnz answered with a 2xx but counted fewer of as accepted than
-    /// were sent: their fate is unknown.
-    pub unaccounted: usize,
-    /// Every record below this offset (a position in the input, counted from the call's
-    /// start offset) is settled: accepted, stored as a dead letter, or rejected for good.
-    pub settled: usize,
-    /// Requests sent (batches), not counting retries.
-    pub requests: usize,
-    /// How long a streamed call left its source unread because the circuit was open (see
-    /// [`StackConfig::circuit_max_wait`](super::StackConfig::circuit_max_wait)).
-    pub paused: std::time::Duration,
-    /// The error of each batch that failed.
-    pub errors: Vec<LehnzError>,
-}
-
-impl Summary {
-    /// Whether every record was accepted: nothing rejected, no batch failed, and every 2xx
-    /// accounted for every record it was sent.
-    pub fn is_complete(&self) -> bool {
-        self.rejected.is_empty()
-            && self.rejected_unlisted == 0
-            && self.errors.is_empty()
-            && self.unaccounted == 0
-            && self.dead_letter_failed == 0
-    }
-}
 
 /// How the client gives an event without one its id.
 #[derive(Clone)]
@@ -434,7 +384,8 @@ impl Client {
         }
         let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
         let options = IngestOptions::new().listed_rejections(usize::MAX);
-        self.run_stream(
+        run_stream(
+            self,
             IterSource(events.iter()),
             uri,
             self.inner.event_batch,
@@ -490,7 +441,8 @@ impl Client {
     {
         let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
         let ids = self.inner.event_ids.clone();
-        self.run_stream(
+        run_stream(
+            self,
             IterSource(events.into_iter()),
             uri,
             self.inner.event_batch,
@@ -510,7 +462,8 @@ impl Client {
     ) -> Result<Summary, LehnzError> {
         let uri = self.inner.ingestion.uri(EVENTS_PATH)?;
         let ids = self.inner.event_ids.clone();
-        self.run_stream(
+        run_stream(
+            self,
             ChannelSource(events),
             uri,
             self.inner.event_batch,
@@ -538,7 +491,8 @@ impl Client {
         uri: Uri,
     ) -> Result<Summary, LehnzError> {
         let options = IngestOptions::new().listed_rejections(usize::MAX);
-        self.run_stream(
+        run_stream(
+            self,
             IterSource(records.iter()),
             uri,
             self.inner.upsert_batch,
@@ -546,43 +500,6 @@ impl Client {
             |_, _| {},
         )
         .await
-    }
-
-    pub(crate) fn concurrency(&self) -> usize {
-        self.inner.concurrency
-    }
-
-    /// Sends one batch and reads what became of it.
-    pub(crate) async fn send(&self, uri: Uri, body: Bytes, sent: usize) -> Outcome {
-        let mut request = Request::new(ReplayBody::from_bytes(body));
-        *request.method_mut() = Method::POST;
-        *request.uri_mut() = uri;
-        let headers = request.headers_mut();
-        headers.insert(API_KEY, self.inner.key.header_value().clone());
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        let response = match self.inner.service.clone().oneshot(request).await {
-            Ok(response) => response,
-            Err(err) => {
-                let stored = err.dead_letter().map(|r| r.stored);
-                let result = Err(LehnzError::from_layers(err));
-                return Outcome { result, stored };
-            }
-        };
-        let (parts, body) = response.into_parts();
-        let recorded = parts.extensions.get::<Recorded>().map(|r| r.stored);
-        let result = match read_reply(body).await {
-            Ok(body) => interpret(parts.status, &parts.headers, &body, sent),
-            Err(problem) => Err(LehnzError::UnexpectedResponse {
-                status: parts.status,
-                problem,
-            }),
-        };
-        // A receipt only counts for a batch that failed.
-        let stored = if result.is_err() { recorded } else { None };
-        Outcome { result, stored }
     }
 
     /// Sends the dead letters in `sink` again through the client's stack, with the client's
@@ -617,6 +534,49 @@ impl Client {
     /// The kind of key the client uses.
     pub fn key_kind(&self) -> KeyKind {
         self.inner.key.kind()
+    }
+}
+
+impl Sender for Client {
+    fn concurrency(&self) -> usize {
+        self.inner.concurrency
+    }
+
+    /// Sends one batch and reads what became of it.
+    async fn send(&self, uri: Uri, body: Bytes, sent: usize) -> Outcome {
+        let mut request = Request::new(ReplayBody::from_bytes(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = uri;
+        let headers = request.headers_mut();
+        headers.insert(API_KEY, self.inner.key.header_value().clone());
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        let response = match self.inner.service.clone().oneshot(request).await {
+            Ok(response) => response,
+            Err(err) => {
+                let stored = err.dead_letter().map(|r| r.stored);
+                let result = Err(LehnzError::from_layers(err));
+                return Outcome { result, stored };
+            }
+        };
+        let (parts, body) = response.into_parts();
+        let recorded = parts.extensions.get::<Recorded>().map(|r| r.stored);
+        let result = match read_reply(body).await {
+            Ok(body) => interpret(parts.status, &parts.headers, &body, sent),
+            Err(problem) => Err(LehnzError::UnexpectedResponse {
+                status: parts.status,
+                problem,
+            }),
+        };
+        // A receipt only counts for a batch that failed.
+        let stored = if result.is_err() { recorded } else { None };
+        Outcome { result, stored }
+    }
+
+    fn circuit_open_for(&self) -> Option<std::time::Duration> {
+        self.stats().and_then(|s| s.circuit_open_for())
     }
 }
 

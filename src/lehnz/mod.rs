@@ -56,6 +56,8 @@ mod stack;
 #[cfg(feature = "lehnz")]
 mod stream;
 
+mod summary;
+
 /// Lehnz's API host.
 pub const DEFAULT_BASE_URL: &str = "https://api.lehnz.com";
 /// Lehnz's events ingestion host.
@@ -64,7 +66,7 @@ pub const DEFAULT_INGESTION_URL: &str = "https://ingestion.lehnz.com";
 #[cfg(feature = "lehnz")]
 pub use batch::Rejected;
 #[cfg(feature = "lehnz")]
-pub use client::{Client, ClientBuilder, LehnzService, Summary, MAX_BODY_BYTES};
+pub use client::{Client, ClientBuilder, MAX_BODY_BYTES};
 #[cfg(feature = "lehnz")]
 pub use error::{FieldError, LehnzError};
 #[cfg(feature = "lehnz")]
@@ -72,6 +74,7 @@ pub use key::{ApiKey, KeyError, KeyKind};
 #[cfg(feature = "lehnz")]
 pub use model::{Event, Item, ItemStatus, User, CLIENT_EVENT_ID, EVENT_ID_NAMESPACE};
 #[cfg(feature = "lehnz")]
-pub use stack::{StackConfig, StackStats};
+pub use stack::{LehnzService, StackConfig, StackStats};
 #[cfg(feature = "lehnz")]
 pub use stream::{IngestOptions, Progress, DEFAULT_LISTED_REJECTIONS};
+pub use summary::Summary;

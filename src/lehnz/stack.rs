@@ -8,7 +8,6 @@ use hyper_util::client::legacy::Client as HyperClient;
 use hyper_util::rt::TokioExecutor;
 use tower::ServiceBuilder;
 
-use super::client::LehnzService;
 use super::error::LehnzError;
 use crate::body::ReplayBody;
 use crate::circuit::CircuitStats;
@@ -21,6 +20,14 @@ use crate::throttle::{BucketStore, ThrottleStats};
 use crate::{
     CircuitBreakerLayer, DeadLetterLayer, JsonLinesSink, RetryAfterLayer, RetryLayer, ThrottleLayer,
 };
+
+/// The service a [`Client`] sends its requests through: the layer stack and the transport,
+/// type-erased so a custom stack fits too (see [`ClientBuilder::service`]).
+pub type LehnzService = tower::util::BoxCloneSyncService<
+    http::Request<ReplayBody>,
+    http::Response<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>>,
+    crate::Error,
+>;
 
 /// Settings of the Lehnz client's default stack. Defaults follow Lehnz's documentation:
 ///

@@ -10,10 +10,15 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::batch::{Batch, Packer, Rejected};
-use super::client::{Client, Summary};
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::batch::{Batch, Packer};
 use super::error::LehnzError;
 use super::model::Record;
+use super::summary::{Outcome, Summary};
 
 /// How many rejected records a streamed call lists in [`Summary::rejected`] by default; the
 /// others are counted in [`Summary::rejected_unlisted`].
@@ -132,237 +137,173 @@ impl<T> Source for ChannelSource<T> {
     }
 }
 
-/// What became of one batch.
-pub(crate) struct Outcome {
-    pub(crate) result: Result<usize, LehnzError>,
-    /// The dead-letter receipt of a failed batch: `Some(true)` stored, `Some(false)` the sink
-    /// failed, `None` no letter.
-    pub(crate) stored: Option<bool>,
-}
-
 /// A batch sent (or settled at once), in source order.
 struct Slot {
     batch: Batch,
     outcome: Option<Outcome>,
 }
 
-impl Client {
-    /// Packs records from `source` into batches and sends them, at most `concurrency` batches
-    /// outstanding (sent and not yet settled, in source order), pulling from the source only
-    /// when a batch may go. Memory holds the outstanding batches and the summary's counters,
-    /// nothing per record once its batch is settled.
-    pub(crate) async fn run_stream<S, T, F>(
-        &self,
-        mut source: S,
-        uri: Uri,
-        (max_records, max_bytes): (usize, usize),
-        mut options: IngestOptions<'_>,
-        mut prepare: F,
-    ) -> Result<Summary, LehnzError>
-    where
-        S: Source<Item = T>,
-        T: Record,
-        F: FnMut(usize, &mut T),
-    {
-        let window = self.concurrency();
-        let mut packer = Packer::new(options.start_offset, max_records, max_bytes);
-        let mut ready: Vec<Batch> = Vec::new();
-        let mut next_offset = options.start_offset;
-        let mut exhausted = false;
-        let mut slots: VecDeque<Slot> = VecDeque::with_capacity(window);
-        // Sequence number of `slots[0]`; tasks report theirs.
-        let mut front = 0usize;
-        let mut tasks: JoinSet<(usize, Outcome)> = JoinSet::new();
-        let mut summary = Summary {
-            settled: options.start_offset,
-            ..Summary::default()
-        };
-        let mut progress = Progress {
-            settled: options.start_offset,
-            read: options.start_offset,
-            ..Progress::default()
-        };
-
-        // While the breaker is open: since when the source is paused, and until when.
-        let mut paused_since: Option<Instant> = None;
-        let mut paused_until: Option<Instant> = None;
-        loop {
-            // Fill the window, reading the source only as far as a batch needs, and not at all
-            // while the circuit is open: the batches would only wait or fail (backpressure,
-            // not dead letters).
-            while slots.len() < window {
-                let open_for = self.stats().and_then(|s| s.circuit_open_for());
-                if let Some(wait) = open_for {
-                    let now = Instant::now();
-                    if paused_since.is_none() {
-                        tracing::info!(
-                            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                            in_flight = tasks.len(),
-                            "lehnz: circuit open, source paused until the next probe"
-                        );
-                        paused_since = Some(now);
-                    }
-                    paused_until = Some(now.checked_add(wait).unwrap_or(now));
-                    break;
-                }
-                if let Some(since) = paused_since.take() {
-                    summary.paused = summary.paused.saturating_add(since.elapsed());
-                }
-                paused_until = None;
-                if ready.is_empty() {
-                    if exhausted {
-                        break;
-                    }
-                    match std::future::poll_fn(|cx| source.poll_next(cx)).await {
-                        Some(mut record) => {
-                            prepare(next_offset, &mut record);
-                            next_offset = next_offset.saturating_add(1);
-                            packer.push(&record, &mut ready);
-                        }
-                        None => {
-                            exhausted = true;
-                            ready.extend(packer.finish());
-                        }
-                    }
-                    continue;
-                }
-                let batch = ready.remove(0);
-                let seq = front.wrapping_add(slots.len());
-                let outcome = match batch.body.clone() {
-                    Some(body) => {
-                        let (client, uri, sent) = (self.clone(), uri.clone(), batch.len());
-                        tasks.spawn(async move { (seq, client.send(uri, body, sent).await) });
-                        summary.requests += 1;
-                        None
-                    }
-                    // Every record of the range was refused before sending.
-                    None => Some(Outcome {
-                        result: Ok(0),
-                        stored: None,
-                    }),
-                };
-                slots.push_back(Slot { batch, outcome });
-            }
-            progress.read = next_offset;
-            progress.requests = summary.requests;
-
-            // Settle, in source order, what is done.
-            while slots.front().is_some_and(|slot| slot.outcome.is_some()) {
-                let Some(Slot {
-                    batch,
-                    outcome: Some(outcome),
-                }) = slots.pop_front()
-                else {
-                    break;
-                };
-                front = front.wrapping_add(1);
-                summary.record(batch, outcome, options.listed_rejections)?;
-                progress.settled = summary.settled;
-                progress.accepted = summary.accepted;
-                progress.dead_lettered = summary.dead_lettered;
-                progress.rejected = summary.rejected.len() + summary.rejected_unlisted;
-                progress.in_flight = tasks.len();
-                if let Some(callback) = options.on_progress.as_mut() {
-                    callback(&progress);
-                }
-            }
-            if slots.is_empty() && exhausted && ready.is_empty() {
-                break;
-            }
-            // Every slot not done has its task: with none running, the window has room (or
-            // the source is paused, and the pause ends first).
-            let joined = match paused_until {
-                Some(until) if tasks.is_empty() => {
-                    tokio::time::sleep_until(until).await;
-                    continue;
-                }
-                Some(until) => tokio::select! {
-                    joined = tasks.join_next() => joined,
-                    () = tokio::time::sleep_until(until) => continue,
-                },
-                None => tasks.join_next().await,
-            };
-            match joined {
-                Some(Ok((seq, outcome))) => {
-                    if let Some(slot) = slots.get_mut(seq.wrapping_sub(front)) {
-                        slot.outcome = Some(outcome);
-                    }
-                }
-                Some(Err(err)) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
-                // The set is owned here and never aborted: cancellation cannot happen.
-                Some(Err(_)) | None => {}
-            }
-        }
-        if let Some(since) = paused_since {
-            summary.paused = summary.paused.saturating_add(since.elapsed());
-        }
-        summary.rejected.sort_by_key(|r| r.index);
-        Ok(summary)
-    }
+/// What the streaming engine needs of a client: send one batch, say how many batches may be
+/// outstanding, and say whether the circuit is open.
+pub(crate) trait Sender: Clone + Send + Sync + 'static {
+    /// Sends one batch of `sent` records and reads what became of it.
+    fn send(&self, uri: Uri, body: Bytes, sent: usize) -> impl Future<Output = Outcome> + Send;
+    /// Batches outstanding at most.
+    fn concurrency(&self) -> usize;
+    /// How long until the open circuit lets a probe through (`None`: it is not open).
+    fn circuit_open_for(&self) -> Option<Duration>;
 }
 
-impl Summary {
-    /// Counts one batch's outcome, the next in source order, and moves `settled` past it if
-    /// it is settled (delivered, stored as a dead letter, or rejected for good) and every
-    /// batch before it was. A wrong key is the error that stops the whole call.
-    fn record(&mut self, batch: Batch, outcome: Outcome, listed: usize) -> Result<(), LehnzError> {
-        let sent = batch.len();
-        let (start, end) = (batch.start, batch.end);
-        for rejected in batch.refused {
-            self.reject(rejected, listed);
-        }
-        let settled = match outcome.result {
-            Ok(accepted) => {
-                self.accepted += accepted;
-                self.unaccounted += sent.saturating_sub(accepted);
-                true
-            }
-            // A wrong key fails every batch alike: stop at the first and say so.
-            Err(err @ (LehnzError::Unauthorized { .. } | LehnzError::Forbidden { .. })) => {
-                return Err(err)
-            }
-            Err(err) => {
-                let settled = match outcome.stored {
-                    Some(true) => {
-                        self.dead_lettered += sent;
-                        true
-                    }
-                    Some(false) => {
-                        self.dead_letter_failed += sent;
-                        false
-                    }
-                    // Not worth sending again as it is: rejected for good.
-                    None => !err.is_transient(),
-                };
-                let mut reason = err.to_string();
-                if outcome.stored == Some(false) {
-                    reason.push_str("; the dead-letter sink failed to store the batch");
-                }
-                for (index, id) in batch.indices.into_iter().zip(batch.ids) {
-                    self.reject(
-                        Rejected {
-                            index,
-                            id,
-                            reason: reason.clone(),
-                        },
-                        listed,
-                    );
-                }
-                self.errors.push(err);
-                settled
-            }
-        };
-        if settled && self.settled == start {
-            self.settled = end;
-        }
-        Ok(())
-    }
+/// Packs records from `source` into batches and sends them through `client`, at most
+/// `concurrency` batches outstanding (sent and not yet settled, in source order), pulling from
+/// the source only when a batch may go. Memory holds the outstanding batches and the
+/// summary's counters, nothing per record once its batch is settled.
+pub(crate) async fn run_stream<C, S, T, F>(
+    client: &C,
+    mut source: S,
+    uri: Uri,
+    (max_records, max_bytes): (usize, usize),
+    mut options: IngestOptions<'_>,
+    mut prepare: F,
+) -> Result<Summary, LehnzError>
+where
+    C: Sender,
+    S: Source<Item = T>,
+    T: Record,
+    F: FnMut(usize, &mut T),
+{
+    let window = client.concurrency();
+    let mut packer = Packer::new(options.start_offset, max_records, max_bytes);
+    let mut ready: Vec<Batch> = Vec::new();
+    let mut next_offset = options.start_offset;
+    let mut exhausted = false;
+    let mut slots: VecDeque<Slot> = VecDeque::with_capacity(window);
+    // Sequence number of `slots[0]`; tasks report theirs.
+    let mut front = 0usize;
+    let mut tasks: JoinSet<(usize, Outcome)> = JoinSet::new();
+    let mut summary = Summary {
+        settled: options.start_offset,
+        ..Summary::default()
+    };
+    let mut progress = Progress {
+        settled: options.start_offset,
+        read: options.start_offset,
+        ..Progress::default()
+    };
 
-    fn reject(&mut self, rejected: Rejected, listed: usize) {
-        if self.rejected.len() < listed {
-            self.rejected.push(rejected);
-        } else {
-            self.rejected_unlisted += 1;
+    // While the breaker is open: since when the source is paused, and until when.
+    let mut paused_since: Option<Instant> = None;
+    let mut paused_until: Option<Instant> = None;
+    loop {
+        // Fill the window, reading the source only as far as a batch needs, and not at all
+        // while the circuit is open: the batches would only wait or fail (backpressure,
+        // not dead letters).
+        while slots.len() < window {
+            let open_for = client.circuit_open_for();
+            if let Some(wait) = open_for {
+                let now = Instant::now();
+                if paused_since.is_none() {
+                    tracing::info!(
+                        wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+                        in_flight = tasks.len(),
+                        "lehnz: circuit open, source paused until the next probe"
+                    );
+                    paused_since = Some(now);
+                }
+                paused_until = Some(now.checked_add(wait).unwrap_or(now));
+                break;
+            }
+            if let Some(since) = paused_since.take() {
+                summary.paused = summary.paused.saturating_add(since.elapsed());
+            }
+            paused_until = None;
+            if ready.is_empty() {
+                if exhausted {
+                    break;
+                }
+                match std::future::poll_fn(|cx| source.poll_next(cx)).await {
+                    Some(mut record) => {
+                        prepare(next_offset, &mut record);
+                        next_offset = next_offset.saturating_add(1);
+                        packer.push(&record, &mut ready);
+                    }
+                    None => {
+                        exhausted = true;
+                        ready.extend(packer.finish());
+                    }
+                }
+                continue;
+            }
+            let batch = ready.remove(0);
+            let seq = front.wrapping_add(slots.len());
+            let outcome = match batch.body.clone() {
+                Some(body) => {
+                    let (client, uri, sent) = (client.clone(), uri.clone(), batch.len());
+                    tasks.spawn(async move { (seq, client.send(uri, body, sent).await) });
+                    summary.requests += 1;
+                    None
+                }
+                // Every record of the range was refused before sending.
+                None => Some(Outcome {
+                    result: Ok(0),
+                    stored: None,
+                }),
+            };
+            slots.push_back(Slot { batch, outcome });
+        }
+        progress.read = next_offset;
+        progress.requests = summary.requests;
+
+        // Settle, in source order, what is done.
+        while slots.front().is_some_and(|slot| slot.outcome.is_some()) {
+            let Some(Slot {
+                batch,
+                outcome: Some(outcome),
+            }) = slots.pop_front()
+            else {
+                break;
+            };
+            front = front.wrapping_add(1);
+            summary.record(batch, outcome, options.listed_rejections)?;
+            progress.settled = summary.settled;
+            progress.accepted = summary.accepted;
+            progress.dead_lettered = summary.dead_lettered;
+            progress.rejected = summary.rejected.len() + summary.rejected_unlisted;
+            progress.in_flight = tasks.len();
+            if let Some(callback) = options.on_progress.as_mut() {
+                callback(&progress);
+            }
+        }
+        if slots.is_empty() && exhausted && ready.is_empty() {
+            break;
+        }
+        // Every slot not done has its task: with none running, the window has room (or
+        // the source is paused, and the pause ends first).
+        let joined = match paused_until {
+            Some(until) if tasks.is_empty() => {
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            Some(until) => tokio::select! {
+                joined = tasks.join_next() => joined,
+                () = tokio::time::sleep_until(until) => continue,
+            },
+            None => tasks.join_next().await,
+        };
+        match joined {
+            Some(Ok((seq, outcome))) => {
+                if let Some(slot) = slots.get_mut(seq.wrapping_sub(front)) {
+                    slot.outcome = Some(outcome);
+                }
+            }
+            Some(Err(err)) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            // The set is owned here and never aborted: cancellation cannot happen.
+            Some(Err(_)) | None => {}
         }
     }
+    if let Some(since) = paused_since {
+        summary.paused = summary.paused.saturating_add(since.elapsed());
+    }
+    summary.rejected.sort_by_key(|r| r.index);
+    Ok(summary)
 }
