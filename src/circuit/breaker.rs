@@ -53,10 +53,15 @@ pub(crate) struct Breaker {
     /// Whether the window holds a failure (then every outcome takes the lock).
     failing: AtomicBool,
     /// Successes counted without the lock, not yet in the window.
-    successes: AtomicU64,
+    successes: Box<[Successes]>,
     inner: Mutex<Inner>,
     pub(crate) key: Option<PartitionKey>,
 }
+
+/// Successes counted without the lock, on one shard's cache line.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Successes(AtomicU64);
 
 fn code(state: CircuitState) -> u8 {
     match state {
@@ -75,7 +80,9 @@ impl Breaker {
         Breaker {
             state: AtomicU8::new(0),
             failing: AtomicBool::new(false),
-            successes: AtomicU64::new(0),
+            successes: (0..crate::sync::shards())
+                .map(|_| Successes(AtomicU64::new(0)))
+                .collect(),
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
                 ring: Ring::new(settings.window),
@@ -119,7 +126,11 @@ impl Breaker {
     /// is no longer closed: they belong to a window that is over), and mirrors whether the
     /// window holds a failure.
     fn settle(&self, inner: &mut Inner) {
-        let successes = self.successes.swap(0, Ordering::AcqRel);
+        let successes: u64 = self
+            .successes
+            .iter()
+            .map(|shard| shard.0.swap(0, Ordering::AcqRel))
+            .sum();
         if successes > 0 && inner.state == CircuitState::Closed {
             inner.ring.record_successes(successes);
         }
@@ -202,7 +213,9 @@ impl Breaker {
         wake: &mut Vec<Waker>,
     ) {
         inner.ring.clear();
-        self.successes.store(0, Ordering::Release);
+        for shard in self.successes.iter() {
+            shard.0.store(0, Ordering::Release);
+        }
         inner.closed_at = Some(Instant::now());
         self.set(inner, CircuitState::Closed, changes);
         if !inner.line.is_empty() {
@@ -366,8 +379,10 @@ impl Breaker {
                 && !self.failing.load(Ordering::Acquire)
                 && matches!(settings.window, super::Window::Count(_))
             {
-                // No failure in the window: this success cannot open the breaker.
-                self.successes.fetch_add(1, Ordering::AcqRel);
+                // No failure in the window: this success cannot open the breaker. Counted in
+                // the thread's own shard, so calls on different cores never write one line.
+                let shard = crate::sync::this_shard() % self.successes.len();
+                self.successes[shard].0.fetch_add(1, Ordering::AcqRel);
                 return;
             }
         }

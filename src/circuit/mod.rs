@@ -205,12 +205,15 @@ impl Default for Settings {
 #[derive(Clone, Debug, Default)]
 pub struct CircuitStats {
     counters: Arc<[AtomicU64; 6]>,
+    /// Calls let through and successes: counted on every call, from every core.
+    permitted: Arc<crate::sync::ShardedCount>,
+    successes: Arc<crate::sync::ShardedCount>,
 }
 
 impl CircuitStats {
     /// Calls let through (probes included).
     pub fn permitted(&self) -> u64 {
-        self.counters[0].load(Ordering::Relaxed)
+        self.permitted.sum()
     }
 
     /// Calls refused because a breaker was open (or half-open with every probe out).
@@ -225,7 +228,7 @@ impl CircuitStats {
 
     /// Calls that counted as successes.
     pub fn successes(&self) -> u64 {
-        self.counters[3].load(Ordering::Relaxed)
+        self.successes.sum()
     }
 
     /// Times a breaker opened.
@@ -241,7 +244,13 @@ impl CircuitStats {
     }
 
     pub(crate) fn count(&self, index: usize) {
-        self.counters[index].fetch_add(1, Ordering::Relaxed);
+        match index {
+            0 => self.permitted.add(1),
+            3 => self.successes.add(1),
+            _ => {
+                self.counters[index].fetch_add(1, Ordering::Relaxed);
+            }
+        }
     }
 }
 
