@@ -274,6 +274,19 @@ impl fmt::Debug for Error {
     }
 }
 
+/// Asks `inner` whether it is ready, with its error as an [`Error`]: every service of the
+/// crate answers `poll_ready` so.
+pub(crate) fn poll_ready<S, R>(
+    inner: &mut S,
+    cx: &mut std::task::Context<'_>,
+) -> std::task::Poll<Result<(), Error>>
+where
+    S: tower_service::Service<R>,
+    S::Error: Into<BoxError>,
+{
+    inner.poll_ready(cx).map_err(|e| Error::from_box(e.into()))
+}
+
 /// The wall-clock time `wait` from now, saturating at a far-future time instead of panicking
 /// when `wait` is beyond what `SystemTime` can hold.
 pub(crate) fn system_time_after(wait: Duration) -> SystemTime {

@@ -59,9 +59,7 @@ where
     type Future = ResponseFuture<S, B, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| Error::from_box(e.into()))
+        crate::error::poll_ready(&mut self.inner, cx)
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {

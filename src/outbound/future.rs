@@ -44,10 +44,7 @@ use crate::head::HeadCopy;
 use crate::rate_limit::RateLimitInfo;
 use crate::retry::policy::{self, Next, Progress};
 use crate::retry_after::{pause_of, Pass};
-use crate::throttle::{Acquire, Decision, LocalStore, Reservation, Slot};
-
-/// A shared bucket store's decision, on its way.
-type Deciding = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+use crate::throttle::{Acquire, Deciding, Decision, LocalStore, Reservation, Slot};
 
 pin_project! {
     /// The response future of [`OutboundService`](super::OutboundService): the whole call
@@ -147,10 +144,18 @@ struct Call<S> {
 enum Admit {
     Send,
     AtBreaker(Hold),
-    AtGate(Instant),
-    ForSlot(Instant),
-    Deciding(Deciding),
+    Held(Wait),
     Refused(Error),
+}
+
+/// What an admitted attempt waits for before it is sent.
+enum Wait {
+    /// The closed gate, until it opens.
+    Gate(Instant),
+    /// The throttle's reserved slot.
+    Slot(Instant),
+    /// A shared bucket store's decision.
+    Store(Deciding),
 }
 
 /// What a state produced: an attempt's result (for the retry policy) or the call's.
@@ -450,16 +455,12 @@ impl<S> Call<S> {
                 state.set(State::AtBreaker { hold });
                 None
             }
-            Admit::AtGate(until) => {
-                state.set(State::AtGate { until });
-                None
-            }
-            Admit::ForSlot(until) => {
-                state.set(State::ForSlot { until });
-                None
-            }
-            Admit::Deciding(decision) => {
-                state.set(State::Deciding { decision });
+            Admit::Held(wait) => {
+                state.set(match wait {
+                    Wait::Gate(until) => State::AtGate { until },
+                    Wait::Slot(until) => State::ForSlot { until },
+                    Wait::Store(decision) => State::Deciding { decision },
+                });
                 None
             }
             Admit::Refused(err) => Some(Step::Attempt(Err(err))),
@@ -580,7 +581,7 @@ impl<S> Call<S> {
                     let (now, _) = clock(&mut self.now, record);
                     self.gate_patience = Some(gates.patience_from(now));
                 }
-                Admit::AtGate(until)
+                Admit::Held(Wait::Gate(until))
             }
             Pass::Refuse(mut err) => {
                 err.set_upstream(upstream(&self.head, &self.upstream));
@@ -613,7 +614,7 @@ impl<S> Call<S> {
                 throttle.max_wait,
             ) {
                 Acquire::Ready(decision) => decision,
-                Acquire::Pending(decision) => return Admit::Deciding(decision),
+                Acquire::Pending(decision) => return Admit::Held(Wait::Store(decision)),
             },
         };
         self.slot(decision)
@@ -633,7 +634,7 @@ impl<S> Call<S> {
                 self.outstanding = true;
                 self.reservation = Some(reservation);
                 let (now, _) = self.clock();
-                Admit::ForSlot(instant_after(now, wait))
+                Admit::Held(Wait::Slot(instant_after(now, wait)))
             }
             Slot::Refused(err) => Admit::Refused(err),
         }

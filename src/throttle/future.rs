@@ -16,7 +16,8 @@ use crate::error::{BoxError, Error};
 use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
 
-type Deciding = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
+/// A shared bucket store's decision, on its way.
+pub(crate) type Deciding = Pin<Box<dyn Future<Output = Result<Decision, Error>> + Send>>;
 
 pin_project! {
     /// The response future of [`Throttle`](super::Throttle): waits for the slot, then calls.

@@ -96,6 +96,7 @@ mod layer;
 mod service;
 mod store;
 
+pub(crate) use future::Deciding;
 pub use future::ResponseFuture;
 pub use layer::ThrottleLayer;
 pub use service::Throttle;
