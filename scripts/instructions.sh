@@ -5,11 +5,12 @@
 #
 #   scripts/instructions.sh                      # every case of benches/happy_path.rs
 #   scripts/instructions.sh outbound/get bare/get
+#   FEATURES=metrics scripts/instructions.sh outbound/get   # with crate features on
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1; }
 
-bench=$(cargo bench --bench happy_path --no-run --message-format=json 2>/dev/null \
+bench=$(cargo bench --bench happy_path --no-run --message-format=json ${FEATURES:+--features "$FEATURES"} 2>/dev/null \
   | sed -n 's/.*"executable":"\([^"]*happy_path[^"]*\)".*/\1/p' | tail -1)
 [ -x "$bench" ] || { echo "could not build benches/happy_path.rs" >&2; exit 1; }
 
