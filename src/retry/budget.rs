@@ -537,4 +537,38 @@ mod loom_models {
             assert!(first ^ second, "first {first}, second {second}");
         });
     }
+
+    /// A call whose clock was read a window before another's deposits after it, on the same
+    /// counter: the later slice's calls are never erased (the late call joins them, or is
+    /// dropped as a window old), whatever the interleaving of the compare-and-swap loops.
+    #[test]
+    fn loom_a_deposit_with_a_clock_read_a_window_late_never_erases_the_later_slice() {
+        loom::model(|| {
+            let settings = Settings {
+                window: Duration::from_secs(10),
+                min_per_second: 0,
+                ratio: 1.0,
+                max_partitions: 1,
+            };
+            let start = Instant::now();
+            let later = start + Duration::from_secs(10);
+            let allowance = Arc::new(Allowance::new(&settings, start));
+            allowance.deposit(later);
+            let on_time = {
+                let allowance = allowance.clone();
+                thread::spawn(move || allowance.deposit(later))
+            };
+            let late = {
+                let allowance = allowance.clone();
+                thread::spawn(move || allowance.deposit(start))
+            };
+            on_time.join().unwrap();
+            late.join().unwrap();
+            let paid = (0..4).filter(|_| allowance.withdraw(later)).count();
+            assert!(
+                paid == 2 || paid == 3,
+                "{paid} retries paid by two calls of the later slice and one late call"
+            );
+        });
+    }
 }
