@@ -43,11 +43,16 @@ COMMON=(-seed=1 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1)
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
 
 mkdir -p logs
+# The code the record is of: the commit at the start (a commit made during the run is not it).
+commit=$(git rev-parse --short=12 HEAD)
+if ! git diff --quiet HEAD -- ../src ../Cargo.toml ../Cargo.lock . ':!record.txt' 2>/dev/null; then
+  commit="$commit+uncommitted"
+fi
 cargo +nightly fuzz build -O
 
 LINES=()
 # One of libFuzzer's final stats (-print_final_stats=1) from a log.
-final_stat() { grep -E "^stat::$1:" "$2" | tail -1 | awk '{print $2}'; }
+final_stat() { { grep -E "^stat::$1:" "$2" || true; } | tail -1 | awk '{print $2}'; }
 
 run() {
   local target="$1" max_len="$2" runs="$3" extra=()
@@ -91,10 +96,6 @@ done
 [ "$RECORD" = 1 ] || exit 0
 
 # The record: what ran, on what, and one line per run.
-commit=$(git rev-parse --short=12 HEAD)
-if ! git diff --quiet HEAD -- ../src ../Cargo.toml ../Cargo.lock . 2>/dev/null; then
-  commit="$commit+uncommitted"
-fi
 cpu=$(grep -m1 'model name' /proc/cpuinfo 2>/dev/null | cut -d: -f2 | sed 's/^ //' || true)
 load=$(sed 's/ [0-9]*\/.*//' /proc/loadavg 2>/dev/null || true)
 note="\`scripts/fuzz.sh record $RUNS\` (LONG_RUNS=$LONG_RUNS) at commit $commit on $(date -u +%Y-%m-%d);"
