@@ -11,8 +11,9 @@
 # then the header parsers run LONG_RUNS more (default RUNS / 10) with
 #     -runs=LONG_RUNS -max_len=65536 -len_control=0 -seed=1 -timeout=10 -rss_limit_mb=2048
 # (-len_control=0: inputs up to 64 KiB from the start, to catch work that grows faster than the
-# input). libFuzzer stops at exactly -runs executions unless it finds something, so each line's
-# executions equal its runs when nothing was found.
+# input). libFuzzer stops after -runs executions unless it finds something; its first pass over
+# the corpus counts and always runs whole, which in `record` mode is only the few seeds. So in a
+# record each line's executions equal its runs when nothing was found.
 #
 # Each run starts from the committed seeds (fuzz/seeds/TARGET) and, for `record`, an empty
 # corpus of its own (fuzz/corpus-record/TARGET, cleared first), so a record can be reproduced
