@@ -621,3 +621,73 @@ async fn outbound_sends_a_body_too_large_to_keep_whole_and_its_letter_says_so() 
     assert_eq!(letters[0].body, None);
     assert_eq!(letters[0].attempts, 1, "a body sent once is not retried");
 }
+
+/// A sink whose removals of letters fail, as a process that dies between a replay's write and
+/// its removal would leave it.
+struct RemovalsFail(MemorySink);
+
+impl Sink for RemovalsFail {
+    fn write(
+        &self,
+        letter: DeadLetter,
+    ) -> tower_outbound::dead_letter::BoxFuture<
+        '_,
+        Result<(), tower_outbound::dead_letter::SinkError>,
+    > {
+        self.0.write(letter)
+    }
+
+    fn read_all(
+        &self,
+    ) -> tower_outbound::dead_letter::BoxFuture<
+        '_,
+        Result<Vec<DeadLetter>, tower_outbound::dead_letter::SinkError>,
+    > {
+        self.0.read_all()
+    }
+
+    fn remove<'a>(
+        &'a self,
+        ids: &'a [String],
+    ) -> tower_outbound::dead_letter::BoxFuture<
+        'a,
+        Result<usize, tower_outbound::dead_letter::SinkError>,
+    > {
+        if ids.is_empty() {
+            return self.0.remove(ids);
+        }
+        Box::pin(async {
+            Err(tower_outbound::dead_letter::SinkError::msg(
+                "the process died",
+            ))
+        })
+    }
+}
+
+/// docs/design.md, "Nothing lost": a replay that still fails writes the new outcome before it
+/// removes the old record, so a crash in between leaves the letter twice, never not at all.
+#[tokio::test]
+async fn a_replay_that_still_fails_writes_the_new_outcome_before_removing_the_old() {
+    let memory = MemorySink::new();
+    let (down, _) = upstream();
+    let svc = ServiceBuilder::new()
+        .layer(DeadLetterLayer::new(memory.clone()))
+        .service(down);
+    svc.oneshot(post("/down", b"event")).await.unwrap();
+    assert_eq!(memory.count().await.unwrap(), 1);
+    let old = memory.letters()[0].clone();
+
+    let (still_down, _) = upstream();
+    let sink = RemovalsFail(memory.clone());
+    let _ = replay(&sink, still_down).await;
+    let letters = memory.letters();
+    assert!(
+        letters.iter().any(|l| l.id == old.id),
+        "the old record is kept when its removal fails"
+    );
+    assert_eq!(
+        letters.len(),
+        2,
+        "and the new outcome was written first: {letters:?}"
+    );
+}

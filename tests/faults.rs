@@ -4,8 +4,10 @@
 //! comes back. Every event must end up stored by the simulator or in the dead letters, and the
 //! summary must say which, exactly.
 //!
-//! These tests run on the real clock (the proxy and the simulator are real sockets), with
-//! timeouts and waits of a few hundred milliseconds, so each takes a few seconds at most.
+//! These tests run on the real clock (the proxy and the simulator are real sockets). What
+//! fails is decided by the proxy's seeded faults, not by timing: the attempt timeout (1 s) is
+//! far above any loopback reply and is reached only by the proxy's stalls, which hold until
+//! the client gives up. Each test takes a few seconds.
 #![cfg(all(feature = "lehnz", feature = "sim"))]
 
 mod support;
@@ -25,6 +27,10 @@ use tower_outbound::{JsonLinesSink, Sink};
 
 /// The most any one run may take before the test fails instead of hanging.
 const BOUND: Duration = Duration::from_secs(60);
+/// The attempt timeout of the runs through the proxy: only a stall the proxy chose reaches it
+/// (a loopback reply takes milliseconds), so which attempts fail is decided by the proxy's
+/// seeded faults, not by the machine's speed.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn events(n: usize) -> Vec<Event> {
     (0..n)
@@ -187,7 +193,8 @@ async fn twenty_thousand_events_through_a_faulty_proxy_are_each_stored_or_dead_l
         truncate: 0.04,
         status_429: 0.05,
         status_503: 0.05,
-        stall_cap: Duration::from_secs(3),
+        // Held until the client gives up: a stalled attempt always times out.
+        stall_cap: Duration::from_secs(30),
         hostile: Hostile::Odd,
     };
     let proxy = FaultProxy::start(sim.addr(), faults, 11).await;
@@ -200,7 +207,10 @@ async fn twenty_thousand_events_through_a_faulty_proxy_are_each_stored_or_dead_l
         .stack(|s| {
             s.retry_seed(7)
                 .max_attempts(2)
-                .attempt_timeout(Duration::from_millis(300))
+                // Far above any reply of the loopback simulator, so only the proxy's stalls
+                // time out, whatever the machine's load: the outcome is the proxy's, not the
+                // clock's.
+                .attempt_timeout(ATTEMPT_TIMEOUT)
                 .max_retry_after(Duration::from_secs(2))
                 .dead_letter_file(&path)
         })
@@ -243,6 +253,13 @@ async fn twenty_thousand_events_through_a_faulty_proxy_are_each_stored_or_dead_l
         !letters.is_empty(),
         "no batch failed for good: faults too rare to test"
     );
+    // Each request the proxy passed was a batch of 100 delivered and acknowledged, and every
+    // event accepted came from such a reply: no reply that passed was lost to the clock.
+    assert_eq!(
+        summary.accepted as u64,
+        100 * stats.count(Fault::Pass),
+        "{summary:?}"
+    );
     assert!(summary.accepted > 15_000, "{summary:?}");
     eprintln!(
         "proxy: {} requests, {} faulted; summary: accepted {}, dead-lettered {}, unsettled {}; \
@@ -275,7 +292,7 @@ async fn year_long_pauses_from_a_hostile_proxy_fail_fast_and_lose_no_event() {
         .event_batch(50, 1_000_000)
         .stack(|s| {
             s.retry_seed(3)
-                .attempt_timeout(Duration::from_millis(300))
+                .attempt_timeout(ATTEMPT_TIMEOUT)
                 .max_retry_after(Duration::from_secs(2))
                 .dead_letter_file(&path)
         })
@@ -402,23 +419,31 @@ async fn a_dead_letter_directory_that_is_a_file_is_reported_as_not_stored_and_re
 }
 
 /// A tmpfs of 64 KiB mounted on a fresh directory, unmounted when dropped.
+///
+/// The tests that use it are ignored by a plain `cargo test`: mounting needs root, or a user
+/// and mount namespace. `.ci/run` runs them as root, or under `unshare -Urm` otherwise:
+/// `cargo test --all-features --test faults -- --ignored full_disk`.
 struct TinyDisk {
     dir: tempfile::TempDir,
 }
 
 impl TinyDisk {
-    fn mount() -> Result<Self, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let status = std::process::Command::new("mount")
+    /// Mounts the disk, or fails the test with the reason.
+    fn mount() -> Self {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let output = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
             .arg(dir.path())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .map_err(|e| format!("cannot run mount: {e}"))?;
-        if !status.success() {
-            return Err(format!("mount -t tmpfs failed ({status})"));
-        }
-        Ok(TinyDisk { dir })
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run mount: {e}"));
+        assert!(
+            output.status.success(),
+            "cannot mount a 64 KiB tmpfs to fill ({}: {}); run as root, or under \
+             `unshare -Urm` (a user and mount namespace)",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+        TinyDisk { dir }
     }
 
     fn path(&self) -> &Path {
@@ -449,14 +474,9 @@ impl Drop for TinyDisk {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "mounts a tmpfs: run as root or in a user and mount namespace, as .ci/run does"]
 async fn dead_letters_on_a_full_disk_are_reported_as_not_stored_and_recover() {
-    let disk = match TinyDisk::mount() {
-        Ok(disk) => disk,
-        Err(reason) => {
-            eprintln!("skipped: cannot mount a tiny tmpfs here ({reason}); run as root to test a full disk");
-            return;
-        }
-    };
+    let disk = TinyDisk::mount();
     let sim = simulator().await;
     let keys = sim.keys("acme").unwrap();
     let proxy = FaultProxy::start(sim.addr(), always_503(), 2).await;
@@ -605,14 +625,9 @@ async fn a_redis_stopped_and_restarted_mid_run_reports_what_was_kept_and_recover
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "mounts a tmpfs: run as root or in a user and mount namespace, as .ci/run does"]
 async fn a_dead_letter_write_that_fails_on_a_full_disk_leaves_no_torn_line() {
-    let disk = match TinyDisk::mount() {
-        Ok(disk) => disk,
-        Err(reason) => {
-            eprintln!("skipped: cannot mount a tiny tmpfs here ({reason})");
-            return;
-        }
-    };
+    let disk = TinyDisk::mount();
     let sim = simulator().await;
     let keys = sim.keys("acme").unwrap();
     let proxy = FaultProxy::start(sim.addr(), always_503(), 4).await;

@@ -73,6 +73,28 @@ async fn the_script_admits_the_burst_then_paces_on_the_redis_clock() {
     assert!(ttl > 0 && ttl <= 2_000, "ttl {ttl} ms");
 }
 
+/// Waits until Redis holds a key matching `pattern` (a store writes the server's view in the
+/// background, without the call waiting for it); fails after 5 s.
+async fn wait_for_key(server: &RedisServer, pattern: &str) {
+    let mut connection = manager(server).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(pattern)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no key {pattern} in Redis after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 type Log = Arc<Mutex<Vec<Instant>>>;
 
 /// A loopback server that logs arrival times and answers 200, with the given headers on the
@@ -210,8 +232,9 @@ async fn one_workers_remaining_zero_holds_every_worker() {
 
     let start = Instant::now();
     a.oneshot(get(addr)).await.unwrap();
-    // Worker A's response said nothing is left for a second; B hears it through Redis.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // Worker A's response said nothing is left for a second; its store writes that view to
+    // Redis in the background, and B hears it from there.
+    wait_for_key(&server, "{view:*}:view").await;
     b.oneshot(get(addr)).await.unwrap();
 
     let times = log.lock().unwrap().clone();

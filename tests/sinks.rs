@@ -132,12 +132,26 @@ async fn read_only_dead_letter_directory_is_a_typed_error_not_a_panic() {
     let locked = dir.path().join("locked");
     std::fs::create_dir(&locked).unwrap();
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o500)).unwrap();
+    // Root (or a process with CAP_DAC_OVERRIDE) ignores the mode: ask the system what this
+    // process may do there, and check that the sink does exactly that.
+    let probe = locked.join("probe");
+    let writable = std::fs::write(&probe, "").is_ok();
+    let _ = std::fs::remove_file(&probe);
     let sink = JsonLinesSink::new(locked.join("dead.jsonl"));
     let result = sink.write(letter("a")).await;
+    let read = sink.read_all().await;
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o700)).unwrap();
-    // Root ignores the mode; everyone else gets a typed error.
-    if let Err(err) = result {
+    if writable {
+        // The directory's mode does not bind this process: the letter is kept.
+        result.unwrap();
+        let ids: Vec<String> = read.unwrap().into_iter().map(|l| l.id).collect();
+        assert_eq!(ids, ["a"]);
+    } else {
+        let err = result.expect_err("a directory this process cannot write to");
         assert_eq!(err.kind(), SinkErrorKind::Io, "{err}");
+        assert!(err.to_string().contains("locked"), "{err}");
+        // Nothing was written, so reading finds nothing, without an error.
+        assert!(read.unwrap().is_empty());
     }
 }
 

@@ -1,19 +1,12 @@
-//! The draft-7 `RateLimit-Limit` / `RateLimit-Remaining` / `RateLimit-Reset` headers (with a
-//! `RateLimit-Policy` and a `Date`).
+//! libFuzzer's entry for `tower_outbound_fuzz::headers::ratelimit_draft7` (see fuzz/src for what it checks).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tower_outbound_fuzz::{check_headers, header_map};
+use libfuzzer_sys::{fuzz_target, Corpus};
 
-fuzz_target!(|data: &[u8]| {
-    check_headers(&header_map(
-        &[
-            "ratelimit-limit",
-            "ratelimit-remaining",
-            "ratelimit-reset",
-            "ratelimit-policy",
-            "date",
-        ],
-        data,
-    ));
+fuzz_target!(|data: &[u8]| -> Corpus {
+    if tower_outbound_fuzz::headers::ratelimit_draft7(data) {
+        Corpus::Keep
+    } else {
+        Corpus::Reject
+    }
 });

@@ -1,10 +1,12 @@
-//! The structured-field `RateLimit` and `RateLimit-Policy` headers (dictionary and list
-//! drafts).
+//! libFuzzer's entry for `tower_outbound_fuzz::headers::ratelimit_structured` (see fuzz/src for what it checks).
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use tower_outbound_fuzz::{check_headers, header_map};
+use libfuzzer_sys::{fuzz_target, Corpus};
 
-fuzz_target!(|data: &[u8]| {
-    check_headers(&header_map(&["ratelimit", "ratelimit-policy"], data));
+fuzz_target!(|data: &[u8]| -> Corpus {
+    if tower_outbound_fuzz::headers::ratelimit_structured(data) {
+        Corpus::Keep
+    } else {
+        Corpus::Reject
+    }
 });

@@ -5,7 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 
 use super::record::DeadLetter;
 use super::sink::{BoxFuture, Sink, SinkError, SinkErrorKind};
+// From loom under `--cfg tower_outbound_loom`: the queue and its writer are model-checked.
+use crate::sync::{lock, wait_timeout_while, Condvar, Mutex};
 
 /// Dead letters in a JSON Lines file: one record per line, appended, and flushed and fsynced
 /// before `write` returns.
@@ -284,10 +286,6 @@ impl JsonLinesSink {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 /// Drains the queue, one batch at a time. Dropped without finishing (a panic, a runtime that
 /// shuts down first), it clears the queue: the waiting callers get an error, and the next
 /// `write` starts a new writer.
@@ -313,12 +311,13 @@ impl Writer {
                     // The callers of the last batch are many and were just answered: give
                     // them a moment to queue their next records, so they share one fsync
                     // instead of trickling into small batches.
-                    queue = self
-                        .inner
-                        .arrived
-                        .wait_timeout_while(queue, COMMIT_DELAY, |q| q.pending.len() < last_batch)
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .0;
+                    queue = wait_timeout_while(
+                        &self.inner.arrived,
+                        &self.inner.queue,
+                        queue,
+                        COMMIT_DELAY,
+                        |q| q.pending.len() < last_batch,
+                    );
                 }
                 if queue.pending.is_empty() {
                     queue.running = false;
@@ -849,5 +848,108 @@ impl Sink for JsonLinesSink {
 
     fn count(&self) -> BoxFuture<'_, Result<usize, SinkError>> {
         Box::pin(self.blocking(|inner, store| store.count(inner)))
+    }
+}
+
+/// Model checks of the group-commit queue (`--cfg tower_outbound_loom`, see
+/// `docs/reliability.md`): the queue's mutex, its condvar and its `running` flag, with the
+/// writer run inline (no runtime) on real files.
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use super::*;
+    use loom::thread;
+    use tokio::sync::oneshot::error::TryRecvError;
+
+    fn append(id: &str) -> Op {
+        Op::Append {
+            id: id.to_owned(),
+            line: format!("{{\"id\":\"{id}\"}}").into_bytes(),
+        }
+    }
+
+    fn directory() -> tempfile::TempDir {
+        let shm = Path::new("/dev/shm");
+        if shm.is_dir() {
+            if let Ok(dir) = tempfile::tempdir_in(shm) {
+                return dir;
+            }
+        }
+        tempfile::tempdir().unwrap()
+    }
+
+    fn is_idle(sink: &JsonLinesSink) -> bool {
+        let queue = lock(&sink.inner.queue);
+        queue.pending.is_empty() && !queue.running
+    }
+
+    /// Two callers queue letters while the first one's writer drains, waits for the next
+    /// batch (the commit delay) and stops: every letter is written once, whole, in its
+    /// caller's order, every caller is answered, and the writer never stops with work queued.
+    #[test]
+    fn loom_every_queued_letter_is_written_once_and_answered() {
+        loom::model(|| {
+            let dir = directory();
+            let path = dir.path().join("letters.jsonl");
+            let sink = JsonLinesSink::new(&path);
+            let other = sink.clone();
+            let second = thread::spawn(move || other.enqueue(vec![append("b")]));
+            let first = sink.enqueue(vec![append("a1"), append("a2")]);
+            let second = second.join().unwrap();
+            for mut answer in first.into_iter().chain(second) {
+                assert!(
+                    matches!(answer.try_recv(), Ok(Ok(0))),
+                    "a caller was not answered with its letter written"
+                );
+            }
+            assert!(is_idle(&sink), "the writer stopped with letters queued");
+            let text = std::fs::read_to_string(&path).unwrap();
+            let lines: Vec<&str> = text.lines().collect();
+            let mut sorted = lines.clone();
+            sorted.sort_unstable();
+            assert_eq!(
+                sorted,
+                [r#"{"id":"a1"}"#, r#"{"id":"a2"}"#, r#"{"id":"b"}"#]
+            );
+            let at = |id: &str| lines.iter().position(|l| l.contains(id)).unwrap();
+            assert!(at("a1") < at("a2"), "one caller's letters keep their order");
+        });
+    }
+
+    /// A writer dropped before it ran (its runtime shutting down) hands the `running` flag
+    /// back and fails what it held, while another caller queues a letter: that caller is
+    /// answered either way (written by a writer of its own, or failed with the rest), never
+    /// left waiting, and the queue ends idle.
+    #[test]
+    fn loom_a_writer_dropped_unrun_leaves_no_caller_waiting() {
+        loom::model(|| {
+            let dir = directory();
+            let path = dir.path().join("letters.jsonl");
+            let sink = JsonLinesSink::new(&path);
+            let mut held = {
+                let mut queue = lock(&sink.inner.queue);
+                let (done, answer) = oneshot::channel();
+                queue.pending.push_back(Pending {
+                    op: append("a"),
+                    done,
+                });
+                queue.running = true;
+                answer
+            };
+            let writer = Writer::new(sink.inner.clone());
+            let dropper = thread::spawn(move || drop(writer));
+            let mut queued = sink.enqueue(vec![append("b")]);
+            dropper.join().unwrap();
+            assert!(matches!(held.try_recv(), Err(TryRecvError::Closed)));
+            let answer = queued.pop().unwrap().try_recv();
+            assert!(
+                !matches!(answer, Err(TryRecvError::Empty)),
+                "a caller waits for a writer that is gone"
+            );
+            if matches!(answer, Ok(Ok(0))) {
+                let text = std::fs::read_to_string(&path).unwrap();
+                assert_eq!(text, "{\"id\":\"b\"}\n");
+            }
+            assert!(is_idle(&sink));
+        });
     }
 }

@@ -1,4 +1,4 @@
-//! The Lehnz recommendation API: a typed client for it (feature `lehnz`, on by default), built
+//! The Lehnz recommendation API: a typed client for it (feature `lehnz`, off by default), built
 //! from the crate's layers, and, behind the `sim` feature, a [simulator](sim) of it.
 //!
 //! The simulator is a real HTTP server on 127.0.0.1 that enforces what Lehnz documents (keys,

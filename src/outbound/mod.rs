@@ -41,9 +41,10 @@
 //! the circuit breaker, the throttle and the retry budget of one host never change what
 //! happens to calls to another ([`partition`](Outbound::partition) with [`Scope::Global`]
 //! shares one state for an API whose limits span several hosts). No server can close a gate
-//! for longer than 15 minutes ([`RetryAfterLayer::max_pause`]). A [`RetryBudget`] caps retries
-//! at 20 % of calls per upstream (plus 5 per second), so an outage does not multiply the load
-//! on the failing upstream. `background()` keeps dead letters in a bounded [`MemorySink`]
+//! for longer than 15 minutes ([`RetryAfterLayer::max_pause`]). A [`RetryBudget`] per upstream
+//! caps retries — over any 10 s, retries are at most 5 per second plus 20 % of the calls made
+//! in those 10 s and the 10 s before them — so an outage does not multiply the load on the
+//! failing upstream. `background()` keeps dead letters in a bounded [`MemorySink`]
 //! (see [`dead_letters`](Outbound::dead_letters) for a durable file or a shared stream);
 //! refused calls (circuit open, throttled or gated past their wait) get a letter too, since
 //! their caller may not try again — see [`DeadLetterLayer::record_refusals`].
@@ -197,8 +198,9 @@ impl Outbound {
     }
 
     /// Caps retries at a share of calls, per upstream, or `None` for no cap (default
-    /// [`RetryBudget::new`]: 20 % of calls over 10 s plus 5 retries per second). It replaces any
-    /// budget set on the [`retry`](Self::retry) layer.
+    /// [`RetryBudget::new`]: over any 10 s, retries are at most 5 per second plus 20 % of the
+    /// calls made in those 10 s and the 10 s before them). It replaces any budget set on the
+    /// [`retry`](Self::retry) layer.
     pub fn retry_budget(mut self, budget: Option<RetryBudget>) -> Self {
         self.retry_budget = budget.map(|b| b.partition(self.scope));
         self

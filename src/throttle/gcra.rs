@@ -667,3 +667,109 @@ mod loom_models {
         });
     }
 }
+
+/// Model checks of the adopted-view path (`--cfg tower_outbound_loom`): the `viewing` flag
+/// read without the lock, and the view under it.
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_view_models {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::thread;
+
+    /// Burst 10 locally: only the server's view can hold a request.
+    const ROOMY: Cell = Cell {
+        interval: 1_000,
+        tolerance: 10_000,
+    };
+
+    fn wait_of(verdict: Verdict) -> u64 {
+        match verdict {
+            Verdict::Reserved { wait, .. } => wait,
+            Verdict::Rejected { .. } => panic!("nothing is rejected without a max wait"),
+        }
+    }
+
+    /// The server says one request is left until 1,000: two concurrent acquires, one goes at
+    /// once, the other waits for the reset.
+    #[test]
+    fn loom_the_servers_count_is_never_overspent() {
+        loom::model(|| {
+            let bucket = Arc::new(Bucket::default());
+            bucket.adopt(0, 1, 1_000, 0);
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    thread::spawn(move || wait_of(bucket.acquire(0, ROOMY, u64::MAX)))
+                })
+                .collect();
+            let mut waits: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+            waits.sort_unstable();
+            assert_eq!(waits, [0, 1_000], "one left in the window, one sent in it");
+        });
+    }
+
+    /// An acquire that finds the old pause over and clears the view, racing a reply that
+    /// names a new pause: the new pause holds whatever the order.
+    #[test]
+    fn loom_the_end_of_an_old_view_never_erases_a_new_pause() {
+        loom::model(|| {
+            let bucket = Arc::new(Bucket::default());
+            bucket.adopt(0, 0, 5, 0);
+            let acquirer = {
+                let bucket = bucket.clone();
+                thread::spawn(move || wait_of(bucket.acquire(10, ROOMY, u64::MAX)))
+            };
+            let adopter = {
+                let bucket = bucket.clone();
+                thread::spawn(move || bucket.adopt(10, 0, 100, 0))
+            };
+            let waited = acquirer.join().unwrap();
+            adopter.join().unwrap();
+            assert!(waited == 0 || waited == 100, "{waited}");
+            assert_eq!(
+                bucket.acquire(10, ROOMY, 0),
+                Verdict::Rejected { wait: 100 },
+                "the new pause was lost"
+            );
+        });
+    }
+
+    /// With one refusal doubted already, two more race: exactly one is doubted (the last
+    /// allowed), the other is believed and pauses the bucket.
+    #[test]
+    fn loom_refusals_are_doubted_at_most_max_doubted_times() {
+        let refusal = Report {
+            remaining: 0,
+            reset: 1_000,
+            refused: true,
+            outstanding: 0,
+        };
+        loom::model(move || {
+            let bucket = Arc::new(Bucket::default());
+            let room = Report {
+                remaining: 50,
+                reset: 4_000,
+                refused: false,
+                outstanding: 0,
+            };
+            assert!(bucket.report(0, room, 1_000));
+            assert!(!bucket.report(0, refusal, 1_000));
+            let threads: Vec<_> = (0..2)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    thread::spawn(move || bucket.report(0, refusal, 1_000))
+                })
+                .collect();
+            let believed = threads
+                .into_iter()
+                .map(|t| t.join().unwrap())
+                .filter(|b| *b)
+                .count();
+            assert_eq!(believed, 1, "MAX_DOUBTED is {MAX_DOUBTED}");
+            assert_eq!(
+                bucket.acquire(0, ROOMY, 0),
+                Verdict::Rejected { wait: 1_000 }
+            );
+        });
+    }
+}
