@@ -117,6 +117,36 @@ impl Line {
         some
     }
 
+    /// Takes one release for the call of `ticket` if the releases left reach its place: the
+    /// calls ahead of it come first, so the line leaves in arrival order whatever order its
+    /// calls are polled in.
+    pub(crate) fn take_in_turn(&mut self, ticket: u64) -> bool {
+        let allowance = usize::try_from(self.allowance).unwrap_or(usize::MAX);
+        let ahead = self.waiting.range(..ticket).take(allowance).count();
+        if ahead >= allowance {
+            return false;
+        }
+        self.allowance -= 1;
+        true
+    }
+
+    /// Takes one release for a call that is not in line: it may pass only when the releases
+    /// left cover every call in line and it too.
+    pub(crate) fn take_behind(&mut self) -> bool {
+        let allowance = usize::try_from(self.allowance).unwrap_or(usize::MAX);
+        if allowance <= self.waiting.len() {
+            return false;
+        }
+        self.allowance -= 1;
+        true
+    }
+
+    /// Releases left before the next answer.
+    #[cfg(test)]
+    pub(crate) fn allowance(&self) -> u32 {
+        self.allowance
+    }
+
     /// The line stops leaving: releases left are void.
     pub(crate) fn stop(&mut self) {
         self.allowance = 0;
@@ -159,6 +189,43 @@ mod tests {
 
     fn waker() -> Waker {
         Waker::from(Arc::new(Count(AtomicUsize::new(0))))
+    }
+
+    #[test]
+    fn releases_go_to_the_calls_in_turn_whatever_order_they_ask_in() {
+        let mut line = Line::default();
+        let tickets: Vec<u64> = (0..4).map(|_| line.join()).collect();
+        let w = waker();
+        for &t in &tickets {
+            line.wait(t, &w);
+        }
+        let mut wake = Vec::new();
+        line.release(1, &mut wake);
+        assert_eq!(wake.len(), 1, "the first in line is woken");
+        // The last asks first: not its turn.
+        assert!(!line.take_in_turn(tickets[3]));
+        assert!(line.take_in_turn(tickets[0]));
+        line.leave(tickets[0], &mut wake);
+        assert!(!line.take_in_turn(tickets[1]), "no release left");
+        line.grow(2, &mut wake);
+        // Two releases reach the next two places, not the third.
+        assert!(!line.take_in_turn(tickets[3]));
+        assert!(line.take_in_turn(tickets[2]));
+        assert!(line.take_in_turn(tickets[1]));
+        assert_eq!(line.allowance(), 0);
+    }
+
+    #[test]
+    fn a_call_not_in_line_passes_only_when_the_releases_cover_the_line() {
+        let mut line = Line::default();
+        let first = line.join();
+        let mut wake = Vec::new();
+        line.release(1, &mut wake);
+        assert!(!line.take_behind(), "one release, one call in line");
+        line.grow(1, &mut wake);
+        assert!(line.take_behind());
+        assert!(line.take_in_turn(first));
+        assert!(!line.take_behind());
     }
 
     #[test]
