@@ -251,3 +251,35 @@ async fn a_held_request_dropped_by_its_caller_frees_its_place() {
     );
     assert_eq!(gate.stats().released(), 1);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_released_request_dropped_in_flight_passes_its_turn_on() {
+    let upstream = Upstream::new(vec![Some(30)]);
+    let gate = RetryAfterLayer::new();
+    let svc = ServiceBuilder::new()
+        .layer(gate.clone())
+        .service(upstream.service());
+    let start = Instant::now();
+    svc.clone().oneshot(get(0)).await.unwrap();
+    let first = tokio::spawn(svc.clone().oneshot(get(1)));
+    let others: Vec<_> = (2..=3)
+        .map(|id| tokio::spawn(svc.clone().oneshot(get(id))))
+        .collect();
+    // The first goes at 30.1 s; its caller gives up 50 ms later, before the answer.
+    tokio::time::sleep_until(start + at(30_150)).await;
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    for call in others {
+        assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
+    }
+    // The next one goes in its place at once; the last when that one answers.
+    assert_eq!(
+        upstream.waves(start),
+        vec![
+            (at(0), vec![0]),
+            (at(30_100), vec![1]),
+            (at(30_150), vec![2]),
+            (at(30_250), vec![3]),
+        ]
+    );
+}

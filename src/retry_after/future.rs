@@ -9,7 +9,7 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Answer, Gates, Hold};
+use super::{Answer, Gates, Hold, Released};
 use crate::error::{BoxError, Error};
 use crate::partition::PartitionKey;
 
@@ -35,7 +35,8 @@ pin_project! {
     enum State<S, B, F> {
         // Boxed: held requests are rare, and the calling state stays small to move.
         Held { held: Box<Held<S, B>> },
-        Calling { #[pin] future: F },
+        // `released`: for a request its gate held, until its answer.
+        Calling { #[pin] future: F, released: Option<Released> },
         Refused { error: Option<Error> },
     }
 }
@@ -43,8 +44,8 @@ pin_project! {
 /// A request held in its gate's line, with the ready inner service that sends it.
 struct Held<S, B> {
     hold: Hold,
-    /// The hold let the request go; it waits for the inner service to be ready.
-    passed: bool,
+    /// Once the hold let the request go, while it waits for the inner service to be ready.
+    released: Option<Released>,
     inner: S,
     request: Option<Request<B>>,
 }
@@ -55,17 +56,22 @@ where
     S::Error: Into<BoxError>,
 {
     /// Waits for the hold, then sends the request.
-    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<S::Future, Error>> {
-        if !self.passed {
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<(S::Future, Released), Error>> {
+        if self.released.is_none() {
             if let Err(mut error) = ready!(self.hold.poll_pass(cx, Instant::now())) {
                 error.set_upstream(self.request.as_ref().and_then(|r| r.uri().authority()));
                 return Poll::Ready(Err(error));
             }
-            self.passed = true;
+            self.released = Some(self.hold.released());
         }
-        ready!(self.inner.poll_ready(cx)).map_err(|e| Error::from_box(e.into()))?;
+        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+            // Never sent: its turn goes to the next held request.
+            self.released = None;
+            return Poll::Ready(Err(Error::from_box(e.into())));
+        }
+        let released = self.released.take().expect("let go above");
         let request = self.request.take().expect("the request is sent only once");
-        Poll::Ready(Ok(self.inner.call(request)))
+        Poll::Ready(Ok((self.inner.call(request), released)))
     }
 }
 
@@ -84,7 +90,10 @@ where
 {
     pub(crate) fn calling(future: S::Future, gates: Arc<Gates>, key: Option<PartitionKey>) -> Self {
         ResponseFuture {
-            state: State::Calling { future },
+            state: State::Calling {
+                future,
+                released: None,
+            },
             gates,
             key,
         }
@@ -101,7 +110,7 @@ where
             state: State::Held {
                 held: Box::new(Held {
                     hold,
-                    passed: false,
+                    released: None,
                     inner,
                     request: Some(request),
                 }),
@@ -132,11 +141,18 @@ where
         loop {
             match this.state.as_mut().project() {
                 StateProj::Held { held } => {
-                    let future = ready!(held.poll_call(cx))?;
-                    this.state.set(State::Calling { future });
+                    let (future, released) = ready!(held.poll_call(cx))?;
+                    this.state.set(State::Calling {
+                        future,
+                        released: Some(released),
+                    });
                 }
-                StateProj::Calling { future } => {
+                StateProj::Calling { future, released } => {
                     let result = ready!(future.poll(cx));
+                    if let Some(released) = released.take() {
+                        // Its answer is given to the gate below.
+                        released.answered();
+                    }
                     return Poll::Ready(match result {
                         Ok(mut response) => {
                             this.gates.observe(this.key.as_ref(), &mut response);

@@ -12,8 +12,9 @@
 //!    [`release`](super::RetryAfterLayer::release) held requests (1 by default) go at once;
 //!    then each response through the gate that asks for no pause lets two more go, and each
 //!    request that ended without a response to go by (an error, a refusal the throttle
-//!    doubted) one more — a slow start that doubles per round trip while the upstream keeps
-//!    answering. Requests that meet the gate during the release line up behind the held ones;
+//!    doubted, a released request its caller dropped in flight: [`Released`]) one more — a
+//!    slow start that doubles per round trip while the upstream keeps answering. Requests
+//!    that meet the gate during the release line up behind the held ones;
 //! 3. when a response closes the gate again during the release, **stops**: the release is
 //!    over, and every request still held waits for the new time if it fits its patience, or
 //!    fails with `RateLimited` now;
@@ -280,10 +281,41 @@ impl Hold {
     }
 }
 
+impl Hold {
+    /// The request the hold let go (after [`poll_pass`](Self::poll_pass) answered `Ok`), on
+    /// its way to the upstream: see [`Released`].
+    pub(crate) fn released(&self) -> Released {
+        debug_assert!(self.done, "released before the hold let it go");
+        Released(Some((self.gates.clone(), self.gate.clone())))
+    }
+}
+
 impl Drop for Hold {
     fn drop(&mut self) {
         if !self.done {
             self.gates.leave(&self.gate, self.ticket);
+        }
+    }
+}
+
+/// A held request let go, until its answer came back. Dropped unanswered (its caller gave up
+/// while it was in flight), it lets one more held request go, as a neutral answer does: a
+/// release never waits for answers that will not come. Once the request's answer is given to
+/// the gate ([`Gates::observe`], [`Gates::answered`]), [`answered`](Self::answered) says so.
+#[derive(Debug)]
+pub(crate) struct Released(Option<(Arc<Gates>, Arc<Gate>)>);
+
+impl Released {
+    /// The request's answer was given to the gate.
+    pub(crate) fn answered(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        if let Some((gates, gate)) = self.0.take() {
+            gates.answered(&gate, Answer::Neutral);
         }
     }
 }

@@ -83,7 +83,7 @@ mod layer;
 mod service;
 
 pub use future::ResponseFuture;
-pub(crate) use hold::{Answer, Entry, Hold};
+pub(crate) use hold::{Answer, Entry, Hold, Released};
 pub use layer::RetryAfterLayer;
 pub use service::RetryAfter;
 
