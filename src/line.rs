@@ -57,13 +57,16 @@ impl Line {
         }
     }
 
-    /// The call of `ticket` leaves the line; a wake it did not use goes to the next call.
-    pub(crate) fn leave(&mut self, ticket: u64, wake: &mut Vec<Waker>) {
-        if let Some(place) = self.waiting.remove(&ticket) {
-            if place.woken {
-                self.wake(1, wake);
-            }
+    /// The call of `ticket` leaves the line (`false`: it was not in line); a wake it did not
+    /// use goes to the next call.
+    pub(crate) fn leave(&mut self, ticket: u64, wake: &mut Vec<Waker>) -> bool {
+        let Some(place) = self.waiting.remove(&ticket) else {
+            return false;
+        };
+        if place.woken {
+            self.wake(1, wake);
         }
+        true
     }
 
     /// Wakes the first `n` calls in line not woken yet.
@@ -142,7 +145,7 @@ impl Line {
     }
 
     /// Releases left before the next answer.
-    #[cfg(test)]
+    #[cfg(all(test, not(tower_outbound_loom)))]
     pub(crate) fn allowance(&self) -> u32 {
         self.allowance
     }

@@ -191,8 +191,9 @@ impl Gates {
                 }
             },
         };
-        line.leave(ticket, wake);
-        self.held.fetch_sub(1, Ordering::AcqRel);
+        if line.leave(ticket, wake) {
+            self.held.fetch_sub(1, Ordering::AcqRel);
+        }
         self.settle(gate, &mut line);
         step
     }
@@ -202,8 +203,9 @@ impl Gates {
         let mut wake = Vec::new();
         {
             let mut line = lock(&gate.line);
-            line.leave(ticket, &mut wake);
-            self.held.fetch_sub(1, Ordering::AcqRel);
+            if line.leave(ticket, &mut wake) {
+                self.held.fetch_sub(1, Ordering::AcqRel);
+            }
             self.settle(gate, &mut line);
         }
         wake.into_iter().for_each(Waker::wake);
@@ -547,5 +549,185 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!((gates.held(), gates.stats.refused()), (0, 1));
+    }
+}
+
+/// Model checks (`--cfg tower_outbound_loom`, see `docs/reliability.md`).
+#[cfg(all(test, tower_outbound_loom))]
+mod loom_models {
+    use std::sync::atomic::AtomicUsize;
+    use std::task::Wake;
+    use std::time::Duration;
+
+    use http::StatusCode;
+    use loom::thread;
+
+    use super::*;
+    use crate::retry_after::Settings;
+
+    /// A waker that counts its wakes.
+    struct Count(AtomicUsize);
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    fn counting() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    fn woken(count: &Count) -> usize {
+        count.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn pause(gates: &Gates, gate: &Gate) {
+        gates.close(
+            gate,
+            None,
+            Duration::from_secs(100),
+            StatusCode::TOO_MANY_REQUESTS,
+        );
+    }
+
+    /// Gates releasing one at a time, one gate closed with `n` requests held (each polled once,
+    /// with its own waker), whose time is then over.
+    fn due(n: usize) -> (Arc<Gates>, Arc<Gate>, Vec<(Hold, Arc<Count>, Waker)>) {
+        let gates = Arc::new(Gates::new(Settings {
+            max_wait: Duration::from_secs(1000),
+            ..Settings::default()
+        }));
+        let gate = gates.gate_of(None);
+        pause(&gates, &gate);
+        let holds: Vec<_> = (0..n)
+            .map(|_| {
+                let Entry::Held(hold) = gates.enter(&gate, Instant::now) else {
+                    panic!("held at the closed gate");
+                };
+                let (count, waker) = counting();
+                assert!(matches!(step(&hold, &waker), Step::Wait(_)));
+                (hold, count, waker)
+            })
+            .collect();
+        gate.until.store(1, Ordering::Release);
+        (gates, gate, holds)
+    }
+
+    fn step(hold: &Hold, waker: &Waker) -> Step {
+        let mut wake = Vec::new();
+        let step = hold.gates.hold_step(
+            &hold.gate,
+            hold.ticket,
+            hold.deadline,
+            Instant::now(),
+            waker,
+            &mut wake,
+        );
+        wake.into_iter().for_each(Waker::wake);
+        step
+    }
+
+    /// Steps a hold that may go; marks it answered when it does.
+    fn go(hold: &mut Hold, waker: &Waker) -> bool {
+        let gone = matches!(step(hold, waker), Step::Go);
+        hold.done |= gone;
+        gone
+    }
+
+    #[test]
+    fn loom_a_pause_during_the_release_lets_nobody_past_it() {
+        loom::model(|| {
+            let (gates, gate, mut holds) = due(2);
+            let (mut second, _, second_waker) = holds.pop().unwrap();
+            let (mut first, _, first_waker) = holds.pop().unwrap();
+            let goer = thread::spawn(move || {
+                let gone = go(&mut first, &first_waker);
+                (first, gone)
+            });
+            let closer = {
+                let (gates, gate) = (gates.clone(), gate.clone());
+                thread::spawn(move || pause(&gates, &gate))
+            };
+            let (_first, gone) = goer.join().unwrap();
+            closer.join().unwrap();
+            // Whether the first went before the pause or not, nobody goes after it.
+            assert!(!go(&mut second, &second_waker), "went past the new pause");
+            assert_eq!(gates.held(), 2 - usize::from(gone));
+            assert!(gate.busy.load(Ordering::Acquire));
+            assert_eq!(gates.busy.load(Ordering::Acquire), 1, "counted once");
+        });
+    }
+
+    #[test]
+    fn loom_a_dropped_held_request_never_strands_the_next() {
+        loom::model(|| {
+            let (gates, gate, mut holds) = due(2);
+            let (mut second, second_count, second_waker) = holds.pop().unwrap();
+            let (first, first_count, first_waker) = holds.pop().unwrap();
+            // The first's timer fired first: it opened the gate, and the release woke it
+            // (for its next poll).
+            let mut wake = Vec::new();
+            let mut line = lock(&gate.line);
+            gates.reopen_if_due(&gate, &mut line, Instant::now(), &mut wake);
+            drop(line);
+            wake.into_iter().for_each(Waker::wake);
+            assert_eq!(woken(&first_count), 1);
+            drop(first_waker);
+            // Its caller gives up before that poll, while the second's timer fires.
+            let dropper = thread::spawn(move || drop(first));
+            let stepper = thread::spawn(move || {
+                let gone = go(&mut second, &second_waker);
+                (second, second_waker, gone)
+            });
+            dropper.join().unwrap();
+            let (mut second, second_waker, gone) = stepper.join().unwrap();
+            // The second went, or was woken after it found the first ahead of it.
+            assert!(gone || woken(&second_count) > 0, "stranded");
+            assert!(gone || go(&mut second, &second_waker));
+            assert_eq!(gates.held(), 0);
+            assert_eq!(
+                gates.busy.load(Ordering::Acquire),
+                0,
+                "back to the open path"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_a_line_is_never_left_on_the_open_path() {
+        loom::model(|| {
+            // The last held request leaves while a new request meets the gate.
+            let (gates, gate, mut holds) = due(1);
+            let (mut last, _, waker) = holds.pop().unwrap();
+            let leaver = thread::spawn(move || {
+                assert!(go(&mut last, &waker));
+            });
+            let newcomer = {
+                let (gates, gate) = (gates.clone(), gate.clone());
+                thread::spawn(move || match gates.enter(&gate, Instant::now) {
+                    Entry::Open => None,
+                    Entry::Held(hold) => Some(hold),
+                    Entry::Refused(error) => panic!("{error}"),
+                })
+            };
+            leaver.join().unwrap();
+            let held = newcomer.join().unwrap();
+            // A request in line keeps the gate busy, so later ones line up behind it; an
+            // empty line puts the gate back on the one-load path.
+            let busy = gate.busy.load(Ordering::Acquire);
+            assert_eq!(busy, held.is_some());
+            assert_eq!(gates.held(), usize::from(held.is_some()));
+            assert_eq!(gates.busy.load(Ordering::Acquire), usize::from(busy));
+            if let Some(mut held) = held {
+                // It waits for the first one's answer, and goes with it.
+                let (_, waker) = counting();
+                assert!(!go(&mut held, &waker));
+                gates.answered(&gate, Answer::Welcome);
+                assert!(go(&mut held, &waker));
+                assert_eq!(gates.busy.load(Ordering::Acquire), 0);
+            }
+        });
     }
 }
