@@ -8,14 +8,25 @@
 //!   remaining) closes the gate for that wait;
 //! - any response that says the quota is used up (`remaining: 0` with a reset) closes it until
 //!   the reset, before a single 429 is seen;
-//! - a request that meets a closed gate waits until it opens, then goes; if the gate stays
-//!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
-//!   fails at once with [`Kind::RateLimited`], carrying the
+//! - a request that meets a closed gate is held in the gate's line until it opens; if the gate
+//!   stays closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the
+//!   request fails at once with [`Kind::RateLimited`], carrying the
 //!   remaining wait and the wall-clock time the upstream accepts requests again. `max_wait` is
 //!   the request's patience, counted from when it first met the closed gate: a gate closed
 //!   again while it waited (a longer pause) holds it no longer than that in all, as the
 //!   breaker's [`max_wait`](crate::CircuitBreakerLayer::max_wait) bounds a wait for an open
 //!   circuit. [`Outbound::background`](crate::Outbound::background) gives both 60 s.
+//! - when the gate opens, the held requests **leave paced, in the order they arrived**, not
+//!   all at the same instant: the first [`release`](RetryAfterLayer::release) of them (1 by
+//!   default) at once, then two more for each response through the gate that asks for no
+//!   pause, one more for a request that ends without one (an error, or a released request its
+//!   caller dropped) — a slow start that doubles per round trip while the upstream answers.
+//!   After a `Retry-After: 30`, 500 held requests reach the upstream as 1, 2, 4, 8, … per
+//!   round trip instead of 500 at once (and a second wave of 429s). Requests that meet the
+//!   gate during the release line up behind the held ones; a response that closes the gate
+//!   again stops the release, and the requests still held wait for the new time within their
+//!   patience. A held request whose patience runs out during the release goes (the server
+//!   asked for no pause); one dropped by its caller frees its place.
 //! - there is one gate per upstream (scheme, host and port) by default: a pause one host asks
 //!   for never holds calls to another ([`partition`](RetryAfterLayer::partition));
 //! - no server closes a gate for longer than [`max_pause`](RetryAfterLayer::max_pause) (15
@@ -25,8 +36,9 @@
 //!
 //! The gate reads the response's [`RateLimitInfo`] (parsing the headers
 //! and inserting the extension if no layer did yet), so the retry layer outside it reads the same
-//! value without parsing again. While every gate is open, the gate itself costs one atomic
-//! load: no clock read, no lock, no look-up of the request's upstream.
+//! value without parsing again. While every gate is open (and releases nobody), the gate itself
+//! costs one atomic load per request and per response: no clock read, no lock, no look-up of
+//! the request's upstream.
 //!
 //! Place it inside [`RetryLayer`](crate::RetryLayer): the retry layer then sees every attempt's
 //! wait, and retries pass the gate like any other request.
