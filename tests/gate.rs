@@ -131,10 +131,11 @@ async fn held_requests_leave_the_gate_paced_in_order_and_all_arrive() {
     assert_eq!(gate.closed_for(), None);
 }
 
-#[tokio::test(start_paused = true)]
-async fn release_sets_how_many_leave_at_once() {
+/// How many requests reach the upstream at each instant when 10 are held behind a
+/// `Retry-After: 30` and the gate releases `release` at once.
+async fn wave_sizes(release: u32) -> Vec<usize> {
     let upstream = Upstream::new(vec![Some(30)]);
-    let gate = RetryAfterLayer::new().release(4);
+    let gate = RetryAfterLayer::new().release(release);
     let svc = ServiceBuilder::new()
         .layer(gate.clone())
         .service(upstream.service());
@@ -146,12 +147,19 @@ async fn release_sets_how_many_leave_at_once() {
     for call in calls {
         assert_eq!(call.await.unwrap().unwrap().status(), StatusCode::OK);
     }
-    let sizes: Vec<usize> = upstream
+    upstream
         .waves(start)
         .into_iter()
         .map(|(_, ids)| ids.len())
-        .collect();
-    assert_eq!(sizes, vec![1, 4, 6]);
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_sets_how_many_leave_at_once() {
+    assert_eq!(wave_sizes(4).await, vec![1, 4, 6]);
+    // Zero is raised to one; `u32::MAX` lets them all go at the gate's time.
+    assert_eq!(wave_sizes(0).await, vec![1, 1, 2, 4, 3]);
+    assert_eq!(wave_sizes(u32::MAX).await, vec![1, 10]);
 }
 
 #[tokio::test(start_paused = true)]
