@@ -64,6 +64,7 @@ mod head;
 pub mod idempotency;
 #[cfg(any(feature = "lehnz", feature = "sim"))]
 pub mod lehnz;
+mod line;
 #[cfg(feature = "metrics")]
 pub mod metrics;
 pub mod outbound;

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::hold::{Line, Step};
+use super::hold::Step;
 use super::window::Ring;
 use super::{CircuitState, Settings, StateChange};
+use crate::line::Line;
 use crate::partition::PartitionKey;
 
 /// What a call was allowed to do.

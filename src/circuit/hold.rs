@@ -1,6 +1,6 @@
-//! Calls held while their circuit is open: the line they wait in, and the rules that let them
-//! go (mechanism only; the breaker's [`max_wait`](super::CircuitBreakerLayer::max_wait) says
-//! whether calls wait at all).
+//! Calls held while their circuit is open: the rules that let them go from the breaker's
+//! [`Line`](crate::line::Line) (mechanism only; the breaker's
+//! [`max_wait`](super::CircuitBreakerLayer::max_wait) says whether calls wait at all).
 //!
 //! A held call:
 //!
@@ -24,128 +24,16 @@
 //! Dropping a [`Hold`] frees its place: it leaves the line, and a wake it was given (a probe
 //! slot or a release) passes to the next call in line.
 
-use std::collections::BTreeMap;
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::breaker::{Admission, Breaker};
 use super::Registry;
 use crate::error::{Error, Kind};
-
-/// The calls one breaker holds, in arrival order, and how many may leave before the next
-/// outcome. Lives under the breaker's lock.
-#[derive(Debug, Default)]
-pub(crate) struct Line {
-    waiting: BTreeMap<u64, Place>,
-    next: u64,
-    /// While a closed breaker releases its held calls: how many may still go before another
-    /// outcome comes back.
-    allowance: u32,
-}
-
-#[derive(Debug, Default)]
-struct Place {
-    waker: Option<Waker>,
-    /// Woken and not polled since: if this call leaves now, it owes the wake to the next.
-    woken: bool,
-}
-
-impl Line {
-    /// A place at the end of the line.
-    pub(crate) fn join(&mut self) -> u64 {
-        let ticket = self.next;
-        self.next = self.next.wrapping_add(1);
-        self.waiting.insert(ticket, Place::default());
-        ticket
-    }
-
-    /// The call of `ticket` is being polled: any wake it was given is used.
-    pub(crate) fn polled(&mut self, ticket: u64) {
-        if let Some(place) = self.waiting.get_mut(&ticket) {
-            place.woken = false;
-        }
-    }
-
-    /// The call of `ticket` waits: wake it with `waker`.
-    pub(crate) fn wait(&mut self, ticket: u64, waker: &Waker) {
-        if let Some(place) = self.waiting.get_mut(&ticket) {
-            match &mut place.waker {
-                Some(known) if known.will_wake(waker) => {}
-                slot => *slot = Some(waker.clone()),
-            }
-        }
-    }
-
-    /// The call of `ticket` leaves the line; a wake it did not use goes to the next call.
-    pub(crate) fn leave(&mut self, ticket: u64, wake: &mut Vec<Waker>) {
-        if let Some(place) = self.waiting.remove(&ticket) {
-            if place.woken {
-                self.wake(1, wake);
-            }
-        }
-    }
-
-    /// Wakes the first `n` calls in line not woken yet.
-    pub(crate) fn wake(&mut self, n: u32, wake: &mut Vec<Waker>) {
-        let mut left = n;
-        for place in self.waiting.values_mut() {
-            if left == 0 {
-                break;
-            }
-            if place.woken {
-                continue;
-            }
-            if let Some(waker) = place.waker.take() {
-                place.woken = true;
-                wake.push(waker);
-                left -= 1;
-            }
-        }
-    }
-
-    /// Wakes every call in line, to look at a new state.
-    pub(crate) fn wake_all(&mut self, wake: &mut Vec<Waker>) {
-        self.wake(u32::MAX, wake);
-    }
-
-    pub(crate) fn is_empty(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// Calls in line.
-    pub(crate) fn len(&self) -> usize {
-        self.waiting.len()
-    }
-
-    /// The circuit closed: `first` held calls may go at once.
-    pub(crate) fn release(&mut self, first: u32, wake: &mut Vec<Waker>) {
-        self.allowance = first;
-        self.wake(first, wake);
-    }
-
-    /// An outcome came back while the line is released: `n` more may go.
-    pub(crate) fn grow(&mut self, n: u32, wake: &mut Vec<Waker>) {
-        self.allowance = self.allowance.saturating_add(n);
-        self.wake(n, wake);
-    }
-
-    /// Takes one release, if there is one left.
-    pub(crate) fn take(&mut self) -> bool {
-        let some = self.allowance > 0;
-        self.allowance = self.allowance.saturating_sub(1);
-        some
-    }
-
-    /// The circuit opened again: releases left are void.
-    pub(crate) fn stop(&mut self) {
-        self.allowance = 0;
-    }
-}
+use crate::line::HoldTimer;
 
 /// What a held call may do now, as the breaker decides it under its lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,7 +67,7 @@ pub(crate) struct Hold {
     breaker: Arc<Breaker>,
     ticket: u64,
     deadline: Instant,
-    timer: Option<Pin<Box<Sleep>>>,
+    timer: HoldTimer,
     /// The hold answered and left the line.
     done: bool,
 }
@@ -199,7 +87,7 @@ impl Hold {
             breaker,
             ticket,
             deadline,
-            timer: None,
+            timer: HoldTimer::default(),
             done: false,
         }
     }
@@ -245,13 +133,7 @@ impl Hold {
                     return Poll::Ready(Err(Error::new(Kind::CircuitOpen { retry_in })));
                 }
                 Step::Wait(until) => {
-                    let timer = self
-                        .timer
-                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
-                    if timer.deadline() != until {
-                        timer.as_mut().reset(until);
-                    }
-                    if timer.as_mut().poll(cx).is_pending() {
+                    if self.timer.poll_until(until, cx).is_pending() {
                         return Poll::Pending;
                     }
                     now = Instant::now();

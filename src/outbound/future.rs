@@ -43,7 +43,7 @@ use crate::handoff::{instant_after, Deadline, DoubtedRefusal, Replaying};
 use crate::head::HeadCopy;
 use crate::rate_limit::RateLimitInfo;
 use crate::retry::policy::{self, Next, Progress};
-use crate::retry_after::{pause_of, Pass};
+use crate::retry_after::{pause_of, Answer, Entry, Hold as GateHold, Released};
 use crate::throttle::{Acquire, Deciding, Decision, LocalStore, Reservation, Slot};
 
 pin_project! {
@@ -77,8 +77,8 @@ pin_project! {
         Buffering { #[pin] buffer: Buffer<B> },
         // Held by the open breaker (it has a patience) until the next probe.
         AtBreaker { hold: Hold },
-        // Held at the closed gate until `until`.
-        AtGate { until: Instant },
+        // Held in the line of the closed (or releasing) gate.
+        AtGate { hold: GateHold },
         // Held by the throttle until its reserved slot at `until`.
         ForSlot { until: Instant },
         // Waiting for a shared bucket store's decision.
@@ -121,8 +121,10 @@ struct Call<S> {
     reservation: Option<Reservation>,
     /// The last attempt's outcome.
     outcome: Outcome,
-    /// When the patience of an attempt held at the closed gate runs out.
-    gate_patience: Option<Instant>,
+    /// Whether the attempt in flight passed the gate (its answer paces the gate's release),
+    /// and, when the gate held and then released it, the release's token.
+    through_gate: bool,
+    released: Option<Released>,
     /// Whether the call started (at its first poll), and when.
     begun: bool,
     begun_at: Option<Instant>,
@@ -150,8 +152,8 @@ enum Admit {
 
 /// What an admitted attempt waits for before it is sent.
 enum Wait {
-    /// The closed gate, until it opens.
-    Gate(Instant),
+    /// The closed (or releasing) gate, in its line.
+    Gate(GateHold),
     /// The throttle's reserved slot.
     Slot(Instant),
     /// A shared bucket store's decision.
@@ -200,7 +202,8 @@ where
                 outstanding: false,
                 reservation: None,
                 outcome: Outcome::Success,
-                gate_patience: None,
+                through_gate: false,
+                released: None,
                 begun: false,
                 begun_at: None,
                 deadline_known: false,
@@ -326,18 +329,25 @@ impl<S> Call<S> {
                         }
                     }
                 }
-                StateProj::AtGate { until } => {
-                    let until = *until;
-                    match ready!(self.poll_wait(timer.as_mut(), until, cx)) {
-                        // Another response may have closed the gate again meanwhile.
-                        Ok(()) => {
-                            let admit = self.pass_gate(false);
+                StateProj::AtGate { hold } => {
+                    let (now, _) = clock(&mut self.now, &self.record);
+                    match hold.poll_pass(cx, now) {
+                        Poll::Ready(Ok(())) => {
+                            self.released = Some(hold.released());
+                            self.through_gate = true;
+                            let admit = self.take_slot();
                             match self.go(state.as_mut(), admit, cx) {
                                 Some(step) => step,
                                 None => continue,
                             }
                         }
-                        Err(err) => Step::Final(Err(err)),
+                        Poll::Ready(Err(mut err)) => {
+                            err.set_upstream(upstream(&self.head, &self.upstream));
+                            Step::Attempt(Err(err))
+                        }
+                        Poll::Pending => {
+                            Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx))))
+                        }
                     }
                 }
                 StateProj::ForSlot { until } => {
@@ -457,7 +467,7 @@ impl<S> Call<S> {
             }
             Admit::Held(wait) => {
                 state.set(match wait {
-                    Wait::Gate(until) => State::AtGate { until },
+                    Wait::Gate(hold) => State::AtGate { hold },
                     Wait::Slot(until) => State::ForSlot { until },
                     Wait::Store(decision) => State::Deciding { decision },
                 });
@@ -529,7 +539,7 @@ impl<S> Call<S> {
 
     /// Counts an attempt, then asks the breaker, the gate and the throttle.
     fn admit(&mut self) -> Admit {
-        self.gate_patience = None;
+        self.through_gate = false;
         let replayable = self.body.as_ref().is_some_and(Buffered::is_replayable);
         let stack = &*self.record.stack;
         self.progress.start_attempt(&stack.retry, replayable);
@@ -555,7 +565,7 @@ impl<S> Call<S> {
                 admission => return self.admitted(admission),
             }
         }
-        self.pass_gate(true)
+        self.pass_gate()
     }
 
     /// The breaker let the attempt through: the gate and the throttle are next.
@@ -564,28 +574,25 @@ impl<S> Call<S> {
         if let Some(breakers) = &self.record.stack.breaker {
             self.breaker_started = breakers.needs_clock().then(Instant::now);
         }
-        self.pass_gate(true)
+        self.pass_gate()
     }
 
-    /// Passes the gate (`first`: the attempt's first pass, counted when held), then takes the
-    /// throttle's slot.
-    fn pass_gate(&mut self, first: bool) -> Admit {
+    /// Passes the gate (or lines up at it), then takes the throttle's slot.
+    fn pass_gate(&mut self) -> Admit {
         let record = &*self.record;
-        let gates = &record.stack.gates;
-        match gates.pass_gate(&record.gate, self.gate_patience) {
-            Pass::Open => self.take_slot(),
-            Pass::Wait(until) => {
-                if first {
-                    gates.count_delayed();
-                    // Its patience counts from this first meeting with the closed gate.
-                    let (now, _) = clock(&mut self.now, record);
-                    self.gate_patience = Some(gates.patience_from(now));
-                }
-                Admit::Held(Wait::Gate(until))
+        let now = &mut self.now;
+        match record
+            .stack
+            .gates
+            .enter(&record.gate, || clock(now, record).0)
+        {
+            Entry::Open => {
+                self.through_gate = true;
+                self.take_slot()
             }
-            Pass::Refuse(mut err) => {
+            Entry::Held(hold) => Admit::Held(Wait::Gate(hold)),
+            Entry::Refused(mut err) => {
                 err.set_upstream(upstream(&self.head, &self.upstream));
-                gates.count_refused();
                 Admit::Refused(err)
             }
         }
@@ -689,6 +696,7 @@ impl<S> Call<S> {
                 throttle.answered();
             }
         }
+        let (mut paused, mut neutral) = (false, false);
         if let (Ok(response), Some(info)) = (&mut result, &info) {
             let status = response.status();
             let doubted = stack
@@ -704,7 +712,21 @@ impl<S> Call<S> {
                 stack
                     .gates
                     .close(&record.gate, record.key.as_ref(), wait, status);
+                paused = true;
             }
+            neutral = doubted;
+        }
+        // Any other answer paces the gate's release of the requests it held.
+        if std::mem::take(&mut self.through_gate) && !paused {
+            let answer = if neutral || result.is_err() {
+                Answer::Neutral
+            } else {
+                Answer::Welcome
+            };
+            stack.gates.answered(&record.gate, answer);
+        }
+        if let Some(released) = self.released.take() {
+            released.answered();
         }
         if let (Some(admission), Some(breakers), Some(breaker)) =
             (self.admission.take(), &stack.breaker, &record.breaker)

@@ -6,10 +6,10 @@ use std::task::{ready, Context, Poll};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 use tower_service::Service;
 
-use super::{Gates, Pass};
+use super::{Answer, Gates, Hold, Released};
 use crate::error::{BoxError, Error};
 use crate::partition::PartitionKey;
 
@@ -34,21 +34,44 @@ pin_project! {
     #[project = StateProj]
     enum State<S, B, F> {
         // Boxed: held requests are rare, and the calling state stays small to move.
-        Waiting { held: Pin<Box<Held<S, B>>> },
-        Calling { #[pin] future: F },
+        Held { held: Box<Held<S, B>> },
+        // `released`: for a request its gate held, until its answer.
+        Calling { #[pin] future: F, released: Option<Released> },
         Refused { error: Option<Error> },
     }
 }
 
-pin_project! {
-    /// A request held at the closed gate.
-    struct Held<S, B> {
-        #[pin]
-        sleep: Sleep,
-        // When its patience (`max_wait` from its first meeting with the closed gate) ends.
-        deadline: Instant,
-        inner: S,
-        request: Option<Request<B>>,
+/// A request held in its gate's line, with the ready inner service that sends it.
+struct Held<S, B> {
+    hold: Hold,
+    /// Once the hold let the request go, while it waits for the inner service to be ready.
+    released: Option<Released>,
+    inner: S,
+    request: Option<Request<B>>,
+}
+
+impl<S, B> Held<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<BoxError>,
+{
+    /// Waits for the hold, then sends the request.
+    fn poll_call(&mut self, cx: &mut Context<'_>) -> Poll<Result<(S::Future, Released), Error>> {
+        if self.released.is_none() {
+            if let Err(mut error) = ready!(self.hold.poll_pass(cx, Instant::now())) {
+                error.set_upstream(self.request.as_ref().and_then(|r| r.uri().authority()));
+                return Poll::Ready(Err(error));
+            }
+            self.released = Some(self.hold.released());
+        }
+        if let Err(e) = ready!(self.inner.poll_ready(cx)) {
+            // Never sent: its turn goes to the next held request.
+            self.released = None;
+            return Poll::Ready(Err(Error::from_box(e.into())));
+        }
+        let released = self.released.take().expect("let go above");
+        let request = self.request.take().expect("the request is sent only once");
+        Poll::Ready(Ok((self.inner.call(request), released)))
     }
 }
 
@@ -67,28 +90,27 @@ where
 {
     pub(crate) fn calling(future: S::Future, gates: Arc<Gates>, key: Option<PartitionKey>) -> Self {
         ResponseFuture {
-            state: State::Calling { future },
+            state: State::Calling {
+                future,
+                released: None,
+            },
             gates,
             key,
         }
     }
 
-    pub(crate) fn waiting(
-        until: Instant,
+    pub(crate) fn held(
+        hold: Hold,
         inner: S,
         request: Request<B>,
         gates: Arc<Gates>,
         key: Option<PartitionKey>,
     ) -> Self {
-        gates.count_delayed();
         ResponseFuture {
-            state: State::Waiting {
-                held: Box::pin(Held {
-                    sleep: tokio::time::sleep_until(until),
-                    deadline: {
-                        let now = Instant::now();
-                        now.checked_add(gates.settings.max_wait).unwrap_or(until)
-                    },
+            state: State::Held {
+                held: Box::new(Held {
+                    hold,
+                    released: None,
                     inner,
                     request: Some(request),
                 }),
@@ -99,7 +121,6 @@ where
     }
 
     pub(crate) fn refused(error: Error, gates: Arc<Gates>) -> Self {
-        gates.count_refused();
         ResponseFuture {
             state: State::Refused { error: Some(error) },
             gates,
@@ -119,33 +140,29 @@ where
         let mut this = self.project();
         loop {
             match this.state.as_mut().project() {
-                StateProj::Waiting { held } => {
-                    let held = held.as_mut().project();
-                    let (mut sleep, inner, request) = (held.sleep, held.inner, held.request);
-                    ready!(sleep.as_mut().poll(cx));
-                    // Another response may have closed the gate again while this one slept.
-                    match this.gates.pass_by(this.key.as_ref(), Some(*held.deadline)) {
-                        Pass::Open => {}
-                        Pass::Wait(until) => {
-                            sleep.reset(until);
-                            continue;
-                        }
-                        Pass::Refuse(mut error) => {
-                            error.set_upstream(request.as_ref().and_then(|r| r.uri().authority()));
-                            this.gates.count_refused();
-                            return Poll::Ready(Err(error));
-                        }
-                    }
-                    ready!(inner.poll_ready(cx)).map_err(|e| Error::from_box(e.into()))?;
-                    let request = request.take().expect("the request is sent only once");
-                    let future = inner.call(request);
-                    this.state.set(State::Calling { future });
+                StateProj::Held { held } => {
+                    let (future, released) = ready!(held.poll_call(cx))?;
+                    this.state.set(State::Calling {
+                        future,
+                        released: Some(released),
+                    });
                 }
-                StateProj::Calling { future } => {
-                    let mut response =
-                        ready!(future.poll(cx)).map_err(|e| Error::from_box(e.into()))?;
-                    this.gates.observe(this.key.as_ref(), &mut response);
-                    return Poll::Ready(Ok(response));
+                StateProj::Calling { future, released } => {
+                    let result = ready!(future.poll(cx));
+                    if let Some(released) = released.take() {
+                        // Its answer is given to the gate below.
+                        released.answered();
+                    }
+                    return Poll::Ready(match result {
+                        Ok(mut response) => {
+                            this.gates.observe(this.key.as_ref(), &mut response);
+                            Ok(response)
+                        }
+                        Err(e) => {
+                            this.gates.answered_by(this.key.as_ref(), Answer::Neutral);
+                            Err(Error::from_box(e.into()))
+                        }
+                    });
                 }
                 StateProj::Refused { error } => {
                     let error = error.take().expect("future polled after completion");

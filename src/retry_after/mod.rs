@@ -8,14 +8,25 @@
 //!   remaining) closes the gate for that wait;
 //! - any response that says the quota is used up (`remaining: 0` with a reset) closes it until
 //!   the reset, before a single 429 is seen;
-//! - a request that meets a closed gate waits until it opens, then goes; if the gate stays
-//!   closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the request
-//!   fails at once with [`Kind::RateLimited`], carrying the
+//! - a request that meets a closed gate is held in the gate's line until it opens; if the gate
+//!   stays closed longer than [`max_wait`](RetryAfterLayer::max_wait) (60 s by default) the
+//!   request fails at once with [`Kind::RateLimited`], carrying the
 //!   remaining wait and the wall-clock time the upstream accepts requests again. `max_wait` is
 //!   the request's patience, counted from when it first met the closed gate: a gate closed
 //!   again while it waited (a longer pause) holds it no longer than that in all, as the
 //!   breaker's [`max_wait`](crate::CircuitBreakerLayer::max_wait) bounds a wait for an open
 //!   circuit. [`Outbound::background`](crate::Outbound::background) gives both 60 s.
+//! - when the gate opens, the held requests **leave paced, in the order they arrived**, not
+//!   all at the same instant: the first [`release`](RetryAfterLayer::release) of them (1 by
+//!   default) at once, then two more for each response through the gate that asks for no
+//!   pause, one more for a request that ends without one (an error, or a released request its
+//!   caller dropped) — a slow start that doubles per round trip while the upstream answers.
+//!   After a `Retry-After: 30`, 500 held requests reach the upstream as 1, 2, 4, 8, … per
+//!   round trip instead of 500 at once (and a second wave of 429s). Requests that meet the
+//!   gate during the release line up behind the held ones; a response that closes the gate
+//!   again stops the release, and the requests still held wait for the new time within their
+//!   patience. A held request whose patience runs out during the release goes (the server
+//!   asked for no pause); one dropped by its caller frees its place.
 //! - there is one gate per upstream (scheme, host and port) by default: a pause one host asks
 //!   for never holds calls to another ([`partition`](RetryAfterLayer::partition));
 //! - no server closes a gate for longer than [`max_pause`](RetryAfterLayer::max_pause) (15
@@ -25,8 +36,9 @@
 //!
 //! The gate reads the response's [`RateLimitInfo`] (parsing the headers
 //! and inserting the extension if no layer did yet), so the retry layer outside it reads the same
-//! value without parsing again. While every gate is open, the gate itself costs one atomic
-//! load: no clock read, no lock, no look-up of the request's upstream.
+//! value without parsing again. While every gate is open (and releases nobody), the gate itself
+//! costs one atomic load per request and per response: no clock read, no lock, no look-up of
+//! the request's upstream.
 //!
 //! Place it inside [`RetryLayer`](crate::RetryLayer): the retry layer then sees every attempt's
 //! wait, and retries pass the gate like any other request.
@@ -64,8 +76,7 @@
 //! ```
 
 use std::sync::Arc;
-
-use crate::sync::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::Waker;
 use std::time::Duration;
 
 use http::{Response, StatusCode};
@@ -73,14 +84,18 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Human, Kind};
 use crate::handoff::DoubtedRefusal;
+use crate::line::Line;
 use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
+use crate::sync::{lock, AtomicBool, AtomicU64, AtomicUsize, Mutex, Ordering};
 
 mod future;
+mod hold;
 mod layer;
 mod service;
 
 pub use future::ResponseFuture;
+pub(crate) use hold::{Answer, Entry, Hold, Released};
 pub use layer::RetryAfterLayer;
 pub use service::RetryAfter;
 
@@ -93,6 +108,8 @@ pub(crate) struct Settings {
     pub(crate) max_wait: Duration,
     pub(crate) max_pause: Duration,
     pub(crate) max_partitions: usize,
+    /// Held requests let go at once when their gate reopens (at least 1).
+    pub(crate) release: u32,
 }
 
 impl Default for Settings {
@@ -101,35 +118,60 @@ impl Default for Settings {
             max_wait: Duration::from_secs(60),
             max_pause: Duration::from_secs(15 * 60),
             max_partitions: 1024,
+            release: 1,
         }
     }
 }
 
 /// The gates of one layer: one per partition (per upstream by default), and a default one.
 ///
-/// Times are nanoseconds since `base`, in atomics (0 = open). While no gate is closed, a
-/// request passes with one atomic load, without looking up its partition.
+/// Times are nanoseconds since `base`, in atomics (0 = open). While no gate is closed or
+/// releasing the requests it held, a request passes with one atomic load, without looking up
+/// its partition.
 #[derive(Debug)]
 pub(crate) struct Gates {
     base: Instant,
     pub(crate) settings: Settings,
     default: Arc<Gate>,
     keyed: crate::partition::Registry<Gate>,
-    /// Gates currently closed (an upper bound: a gate whose time passed counts until a
-    /// request finds it open).
-    closed: AtomicUsize,
+    /// Gates closed or releasing their line: each counted once, while its `busy` is set (a
+    /// gate whose time passed counts until a request finds it open).
+    busy: AtomicUsize,
+    /// Requests held in the lines of every gate.
+    held: AtomicUsize,
     stats: GateStats,
 }
 
 /// One upstream's gate.
-#[derive(Debug, Default)]
+///
+/// Every change is made under the lock of its line; the atomics mirror it for the readers that
+/// take no lock (the open path, `closed_for`).
+#[derive(Debug)]
 pub(crate) struct Gate {
-    /// When the gate opens again (the server's pause, capped at `max_pause`).
+    /// When the gate opens again (the server's pause, capped at `max_pause`; 0: open).
     until: AtomicU64,
     /// When the server said requests are welcome again (may be after `until`).
     server_until: AtomicU64,
     /// Whether the cap on pauses was already logged for this upstream.
     cap_logged: AtomicBool,
+    /// Closed, or open and still releasing the requests it held: counted in `Gates::busy`,
+    /// and every request takes the lock.
+    busy: AtomicBool,
+    /// The requests held here, in arrival order, and how many may leave before the next
+    /// answer (see `hold.rs`).
+    line: Mutex<Line>,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            until: AtomicU64::new(0),
+            server_until: AtomicU64::new(0),
+            cap_logged: AtomicBool::new(false),
+            busy: AtomicBool::new(false),
+            line: Mutex::new(Line::default()),
+        }
+    }
 }
 
 /// The pause a response asks of its upstream's gate: a 429's `Retry-After` or reset, a 503's
@@ -144,7 +186,9 @@ pub(crate) fn pause_of(status: StatusCode, info: &RateLimitInfo) -> Option<Durat
     wait.filter(|w| !w.is_zero())
 }
 
-/// What a request finds at the gate.
+/// What a request finds at the gate when it does not line up (see [`Gates::pass_gate`]):
+/// the gate's decision alone, for tests and models.
+#[cfg(test)]
 pub(crate) enum Pass {
     Open,
     Wait(Instant),
@@ -158,7 +202,8 @@ impl Gates {
             settings,
             default: Arc::default(),
             keyed: crate::partition::Registry::default(),
-            closed: AtomicUsize::new(0),
+            busy: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             stats: GateStats::default(),
         }
     }
@@ -178,6 +223,12 @@ impl Gates {
             .unwrap_or_else(|| self.base + MAX_SETTING)
     }
 
+    /// Whether any gate is closed or releasing: one atomic load, the whole cost of the gates
+    /// while they are all open.
+    fn any_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire) != 0
+    }
+
     /// The gate of `key`, made when `create` and there is none. At `max_partitions`, open
     /// gates are forgotten first; if none is open, the key shares the default gate.
     fn gate(&self, key: Option<&PartitionKey>, create: bool) -> Option<Arc<Gate>> {
@@ -187,40 +238,26 @@ impl Gates {
         if !create {
             return self.keyed.get(key);
         }
-        let now = self.nanos_since_base(Instant::now());
+        let now = Instant::now();
+        let mut wake = Vec::new();
         let gate = self.keyed.get_or_insert(
             key,
             self.settings.max_partitions,
             |g| {
-                let until = g.until.load(Ordering::Acquire);
-                let keep = until != 0 && until > now;
-                if !keep && until != 0 {
-                    // A gate whose time passed still counted as closed.
-                    self.closed.fetch_sub(1, Ordering::AcqRel);
-                }
-                keep
+                // A gate whose time passed opens (and is no longer counted as closed).
+                let mut line = lock(&g.line);
+                self.reopen_if_due(g, &mut line, now, &mut wake);
+                g.busy.load(Ordering::Acquire)
             },
             Gate::default,
         );
+        wake.into_iter().for_each(Waker::wake);
         Some(gate.unwrap_or_else(|| self.default.clone()))
     }
 
-    /// What a request for `key` finds at its gate.
-    pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
-        self.pass_by(key, None)
-    }
-
-    /// As [`pass`](Self::pass) for a request already held since it first met the closed gate:
-    /// its patience ends at `deadline` (that first meeting plus `max_wait`), so a gate closed
-    /// again while it waited holds it no longer than that in all.
-    pub(crate) fn pass_by(&self, key: Option<&PartitionKey>, deadline: Option<Instant>) -> Pass {
-        if self.closed.load(Ordering::Acquire) == 0 {
-            return Pass::Open;
-        }
-        let Some(gate) = self.gate(key, false) else {
-            return Pass::Open;
-        };
-        self.pass_gate(&gate, deadline)
+    /// The gate of `key` (`None` when it has none: it is open).
+    pub(crate) fn find(&self, key: Option<&PartitionKey>) -> Option<Arc<Gate>> {
+        self.gate(key, false)
     }
 
     /// The gate of `key`, made when there is none (`None`: the map is full of closed gates and
@@ -229,67 +266,110 @@ impl Gates {
         self.gate(key, true).unwrap_or_else(|| self.default.clone())
     }
 
-    /// What a request finds at `gate`; `deadline`: the end of its patience when it is already
-    /// held (see [`pass_by`](Self::pass_by)). While no gate is closed, one atomic load.
-    pub(crate) fn pass_gate(&self, gate: &Gate, deadline: Option<Instant>) -> Pass {
-        if self.closed.load(Ordering::Acquire) == 0 {
+    /// Under `gate`'s lock: a closed gate whose time is over opens; the requests held in its
+    /// line start to leave, `release` of them at once. An open gate with nobody in line goes
+    /// back to the lock-free path.
+    fn reopen_if_due(&self, gate: &Gate, line: &mut Line, now: Instant, wake: &mut Vec<Waker>) {
+        let until = gate.until.load(Ordering::Acquire);
+        if until == 0 || now < self.instant(until) {
+            return;
+        }
+        gate.until.store(0, Ordering::Release);
+        gate.server_until.store(0, Ordering::Release);
+        if line.is_empty() {
+            self.settle(gate, line);
+        } else {
+            line.release(self.settings.release, wake);
+        }
+    }
+
+    /// Under `gate`'s lock: an open gate whose line emptied is no longer busy.
+    fn settle(&self, gate: &Gate, line: &mut Line) {
+        if line.is_empty()
+            && gate.until.load(Ordering::Acquire) == 0
+            && gate.busy.swap(false, Ordering::AcqRel)
+        {
+            line.stop();
+            self.busy.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
+    /// Under `gate`'s lock, for a closed gate (`until` ≠ 0, not over at `now`): the error of a
+    /// request whose patience ends at `deadline` when the gate stays closed past it, or when
+    /// the server asked for longer than the cap (the caller is told the server's own time,
+    /// even when the gate opens earlier).
+    fn refusal(&self, gate: &Gate, until: u64, now: Instant, deadline: Instant) -> Option<Error> {
+        let until = self.instant(until);
+        let server_until = self
+            .instant(gate.server_until.load(Ordering::Acquire))
+            .max(until);
+        if server_until <= until && until <= deadline {
+            return None;
+        }
+        let wait = server_until.saturating_duration_since(now);
+        Some(Error::new(Kind::RateLimited {
+            wait,
+            retry_at: crate::error::system_time_after(wait),
+        }))
+    }
+
+    /// What a request for `key` finds at its gate, without lining up (tests).
+    #[cfg(test)]
+    pub(crate) fn pass(&self, key: Option<&PartitionKey>) -> Pass {
+        if !self.any_busy() {
             return Pass::Open;
         }
-        let until = gate.until.load(Ordering::Acquire);
-        if until == 0 {
+        match self.gate(key, false) {
+            Some(gate) => self.pass_gate(&gate, None),
+            None => Pass::Open,
+        }
+    }
+
+    /// What a request finds at `gate` without lining up: `Open` once the gate's time is over
+    /// (even while it releases the requests held in its line), else when to look again, or
+    /// the refusal. `deadline`: the end of its patience when it is already held (a gate
+    /// closed again while it waited holds it no longer than its patience in all); `None`:
+    /// `max_wait` from now. While no gate is closed, one atomic load. Counts nothing.
+    ///
+    /// For tests and models of the decision; a request lines up with [`Gates::enter`].
+    #[cfg(test)]
+    pub(crate) fn pass_gate(&self, gate: &Gate, deadline: Option<Instant>) -> Pass {
+        if !self.any_busy() || !gate.busy.load(Ordering::Acquire) {
             return Pass::Open;
         }
         let now = Instant::now();
-        let until_instant = self.instant(until);
-        if now >= until_instant {
-            // Reopen, unless another response closed it again meanwhile.
-            let server_until = gate.server_until.load(Ordering::Acquire);
-            if gate
-                .until
-                .compare_exchange(until, 0, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                let _ = gate.server_until.compare_exchange(
-                    server_until,
-                    0,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                );
-                self.closed.fetch_sub(1, Ordering::AcqRel);
+        let mut wake = Vec::new();
+        let pass = {
+            let mut line = lock(&gate.line);
+            self.reopen_if_due(gate, &mut line, now, &mut wake);
+            match gate.until.load(Ordering::Acquire) {
+                0 => Pass::Open,
+                until => {
+                    let deadline = deadline.unwrap_or_else(|| self.patience_from(now));
+                    match self.refusal(gate, until, now, deadline) {
+                        Some(error) => Pass::Refuse(error),
+                        None => Pass::Wait(self.instant(until)),
+                    }
+                }
             }
-            return Pass::Open;
-        }
-        let server_until = self.instant(gate.server_until.load(Ordering::Acquire).max(until));
-        let capped = server_until > until_instant;
-        let wait = until_instant - now;
-        let too_long = match deadline {
-            Some(deadline) => until_instant > deadline,
-            None => wait > self.settings.max_wait,
         };
-        if capped || too_long {
-            // The caller is told the server's own time, even when the gate opens earlier.
-            let wait = server_until - now;
-            return Pass::Refuse(Error::new(Kind::RateLimited {
-                wait,
-                retry_at: crate::error::system_time_after(wait),
-            }));
-        }
-        Pass::Wait(until_instant)
+        wake.into_iter().for_each(Waker::wake);
+        pass
     }
 
-    /// Closes the gate of `key` when the response asks for a pause.
+    /// Closes the gate of `key` when the response asks for a pause; a response that asks for
+    /// none is an answer for the pace of a release (see [`Gates::answered`]).
     pub(crate) fn observe<B>(&self, key: Option<&PartitionKey>, response: &mut Response<B>) {
         // A refusal a throttle inside doubted (the server's own latest replies said its window
         // had room) is that request's own: the retry layer waits it out for that request,
         // and every other request goes on.
         if response.extensions().get::<DoubtedRefusal>().is_some() {
-            return;
+            return self.answered_by(key, Answer::Neutral);
         }
-        let Some(info) = RateLimitInfo::of_response(response) else {
-            return;
-        };
-        let Some(wait) = pause_of(response.status(), &info) else {
-            return;
+        let pause = RateLimitInfo::of_response(response)
+            .and_then(|info| pause_of(response.status(), &info));
+        let Some(wait) = pause else {
+            return self.answered_by(key, Answer::Welcome);
         };
         let Some(gate) = self.gate(key, true) else {
             return;
@@ -297,7 +377,20 @@ impl Gates {
         self.close(&gate, key, wait, response.status());
     }
 
-    /// Closes `gate` (the gate of `key`) for `wait`, capped at `max_pause`.
+    /// As [`answered`](Self::answered), for the gate of `key`. While no gate is closed or
+    /// releasing, one atomic load.
+    pub(crate) fn answered_by(&self, key: Option<&PartitionKey>, answer: Answer) {
+        if !self.any_busy() {
+            return;
+        }
+        if let Some(gate) = self.gate(key, false) {
+            self.answered(&gate, answer);
+        }
+    }
+
+    /// Closes `gate` (the gate of `key`) for `wait`, capped at `max_pause`. A gate closed
+    /// again while it released its line stops the release: the requests still held look at
+    /// the new time, within their patience.
     pub(crate) fn close(
         &self,
         gate: &Gate,
@@ -320,14 +413,25 @@ impl Gates {
         let until = self.nanos_since_base(now.checked_add(capped).unwrap_or(now + MAX_SETTING));
         let server_until =
             self.nanos_since_base(now.checked_add(wait).unwrap_or(now + MAX_SETTING));
-        // The pause first, the server's own time second: a concurrent reopen that won its
-        // compare-and-swap on `until` read `server_until` before this store, so its reset of
-        // `server_until` cannot erase it (found by the loom model below).
-        let previous = gate.until.fetch_max(until, Ordering::AcqRel);
-        gate.server_until.fetch_max(server_until, Ordering::AcqRel);
-        if previous == 0 {
-            self.closed.fetch_add(1, Ordering::AcqRel);
-        }
+        let mut wake = Vec::new();
+        let previous = {
+            let mut line = lock(&gate.line);
+            let previous = gate.until.load(Ordering::Acquire);
+            gate.until.store(previous.max(until), Ordering::Release);
+            let known = gate.server_until.load(Ordering::Acquire);
+            gate.server_until
+                .store(known.max(server_until), Ordering::Release);
+            if !gate.busy.swap(true, Ordering::AcqRel) {
+                self.busy.fetch_add(1, Ordering::AcqRel);
+            }
+            if previous == 0 && !line.is_empty() {
+                // Closed again while its line was leaving: the release stops.
+                line.stop();
+                line.wake_all(&mut wake);
+            }
+            previous
+        };
+        wake.into_iter().for_each(Waker::wake);
         if previous < until {
             self.stats.closed();
             tracing::info!(
@@ -350,9 +454,11 @@ impl Gates {
         crate::handoff::instant_after(now, self.settings.max_wait)
     }
 
-    /// Whether `gate` is open now (nothing to remember about it).
+    /// Whether `gate` is open now and releases nobody (nothing to remember about it).
     pub(crate) fn is_open(&self, gate: &Gate) -> bool {
-        self.remaining(gate).is_none()
+        let releasing =
+            gate.busy.load(Ordering::Acquire) && gate.until.load(Ordering::Acquire) == 0;
+        !releasing && self.remaining(gate).is_none()
     }
 
     fn remaining(&self, gate: &Gate) -> Option<Duration> {
@@ -374,25 +480,20 @@ impl Gates {
             .max()
     }
 
+    /// Requests held now in the lines of every gate.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
     pub(crate) fn stats(&self) -> GateStats {
         self.stats.clone()
-    }
-
-    /// Counts a request held at a closed gate.
-    pub(crate) fn count_delayed(&self) {
-        self.stats.delayed_one();
-    }
-
-    /// Counts a request refused at a gate closed too long.
-    pub(crate) fn count_refused(&self) {
-        self.stats.refused_one();
     }
 }
 
 /// Counters of a [`RetryAfterLayer`]'s gate. Cheap to clone: clones read the same counters.
 #[derive(Clone, Debug, Default)]
 pub struct GateStats {
-    counters: Arc<[AtomicU64; 3]>,
+    counters: Arc<[AtomicU64; 4]>,
 }
 
 impl GateStats {
@@ -401,14 +502,26 @@ impl GateStats {
         self.counters[0].load(Ordering::Relaxed)
     }
 
-    /// Requests that waited at the closed gate.
+    /// Requests held at a gate: closed, or open again and still releasing the requests it
+    /// held before them.
     pub fn delayed(&self) -> u64 {
         self.counters[1].load(Ordering::Relaxed)
     }
 
-    /// Requests refused because the gate stayed closed longer than `max_wait`.
+    /// Requests refused because the gate stayed closed longer than their patience
+    /// ([`max_wait`](RetryAfterLayer::max_wait)) or than its cap: at once, or after they were
+    /// held.
     pub fn refused(&self) -> u64 {
         self.counters[2].load(Ordering::Relaxed)
+    }
+
+    /// Held requests let go once their gate opened: the first
+    /// [`release`](RetryAfterLayer::release) of them at once, the others paced by the
+    /// answers, or when their patience ran out during the release. Of the requests
+    /// [`delayed`](Self::delayed), the others were refused, dropped by their caller, or are
+    /// still held.
+    pub fn released(&self) -> u64 {
+        self.counters[3].load(Ordering::Relaxed)
     }
 
     fn closed(&self) {
@@ -421,6 +534,10 @@ impl GateStats {
 
     pub(crate) fn refused_one(&self) {
         self.counters[2].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn released_one(&self) {
+        self.counters[3].fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -447,16 +564,20 @@ mod properties {
         let start = Instant::now();
         gates.observe(Some(&key), &mut pause(40));
         let deadline = start + Duration::from_secs(60);
+        let gate = gates.gate_of(Some(&key));
         assert!(matches!(
-            gates.pass_by(Some(&key), Some(deadline)),
-            Pass::Wait(_)
+            gates.pass_gate(&gate, Some(deadline)),
+            Pass::Wait(until) if until == start + Duration::from_secs(40)
         ));
         // At 30 s the gate closes again until 80 s: 50 s from now is within a newcomer's
         // patience, not within the one of a request held since 0 s.
         tokio::time::advance(Duration::from_secs(30)).await;
         gates.observe(Some(&key), &mut pause(50));
-        assert!(matches!(gates.pass(Some(&key)), Pass::Wait(_)));
-        match gates.pass_by(Some(&key), Some(deadline)) {
+        assert!(matches!(
+            gates.pass(Some(&key)),
+            Pass::Wait(until) if until == start + Duration::from_secs(80)
+        ));
+        match gates.pass_gate(&gate, Some(deadline)) {
             Pass::Refuse(error) => assert_eq!(error.retry_after(), Some(Duration::from_secs(50))),
             _ => panic!("held past its patience"),
         }
@@ -549,7 +670,7 @@ mod loom_models {
             let closed_for = gates.closed_for(Some(&key())).expect("the new pause holds");
             assert!(closed_for > Duration::from_secs(99), "{closed_for:?}");
             assert_eq!(
-                gates.closed.load(Ordering::Acquire),
+                gates.busy.load(Ordering::Acquire),
                 1,
                 "one closed gate, counted once"
             );
@@ -576,7 +697,7 @@ mod loom_models {
             }
             let closed_for = gates.closed_for(Some(&key())).unwrap();
             assert!(closed_for > Duration::from_secs(99), "{closed_for:?}");
-            assert_eq!(gates.closed.load(Ordering::Acquire), 1);
+            assert_eq!(gates.busy.load(Ordering::Acquire), 1);
         });
     }
 

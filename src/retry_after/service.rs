@@ -5,7 +5,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::future::ResponseFuture;
-use super::{Gates, Pass};
+use super::{Entry, Gates};
 use crate::error::{BoxError, Error};
 use crate::partition::Scope;
 
@@ -53,18 +53,18 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let key = crate::partition::key_of(&self.scope, &request);
-        match self.gates.pass(key.as_ref()) {
-            Pass::Open => {
+        match self.gates.enter_by(key.as_ref()) {
+            Entry::Open => {
                 let future = self.inner.call(request);
                 ResponseFuture::calling(future, self.gates.clone(), key)
             }
-            Pass::Wait(until) => {
+            Entry::Held(hold) => {
                 // The ready service goes with the request; this one keeps an unreserved clone.
                 let clone = self.inner.clone();
                 let inner = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::waiting(until, inner, request, self.gates.clone(), key)
+                ResponseFuture::held(hold, inner, request, self.gates.clone(), key)
             }
-            Pass::Refuse(mut error) => {
+            Entry::Refused(mut error) => {
                 error.set_upstream(request.uri().authority());
                 ResponseFuture::refused(error, self.gates.clone())
             }
