@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::hold::Step;
 use super::window::Ring;
 use super::{CircuitState, Settings, StateChange};
 use crate::line::Line;
@@ -25,6 +24,18 @@ pub(crate) enum Admission {
     },
     /// Open, or half-open with every probe taken: fail fast.
     Reject { retry_in: Duration },
+}
+
+/// What a held call may do now, as the breaker decides it under its lock.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Go: as an ordinary call (closed) or as a probe (half-open). The call left the line.
+    Go(Admission),
+    /// Fail with `CircuitOpen { retry_in }`: the next probe time is past the call's patience.
+    /// The call left the line.
+    Refuse { retry_in: std::time::Duration },
+    /// Wait until this instant, or until woken, then ask again.
+    Wait(Instant),
 }
 
 #[derive(Debug)]

@@ -30,22 +30,10 @@ use std::task::{Context, Poll, Waker};
 
 use tokio::time::Instant;
 
-use super::breaker::{Admission, Breaker};
+use super::breaker::{Admission, Breaker, Step};
 use super::Registry;
 use crate::error::{Error, Kind};
 use crate::line::HoldTimer;
-
-/// What a held call may do now, as the breaker decides it under its lock.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Step {
-    /// Go: as an ordinary call (closed) or as a probe (half-open). The call left the line.
-    Go(Admission),
-    /// Fail with `CircuitOpen { retry_in }`: the next probe time is past the call's patience.
-    /// The call left the line.
-    Refuse { retry_in: std::time::Duration },
-    /// Wait until this instant, or until woken, then ask again.
-    Wait(Instant),
-}
 
 /// One call held by a breaker whose circuit is open (or half-open with every probe out, or
 /// closed and still releasing the calls it held).
