@@ -69,19 +69,20 @@ const RETRY: i64 = 1000;
 /// One upstream's budget: what calls deposited and retries withdrew over the last window,
 /// in [`SLOTS`] slices, plus a floor that is always there.
 ///
-/// A call deposits with one compare-and-swap on its slice's counter: no lock on the happy
-/// path. A retry checks the balance and withdraws in one critical section, so concurrent
-/// retries cannot spend the same balance twice; a deposit racing it is counted either
-/// before or after, never lost.
+/// A call deposits with one compare-and-swap on its slice's counter, in the counters of its
+/// thread's shard (one cache line per core): no lock on the happy path, and calls on
+/// different cores never write one line. A retry sums the shards, checks the balance and
+/// withdraws in one critical section, so concurrent retries cannot spend the same balance
+/// twice; a deposit racing it is counted either before or after, never lost.
 #[derive(Debug)]
 pub(crate) struct Allowance {
     deposit: i64,
     reserve: i64,
     slot: Duration,
     base: Instant,
-    /// Calls per slice: the slice's number (low 32 bits of it) in the high half, its count in
-    /// the low half. Slice `n` lives at `n % SLOTS`.
-    calls: [AtomicU64; SLOTS],
+    /// Calls per slice, per shard: the slice's number (low 32 bits of it) in the high half,
+    /// its count in the low half. Slice `n` lives at `n % SLOTS` of each shard.
+    calls: Box<[Calls]>,
     /// Retries per slice, `(slice number, retries)`; slice `n` lives at `n % SPENT_SLOTS`.
     /// A retry stays counted one slice longer than a call (see [`SPENT_SLOTS`]).
     spent: Mutex<[(u64, i64); SPENT_SLOTS]>,
@@ -98,7 +99,9 @@ impl Allowance {
                 .saturating_mul(RETRY),
             slot: (settings.window / SLOTS as u32).max(Duration::from_millis(1)),
             base: now,
-            calls: std::array::from_fn(|_| AtomicU64::new(0)),
+            calls: (0..crate::sync::shards())
+                .map(|_| Calls(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
             spent: Mutex::new([(0, 0); SPENT_SLOTS]),
         }
     }
@@ -145,7 +148,8 @@ impl Allowance {
     }
 
     fn deposit_slice(&self, full: u64) {
-        let counter = &self.calls[(full % SLOTS as u64) as usize];
+        let shard = &self.calls[crate::sync::this_shard() % self.calls.len()];
+        let counter = &shard.0[(full % SLOTS as u64) as usize];
         // The counter keeps the low 32 bits of the slice's number (decades of slices).
         let slice = full as u32;
         let mut current = counter.load(Ordering::Relaxed);
@@ -174,15 +178,19 @@ impl Allowance {
         let full = self.slice(now);
         let slice = full as u32;
         let mut spent = lock(&self.spent);
-        let deposited = self.calls.iter().fold(0i64, |sum, counter| {
-            let value = counter.load(Ordering::Acquire);
-            let (n, count) = ((value >> 32) as u32, value as u32);
-            if count > 0 && Self::in_window(n, slice) {
-                sum.saturating_add(i64::from(count).saturating_mul(self.deposit))
-            } else {
-                sum
-            }
-        });
+        let deposited = self
+            .calls
+            .iter()
+            .flat_map(|shard| &shard.0)
+            .fold(0i64, |sum, counter| {
+                let value = counter.load(Ordering::Acquire);
+                let (n, count) = ((value >> 32) as u32, value as u32);
+                if count > 0 && Self::in_window(n, slice) {
+                    sum.saturating_add(i64::from(count).saturating_mul(self.deposit))
+                } else {
+                    sum
+                }
+            });
         let withdrawn = spent.iter().fold(0i64, |sum, &(n, retries)| {
             if retries > 0 && Self::still_spent(n, full) {
                 sum.saturating_add(retries.saturating_mul(RETRY))
@@ -209,6 +217,11 @@ impl Allowance {
         true
     }
 }
+
+/// One shard's call counters, on cache lines of their own.
+#[derive(Debug)]
+#[repr(align(64))]
+struct Calls([AtomicU64; SLOTS]);
 
 struct Shared {
     settings: Settings,
