@@ -99,11 +99,18 @@ pub(crate) struct Report {
     pub(crate) outstanding: u64,
 }
 
+/// A bucket's theoretical arrival time, alone on its cache line.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Tat(AtomicU64);
+
 /// One bucket: its TAT in an atomic, so acquiring is a compare-and-swap loop; and, while the
 /// server's view of the quota is tighter than the local one, that view.
 #[derive(Debug, Default)]
 pub(crate) struct Bucket {
-    tat: AtomicU64,
+    /// On a cache line of its own: every acquire writes it, while `viewing` beside it is read
+    /// by every acquire and written only when a view comes or goes.
+    tat: Tat,
     viewing: AtomicBool,
     view: Mutex<View>,
 }
@@ -135,16 +142,18 @@ impl Bucket {
     }
 
     fn reserve(&self, now: u64, not_before: u64, cell: Cell, max_wait: u64) -> Verdict {
-        let mut tat = self.tat.load(Ordering::Acquire);
+        let mut tat = self.tat.0.load(Ordering::Acquire);
         loop {
             let verdict = step(tat, now, not_before, cell, max_wait);
             let Verdict::Reserved { tat: new_tat, .. } = verdict else {
                 return verdict;
             };
-            match self
-                .tat
-                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-            {
+            match self.tat.0.compare_exchange_weak(
+                tat,
+                new_tat,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return verdict,
                 Err(actual) => tat = actual,
             }
@@ -154,6 +163,7 @@ impl Bucket {
     /// Gives back the slot that set the TAT to `tat`, if no later acquire moved it since.
     pub(crate) fn release(&self, tat: u64, cell: Cell) -> bool {
         self.tat
+            .0
             .compare_exchange(
                 tat,
                 tat.saturating_sub(cell.interval),
@@ -243,7 +253,7 @@ impl Bucket {
 
     /// Whether the bucket is full again at `now` with no view to remember.
     pub(crate) fn is_idle(&self, now: u64) -> bool {
-        self.tat.load(Ordering::Acquire) <= now && !self.viewing.load(Ordering::Acquire)
+        self.tat.0.load(Ordering::Acquire) <= now && !self.viewing.load(Ordering::Acquire)
     }
 }
 
@@ -633,7 +643,7 @@ mod loom_models {
                 vec![1_000, 2_000],
                 "two callers, two different slots"
             );
-            assert_eq!(bucket.tat.load(Ordering::Acquire), 2_000);
+            assert_eq!(bucket.tat.0.load(Ordering::Acquire), 2_000);
         });
     }
 
@@ -656,7 +666,7 @@ mod loom_models {
             let Verdict::Reserved { tat: second, .. } = acquirer.join().unwrap() else {
                 panic!("no max wait");
             };
-            let tat = bucket.tat.load(Ordering::Acquire);
+            let tat = bucket.tat.0.load(Ordering::Acquire);
             if released {
                 // Given back before the second acquire: the second took the freed slot.
                 assert_eq!((second, tat), (1_000, 1_000));
