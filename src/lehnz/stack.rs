@@ -21,8 +21,9 @@ use crate::{
     CircuitBreakerLayer, DeadLetterLayer, JsonLinesSink, RetryAfterLayer, RetryLayer, ThrottleLayer,
 };
 
-/// The service a [`Client`] sends its requests through: the layer stack and the transport,
-/// type-erased so a custom stack fits too (see [`ClientBuilder::service`]).
+/// The service a [`Client`](super::Client) sends its requests through: the layer stack and the
+/// transport, type-erased so a custom stack fits too (see
+/// [`ClientBuilder::service`](super::ClientBuilder::service)).
 pub type LehnzService = tower::util::BoxCloneSyncService<
     http::Request<ReplayBody>,
     http::Response<http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, crate::BoxError>>,

@@ -52,7 +52,8 @@ pub struct Progress {
 
 type ProgressFn<'a> = Box<dyn FnMut(&Progress) + Send + 'a>;
 
-/// Options of a streamed call ([`Client::ingest_iter`], [`Client::ingest_channel`]).
+/// Options of a streamed call ([`Client::ingest_iter`](super::Client::ingest_iter),
+/// [`Client::ingest_channel`](super::Client::ingest_channel)).
 pub struct IngestOptions<'a> {
     pub(crate) start_offset: usize,
     pub(crate) listed_rejections: usize,
