@@ -35,8 +35,9 @@
 //! - At most 4 attempts, and at most 60 s of waiting in all per call; a wait that would overrun
 //!   the budget is not started.
 //! - With a [`RetryBudget`] ([`RetryLayer::retry_budget`]; on in [`Outbound`](crate::Outbound) and its
-//!   presets), retries per upstream are at most a share of calls (20 % over 10 s, plus a
-//!   floor): during an outage the layer stops multiplying the load on the failing upstream.
+//!   presets), retries per upstream are at most a share of calls — with the defaults, over any
+//!   10 s, at most 5 per second plus 20 % of the calls made in those 10 s and the 10 s before
+//!   them: during an outage the layer stops multiplying the load on the failing upstream.
 //!
 //! # Bodies
 //!
