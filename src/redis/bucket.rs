@@ -46,7 +46,9 @@ if view[1] then
   end
 end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
-if tat < now then tat = now end
+-- Paced from the pause's end: requests that waited out a pause leave as one burst, then at
+-- the rate.
+if tat < not_before then tat = not_before end
 local new_tat = tat + interval
 local go_at = new_tat - burst * interval
 if go_at < not_before then go_at = not_before end

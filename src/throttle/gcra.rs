@@ -46,9 +46,15 @@ pub(crate) enum Verdict {
 
 /// The pure step: the decision for a bucket whose TAT is `tat`, at `now`, for a request
 /// that may not go before `not_before`.
+///
+/// A request held by a pause is paced from the pause's end, not from `now`: the bucket
+/// refills no further than full while it is paused, so the requests that waited out the pause
+/// leave as one burst and then at the rate (counting from `now`, every request reserved
+/// during the pause went at its end at once).
 pub(crate) fn step(tat: u64, now: u64, not_before: u64, cell: Cell, max_wait: u64) -> Verdict {
-    let slot = tat.max(now).saturating_add(cell.interval);
-    let go_at = slot.saturating_sub(cell.tolerance).max(not_before);
+    let earliest = now.max(not_before);
+    let slot = tat.max(earliest).saturating_add(cell.interval);
+    let go_at = slot.saturating_sub(cell.tolerance).max(earliest);
     let wait = go_at.saturating_sub(now);
     if wait > max_wait {
         Verdict::Rejected { wait }
@@ -287,6 +293,25 @@ mod tests {
             })
             .collect();
         assert_eq!(waits, vec![0, 0, 0, 100, 200]);
+    }
+
+    /// Requests reserved while the bucket was paused were paced from the time they asked, so
+    /// every one of them left at the pause's end at once: more than the burst.
+    #[test]
+    fn requests_held_by_a_pause_leave_as_one_burst_then_at_the_rate() {
+        let c = cell(100, 3);
+        let (now, pause_end) = (1_000 * MS, 2_000 * MS);
+        let mut tat = 0;
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let Verdict::Reserved { wait, tat: next } = step(tat, now, pause_end, c, u64::MAX)
+            else {
+                unreachable!("no max wait");
+            };
+            tat = next;
+            waits.push(wait / MS);
+        }
+        assert_eq!(waits, vec![1_000, 1_000, 1_000, 1_100, 1_200]);
     }
 
     #[test]
