@@ -149,7 +149,10 @@ pub fn classify_error(error: &Error) -> Outcome {
     match error.kind() {
         Kind::Transport | Kind::Timeout => Outcome::Transient,
         Kind::RateLimited { .. } => Outcome::RateLimited,
-        Kind::Throttled { .. } | Kind::CircuitOpen { .. } | Kind::Body => Outcome::Rejected,
+        Kind::Throttled { .. }
+        | Kind::CircuitOpen { .. }
+        | Kind::Overloaded { .. }
+        | Kind::Body => Outcome::Rejected,
     }
 }
 

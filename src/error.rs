@@ -13,6 +13,7 @@
 //! | [`Kind::RateLimited`]     | the upstream asked for a wait longer than the layers will sleep | reschedule at [`Error::retry_at`] |
 //! | [`Kind::Throttled`]       | the local throttle would wait too long | slow down, or raise the throttle's `max_wait`   |
 //! | [`Kind::CircuitOpen`]     | the circuit breaker                   | the upstream is failing; wait for the next probe |
+//! | [`Kind::Overloaded`]      | the concurrency limit: no place within its `max_wait` | the upstream is saturated; slow down or raise the limit's `max_wait` |
 //!
 //! Errors from services this crate does not know (say a [`tower::timeout::Timeout`]) are
 //! converted with [`Error::from_box`], which recognises [`tower::timeout::error::Elapsed`] as
@@ -67,12 +68,18 @@ pub enum Kind {
         /// Time until the breaker lets the next probe through.
         retry_in: Duration,
     },
+    /// The upstream's limit on calls in flight was reached, and no place came free within
+    /// the limit's `max_wait` (see [`ConcurrencyLayer`](crate::ConcurrencyLayer)).
+    Overloaded {
+        /// The limit at the time.
+        limit: u32,
+    },
 }
 
 impl Kind {
     /// A short, stable name of the kind, as dead letters store it and traces report it
     /// (`error.type`): `transport`, `timeout`, `body`, `rate_limited`, `throttled`,
-    /// `circuit_open`.
+    /// `circuit_open`, `overloaded`.
     pub fn name(&self) -> &'static str {
         match self {
             Kind::Transport => "transport",
@@ -81,6 +88,7 @@ impl Kind {
             Kind::RateLimited { .. } => "rate_limited",
             Kind::Throttled { .. } => "throttled",
             Kind::CircuitOpen { .. } => "circuit_open",
+            Kind::Overloaded { .. } => "overloaded",
         }
     }
 }
@@ -179,13 +187,17 @@ impl Error {
     }
 
     /// Whether the call was refused by a layer of this crate before it reached the upstream:
-    /// throttled, circuit open, or held back by the Retry-After gate. A refusal says nothing
+    /// throttled, circuit open, held back by the Retry-After gate, or given no place by the
+    /// concurrency limit. A refusal says nothing
     /// about the upstream's health, so a circuit breaker counts it neither as a success nor
     /// as a failure.
     pub fn is_refusal(&self) -> bool {
         matches!(
             self.inner.kind,
-            Kind::Throttled { .. } | Kind::CircuitOpen { .. } | Kind::RateLimited { .. }
+            Kind::Throttled { .. }
+                | Kind::CircuitOpen { .. }
+                | Kind::RateLimited { .. }
+                | Kind::Overloaded { .. }
         )
     }
 
@@ -196,7 +208,7 @@ impl Error {
         match self.inner.kind {
             Kind::RateLimited { wait, .. } | Kind::Throttled { wait } => Some(wait),
             Kind::CircuitOpen { retry_in } => Some(retry_in),
-            Kind::Transport | Kind::Timeout | Kind::Body => None,
+            Kind::Transport | Kind::Timeout | Kind::Body | Kind::Overloaded { .. } => None,
         }
     }
 
@@ -232,6 +244,11 @@ impl Error {
     /// The circuit breaker is open.
     pub fn is_circuit_open(&self) -> bool {
         matches!(self.inner.kind, Kind::CircuitOpen { .. })
+    }
+
+    /// The concurrency limit gave the call no place in time.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self.inner.kind, Kind::Overloaded { .. })
     }
 
     /// Records how many attempts were made and how long was waited between them.
@@ -372,6 +389,14 @@ impl fmt::Display for Error {
                 f.write_str("circuit open")?;
                 upstream(f)?;
                 write!(f, "; next probe in {}", Human(retry_in))?;
+            }
+            Kind::Overloaded { limit } => {
+                f.write_str("overloaded")?;
+                upstream(f)?;
+                write!(
+                    f,
+                    "; {limit} calls were in flight, the concurrency limit, and none finished within its max_wait"
+                )?;
             }
         }
         if inner.attempts > 1 {

@@ -14,6 +14,7 @@
 //! | [`CircuitBreakerLayer`]  | fails fast while the upstream is down, probes it, recovers           |
 //! | [`RetryAfterLayer`]      | a gate shared by all clones: once the server asks for a pause, nobody calls it until then |
 //! | [`ThrottleLayer`]        | token-bucket pacing below the limit, adaptive to the server's view, shareable through Redis |
+//! | [`ConcurrencyLayer`]     | a limit on calls in flight per upstream, fixed or adaptive to the server's overload signals |
 //! | [`timeout::TimeoutLayer`] | ends a hung attempt; its timer is armed only when the attempt is pending |
 //!
 //! [`Outbound`] puts them together in the right order with one call, with presets for
@@ -56,6 +57,7 @@
 pub mod body;
 pub mod circuit;
 pub mod classify;
+pub mod concurrency;
 pub mod dead_letter;
 pub mod deadline;
 pub mod error;
@@ -80,6 +82,7 @@ pub mod throttle;
 pub mod timeout;
 
 pub use circuit::{CircuitBreakerLayer, CircuitState};
+pub use concurrency::ConcurrencyLayer;
 pub use dead_letter::{DeadLetter, DeadLetterLayer, JsonLinesSink, MemorySink, Sink};
 pub use error::{BoxError, Error};
 pub use idempotency::IdempotencyKeyLayer;

@@ -1,5 +1,6 @@
-//! The line of held calls, shared by the breaker (calls held while their circuit is open) and
-//! the Retry-After gate (requests held while their upstream asked for a pause): who waits, in
+//! The line of held calls, shared by the breaker (calls held while their circuit is open), the
+//! Retry-After gate (requests held while their upstream asked for a pause) and the concurrency
+//! limit (calls waiting for a place among those in flight): who waits, in
 //! what order, who was woken, and how many may leave before the next answer comes back.
 //!
 //! Mechanism only, kept under the owner's lock: the breaker and the gate decide when a line
@@ -131,6 +132,13 @@ impl Line {
         }
         self.allowance -= 1;
         true
+    }
+
+    /// Whether the call of `ticket` is in line and among its first `n`.
+    pub(crate) fn among_first(&self, ticket: u64, n: usize) -> bool {
+        n > 0
+            && self.waiting.contains_key(&ticket)
+            && self.waiting.range(..ticket).take(n).count() < n
     }
 
     /// Takes one release for a call that is not in line: it may pass only when the releases

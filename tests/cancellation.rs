@@ -463,6 +463,16 @@ async fn chaos_run(seed: u64) {
         retry_stats.calls()
     );
 
+    // The concurrency limit (on in the background preset) got every place back: from calls
+    // that finished, and from callers dropped in flight or in its line.
+    let key = tower_outbound::partition::PartitionKey::from("http://upstream.test:80");
+    let limit = outbound
+        .concurrency_layer()
+        .unwrap()
+        .limit_of(&key)
+        .unwrap();
+    assert_eq!((limit.in_flight, limit.queued), (0, 0), "{limit:?}");
+
     // The throttle was never looser than its rate: over any span, at most rate · span + burst
     // attempts went out, dropped waiters or not.
     let mut sorted = arrivals.clone();
@@ -473,8 +483,12 @@ async fn chaos_run(seed: u64) {
             let allowed = (span * f64::from(RATE)).floor() as usize + BURST as usize;
             assert!(
                 b - a < allowed,
-                "{} attempts in {span} s: more than the throttle allows",
-                b - a + 1
+                "{} attempts in {span} s: more than the throttle allows (seed {seed}: {:?})",
+                b - a + 1,
+                sorted[a.saturating_sub(3)..(b + 3).min(sorted.len())]
+                    .iter()
+                    .map(|t| t.duration_since(sorted[0]))
+                    .collect::<Vec<_>>()
             );
         }
     }
@@ -495,7 +509,12 @@ async fn chaos_run(seed: u64) {
         if breaker.state() == CircuitState::Closed {
             break;
         }
-        let _ = client.clone().oneshot(request(CALLS + i)).await;
+        // The open time grows with each trip (the breaker's open backoff): wait it out.
+        if let Err(err) = client.clone().oneshot(request(CALLS + i)).await {
+            if let (true, Some(wait)) = (err.is_circuit_open(), err.retry_after()) {
+                sleep(wait).await;
+            }
+        }
     }
     assert_eq!(breaker.state(), CircuitState::Closed);
 

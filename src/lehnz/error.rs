@@ -32,6 +32,7 @@ pub struct FieldError {
 /// | [`Server`](LehnzError::Server) | 5xx after retries | Lehnz is failing; the batch is in the dead-letter file when one is configured |
 /// | [`CircuitOpen`](LehnzError::CircuitOpen) | none: not sent | Lehnz has been failing; calls resume after `retry_in` |
 /// | [`Throttled`](LehnzError::Throttled) | none: not sent | the local throttle would have waited too long |
+/// | [`Overloaded`](LehnzError::Overloaded) | none: not sent | the concurrency limit gave no place within its wait: Lehnz is saturated |
 /// | [`Transport`](LehnzError::Transport) | none | network: connection refused or reset, timeout, TLS |
 /// | [`UnexpectedResponse`](LehnzError::UnexpectedResponse) | any | the reply was not what Lehnz documents (an HTML error page, truncated JSON) |
 /// | [`InvalidUrl`](LehnzError::InvalidUrl) | none | fix the base URL; plain `http://` is allowed for loopback only |
@@ -93,6 +94,11 @@ pub enum LehnzError {
         /// How long it would have waited.
         wait: Duration,
     },
+    /// Not sent: the concurrency limit gave the call no place within its wait.
+    Overloaded {
+        /// The limit on calls in flight at the time.
+        limit: u32,
+    },
     /// The network failed (connection, TLS, timeout), after the retries.
     Transport(Error),
     /// The reply was not what Lehnz documents.
@@ -128,6 +134,7 @@ impl LehnzError {
                 | LehnzError::Server { .. }
                 | LehnzError::CircuitOpen { .. }
                 | LehnzError::Throttled { .. }
+                | LehnzError::Overloaded { .. }
                 | LehnzError::Transport(_)
         )
     }
@@ -152,6 +159,9 @@ impl LehnzError {
             LehnzError::Server { .. } => "Lehnz is failing; send again later or replay the dead letters",
             LehnzError::CircuitOpen { .. } => "Lehnz has been failing; calls resume after the open period",
             LehnzError::Throttled { .. } => "send less at once, or allow the throttle a longer wait",
+            LehnzError::Overloaded { .. } => {
+                "send less at once, or allow the concurrency limit a longer wait"
+            }
             LehnzError::Transport(_) => "check the network and the base URL; the call may be sent again",
             LehnzError::UnexpectedResponse { .. } => {
                 "check the base URL points at Lehnz; a proxy or gateway may have answered"
@@ -164,6 +174,7 @@ impl LehnzError {
         match error.kind() {
             Kind::CircuitOpen { retry_in } => LehnzError::CircuitOpen { retry_in },
             Kind::Throttled { wait } => LehnzError::Throttled { wait },
+            Kind::Overloaded { limit } => LehnzError::Overloaded { limit },
             Kind::RateLimited { wait, .. } => LehnzError::RateLimited {
                 retry_after: Some(wait),
                 message: error.to_string(),
@@ -229,6 +240,10 @@ impl fmt::Display for LehnzError {
                 f,
                 "not sent: the throttle would have waited {}s",
                 wait.as_secs_f64().ceil()
+            ),
+            LehnzError::Overloaded { limit } => write!(
+                f,
+                "not sent: {limit} calls were in flight, the concurrency limit, and none finished in time"
             ),
             LehnzError::Transport(err) => write!(f, "network error: {err}"),
             LehnzError::UnexpectedResponse { status, problem } => write!(

@@ -148,6 +148,10 @@ impl AttemptMeter {
                     upstream.refusal(2);
                     REFUSED
                 }
+                Kind::Overloaded { .. } => {
+                    upstream.refusal(3);
+                    REFUSED
+                }
             },
         };
         upstream.attempt(reason, seconds);

@@ -22,8 +22,11 @@
 //! | `outbound_retry_wait_seconds` | histogram | `upstream` | time slept between attempts of one call (backoff and server-named waits), for calls that slept |
 //! | `outbound_attempts_total` | counter | `upstream`, `reason` | attempts: `ok`, `429`, `5xx`, `4xx`, `timeout`, `transport`, `refused`, `body` |
 //! | `outbound_attempt_duration_seconds` | histogram | `upstream` | one attempt, gate and throttle waits included |
-//! | `outbound_refusals_total` | counter | `upstream`, `kind` | attempts refused before the upstream: `throttle`, `gate`, `circuit` |
+//! | `outbound_refusals_total` | counter | `upstream`, `kind` | attempts refused before the upstream: `throttle`, `gate`, `circuit`, `concurrency` |
 //! | `outbound_circuit_state` | gauge | `upstream` | 0 closed, 1 half-open, 2 open |
+//! | `outbound_concurrency_limit` | gauge | `upstream` | the concurrency limit ([`ConcurrencyLayer`](crate::ConcurrencyLayer)) |
+//! | `outbound_in_flight` | gauge | `upstream` | calls holding a place under the concurrency limit |
+//! | `outbound_concurrency_queued` | gauge | `upstream` | calls waiting in line for a place |
 //! | `outbound_circuit_transitions_total` | counter | `upstream`, `from`, `to` | breaker state changes (`closed`, `half_open`, `open`) |
 //! | `outbound_dead_letters_written_total` | counter | `sink` | letters stored |
 //! | `outbound_dead_letters_write_failures_total` | counter | `sink` | letters the sink failed to store |
@@ -78,7 +81,7 @@ mod call;
 mod circuit;
 mod signals;
 mod sink;
-mod upstream;
+pub(crate) mod upstream;
 
 pub use attempt::{AttemptFuture, AttemptMetrics, AttemptMetricsLayer};
 pub use call::{CallFuture, CallMetrics, CallMetricsLayer};
@@ -124,6 +127,12 @@ pub mod names {
     pub const ATTEMPT_DURATION: &str = "outbound_attempt_duration_seconds";
     /// Counter: refused attempts, by `upstream` and `kind`.
     pub const REFUSALS: &str = "outbound_refusals_total";
+    /// Gauge: the concurrency limit, by `upstream`.
+    pub const CONCURRENCY_LIMIT: &str = "outbound_concurrency_limit";
+    /// Gauge: calls holding a place under the concurrency limit, by `upstream`.
+    pub const IN_FLIGHT: &str = "outbound_in_flight";
+    /// Gauge: calls waiting in line for a place under the concurrency limit, by `upstream`.
+    pub const CONCURRENCY_QUEUED: &str = "outbound_concurrency_queued";
     /// Gauge: breaker state (0 closed, 1 half-open, 2 open), by `upstream`.
     pub const CIRCUIT_STATE: &str = "outbound_circuit_state";
     /// Counter: breaker state changes, by `upstream`, `from` and `to`.

@@ -77,7 +77,7 @@ pub(crate) const REASONS: [&str; 8] = [
 ];
 
 /// What refused a call before it reached the upstream, as the `kind` label says it.
-pub(crate) const REFUSALS: [&str; 3] = ["throttle", "gate", "circuit"];
+pub(crate) const REFUSALS: [&str; 4] = ["throttle", "gate", "circuit", "concurrency"];
 
 /// The counts kept for [`Signals`](super::Signals): they survive a change of recorder.
 #[derive(Debug, Default)]
@@ -104,9 +104,11 @@ pub(crate) struct Upstream {
     retried_calls: OnceLock<Counter>,
     attempts: [OnceLock<Counter>; 8],
     attempt_duration: OnceLock<Histogram>,
-    refusals: [OnceLock<Counter>; 3],
+    refusals: [OnceLock<Counter>; 4],
     circuit_state: OnceLock<Gauge>,
     replayed: [OnceLock<Counter>; 2],
+    /// The concurrency limit's gauges: limit, in flight, queued.
+    concurrency: [OnceLock<Gauge>; 3],
 }
 
 impl Upstream {
@@ -125,6 +127,7 @@ impl Upstream {
             refusals: Default::default(),
             circuit_state: OnceLock::new(),
             replayed: Default::default(),
+            concurrency: Default::default(),
         }
     }
 
@@ -192,6 +195,30 @@ impl Upstream {
                 metrics::counter!(names::DEAD_LETTERS_REPLAYED, "upstream" => self.label(), "outcome" => outcome)
             })
             .increment(1);
+    }
+
+    /// Whether its handles were registered with the recorder in use.
+    pub(crate) fn is_current(&self) -> bool {
+        self.recorder == recorder_id()
+    }
+
+    /// Sets the concurrency limit's gauges.
+    pub(crate) fn concurrency(&self, limit: u32, in_flight: u32, queued: u32) {
+        let names = [
+            names::CONCURRENCY_LIMIT,
+            names::IN_FLIGHT,
+            names::CONCURRENCY_QUEUED,
+        ];
+        for ((gauge, name), value) in self
+            .concurrency
+            .iter()
+            .zip(names)
+            .zip([limit, in_flight, queued])
+        {
+            gauge
+                .get_or_init(|| metrics::gauge!(name, "upstream" => self.label()))
+                .set(f64::from(value));
+        }
     }
 
     /// Sets the breaker gauge (0 closed, 1 half-open, 2 open).

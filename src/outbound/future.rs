@@ -3,19 +3,21 @@
 //!
 //! ```text
 //! new ─▶ Buffering ─▶ Admitting ─┬─▶ Sending ─▶ Calling ─┬─▶ (attempt done) ─┬─▶ Backoff ─▶ Admitting
-//!                        ▲        ├─▶ AtGate ──▶ (gate again)                │
-//!                        │        ├─▶ ForSlot ─▶ Sending                     └─▶ Recording ─▶ Done
-//!                        │        └─▶ Deciding ─▶ Sending / ForSlot          └─▶ Done
+//!                        ▲        ├─▶ AtBreaker ─▶ (gate)                    │
+//!                        │        ├─▶ AtGate ──▶ (limit)                     └─▶ Recording ─▶ Done
+//!                        │        ├─▶ ForPlace ─▶ (throttle)                 └─▶ Done
+//!                        │        ├─▶ ForSlot ─▶ Sending
+//!                        │        └─▶ Deciding ─▶ Sending / ForSlot
 //! ```
 //!
 //! `new` reads the clock once, deposits the call into its upstream's retry budget and sets the
-//! deadline. `Admitting` counts an attempt and asks the breaker, the gate and the throttle, in
-//! that order, all through the record. `Calling` polls the client. When an attempt is done, its
+//! deadline. `Admitting` counts an attempt and asks the breaker, the gate, the concurrency
+//! limit and the throttle, in that order, all through the record. `Calling` polls the client. When an attempt is done, its
 //! outcome is classified once and its rate-limit headers parsed once, and both are handed to the
-//! throttle, the gate, the breaker and the retry policy, in the order the layers would see them.
-//! One timer serves every wait of the call: the deadline, the attempt timeout (from the
-//! attempt's first pending poll), the gate, the throttle's slot and the backoff; it is created
-//! only when the call is pending.
+//! throttle, the gate, the concurrency limit, the breaker and the retry policy, in the order the
+//! layers would see them. One timer serves every wait of the call: the deadline, the attempt
+//! timeout (from the attempt's first pending poll), the gate, the limit's line, the throttle's
+//! slot and the backoff; it is created only when the call is pending.
 
 use std::fmt;
 use std::future::Future;
@@ -36,6 +38,7 @@ use super::record::Record;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::circuit::{Admission, Hold};
 use crate::classify::{Attempt, Classify, DefaultClassifier, Outcome};
+use crate::concurrency::Acquired;
 use crate::dead_letter::recording::{self, Write};
 use crate::deadline::Timer;
 use crate::error::{BoxError, Error, Kind};
@@ -51,8 +54,9 @@ pin_project! {
     /// (body, attempts, the waits before and between them, the dead letter) in one state
     /// machine. See the [module docs](self).
     ///
-    /// Dropping it gives back what its attempt in flight holds: a half-open probe's permit, the
-    /// throttle's reserved slot, its place among the requests outstanding.
+    /// Dropping it gives back what its attempt in flight holds: a half-open probe's permit, its
+    /// place under the concurrency limit (or in its line), the throttle's reserved slot, its
+    /// place among the requests outstanding.
     ///
     /// # Panics
     ///
@@ -79,6 +83,8 @@ pin_project! {
         AtBreaker { hold: Hold },
         // Held in the line of the closed (or releasing) gate.
         AtGate { hold: GateHold },
+        // In the concurrency limit's line, until `until` at most.
+        ForPlace { until: Instant },
         // Held by the throttle until its reserved slot at `until`.
         ForSlot { until: Instant },
         // Waiting for a shared bucket store's decision.
@@ -115,6 +121,10 @@ struct Call<S> {
     /// judges slow calls or keeps its window by time).
     admission: Option<Admission>,
     breaker_started: Option<Instant>,
+    /// The attempt's place under the concurrency limit: when it was sent (or, before that,
+    /// taken), and its ticket while it waits in the limit's line.
+    placed: Option<Instant>,
+    in_line: Option<u64>,
     /// Whether the attempt in flight holds a place among the throttle's outstanding requests,
     /// and the slot it reserved while it waits for it.
     outstanding: bool,
@@ -154,6 +164,8 @@ enum Admit {
 enum Wait {
     /// The closed (or releasing) gate, in its line.
     Gate(GateHold),
+    /// A place under the concurrency limit, in its line, until the instant at most.
+    Place(Instant),
     /// The throttle's reserved slot.
     Slot(Instant),
     /// A shared bucket store's decision.
@@ -199,6 +211,8 @@ where
                 now: None,
                 admission: None,
                 breaker_started: None,
+                placed: None,
+                in_line: None,
                 outstanding: false,
                 reservation: None,
                 outcome: Outcome::Success,
@@ -335,7 +349,7 @@ impl<S> Call<S> {
                         Poll::Ready(Ok(())) => {
                             self.released = Some(hold.released());
                             self.through_gate = true;
-                            let admit = self.take_slot();
+                            let admit = self.take_place();
                             match self.go(state.as_mut(), admit, cx) {
                                 Some(step) => step,
                                 None => continue,
@@ -348,6 +362,20 @@ impl<S> Call<S> {
                         Poll::Pending => {
                             Step::Final(Err(ready!(self.poll_deadline(timer.as_mut(), cx))))
                         }
+                    }
+                }
+                StateProj::ForPlace { until } => {
+                    let until = *until;
+                    match self.poll_place(timer.as_mut(), until, cx) {
+                        Poll::Ready(Ok(())) => {
+                            let admit = self.take_slot();
+                            match self.go(state.as_mut(), admit, cx) {
+                                Some(step) => step,
+                                None => continue,
+                            }
+                        }
+                        Poll::Ready(Err(err)) => Step::Attempt(Err(err)),
+                        Poll::Pending => return Poll::Pending,
                     }
                 }
                 StateProj::ForSlot { until } => {
@@ -468,6 +496,7 @@ impl<S> Call<S> {
             Admit::Held(wait) => {
                 state.set(match wait {
                     Wait::Gate(hold) => State::AtGate { hold },
+                    Wait::Place(until) => State::ForPlace { until },
                     Wait::Slot(until) => State::ForSlot { until },
                     Wait::Store(decision) => State::Deciding { decision },
                 });
@@ -492,6 +521,10 @@ impl<S> Call<S> {
             ))));
         };
         self.attempt_deadline = None;
+        if self.placed.is_some() {
+            // The attempt's latency counts from here.
+            self.placed = Some(clock(&mut self.now, &self.record).0);
+        }
         let future = self.inner.call(request);
         state.set(State::Calling { future });
         None
@@ -588,13 +621,72 @@ impl<S> Call<S> {
         {
             Entry::Open => {
                 self.through_gate = true;
-                self.take_slot()
+                self.take_place()
             }
             Entry::Held(hold) => Admit::Held(Wait::Gate(hold)),
             Entry::Refused(mut err) => {
                 err.set_upstream(upstream(&self.head, &self.upstream));
                 Admit::Refused(err)
             }
+        }
+    }
+
+    /// Takes a place under the concurrency limit (or lines up for one), then the throttle's
+    /// slot.
+    fn take_place(&mut self) -> Admit {
+        let record = &*self.record;
+        let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) else {
+            return self.take_slot();
+        };
+        match limits.acquire(limiter) {
+            Acquired::Go => {
+                self.placed = Some(clock(&mut self.now, record).0);
+                self.take_slot()
+            }
+            Acquired::Wait(ticket) => {
+                self.in_line = Some(ticket);
+                let (now, _) = clock(&mut self.now, record);
+                Admit::Held(Wait::Place(instant_after(now, limits.settings.max_wait)))
+            }
+            Acquired::Full => {
+                Admit::Refused(limits.overloaded(limiter, upstream(&self.head, &self.upstream)))
+            }
+        }
+    }
+
+    /// Whether the attempt waiting in the limit's line got its place: `Err` when its wait (or
+    /// the call's deadline) ran out first.
+    fn poll_place(
+        &mut self,
+        timer: Pin<&mut Timer>,
+        until: Instant,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), Error>> {
+        let record = &*self.record;
+        if let (Some(limits), Some(limiter), Some(ticket)) =
+            (&record.stack.concurrency, &record.limiter, self.in_line)
+        {
+            if limits.turn(limiter, ticket, cx.waker()) {
+                self.in_line = None;
+                self.placed = Some(clock(&mut self.now, record).0);
+                return Poll::Ready(Ok(()));
+            }
+        }
+        match ready!(self.poll_wait(timer, until, cx)) {
+            Ok(()) => {
+                let record = &*self.record;
+                let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter)
+                else {
+                    unreachable!("a call waits for a place only under a limit");
+                };
+                if let Some(ticket) = self.in_line.take() {
+                    limits.leave(limiter, ticket);
+                }
+                Poll::Ready(Err(
+                    limits.overloaded(limiter, upstream(&self.head, &self.upstream))
+                ))
+            }
+            Err(err) => Poll::Ready(Err(err)),
         }
     }
 
@@ -695,6 +787,13 @@ impl<S> Call<S> {
             if std::mem::take(&mut self.outstanding) {
                 throttle.answered();
             }
+        }
+        if let (Some(sent), Some(limits), Some(limiter)) =
+            (self.placed.take(), &stack.concurrency, &record.limiter)
+        {
+            let (now, _) = clock(&mut self.now, record);
+            let sample = crate::concurrency::sample_of(&result, info.as_ref(), sent, now);
+            limits.release(limiter, sample, now);
         }
         let (mut paused, mut neutral) = (false, false);
         if let (Ok(response), Some(info)) = (&mut result, &info) {
@@ -842,7 +941,8 @@ impl<S> Call<S> {
     }
 
     /// Gives back what an attempt that will never finish holds: a probe's permit (its outcome
-    /// says nothing), its place among the outstanding requests, its reserved slot.
+    /// says nothing), its place under the concurrency limit or in its line, its place among
+    /// the outstanding requests, its reserved slot.
     fn give_back(&mut self) {
         let record = &*self.record;
         if let (Some(Admission::Probe { round }), Some(breaker)) =
@@ -851,6 +951,15 @@ impl<S> Call<S> {
             breaker.release_probe(round);
         }
         self.breaker_started = None;
+        if let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) {
+            if self.placed.take().is_some() {
+                let (now, _) = clock(&mut self.now, record);
+                limits.release(limiter, None, now);
+            }
+            if let Some(ticket) = self.in_line.take() {
+                limits.leave(limiter, ticket);
+            }
+        }
         if let Some(throttle) = &record.stack.throttle {
             if std::mem::take(&mut self.outstanding) {
                 throttle.answered();

@@ -11,27 +11,28 @@
 //!                        ├──────────────────────────────────────────── each attempt ───────┤
 //! circuit breaker        │ fails fast while the upstream is down; counts every attempt     │
 //! Retry-After gate       │ shared gate while the server asked for a pause                  │
+//! concurrency limit      │ a place among the upstream's calls in flight (background: on)   │
 //! throttle               │ waits for a token right before sending                          │
 //! attempt timeout        │ one attempt ends after 10 s: a retryable, breaker-counted failure│
 //! client                 └─────────────────────────────────────────────────────────────────┘
 //! ```
 //!
 //! It does the same as [`IdempotencyKeyLayer`], [`DeadLetterLayer`], [`RetryLayer`],
-//! [`CircuitBreakerLayer`], [`RetryAfterLayer`], [`ThrottleLayer`] and
+//! [`CircuitBreakerLayer`], [`RetryAfterLayer`], [`ConcurrencyLayer`], [`ThrottleLayer`] and
 //! [`TimeoutLayer`](crate::timeout::TimeoutLayer) stacked in that order, with their settings,
 //! but as one state machine over one record per upstream: each call finds its upstream's
-//! retry budget, breaker, gate and bucket once, reads the clock once, arms one timer only if it
+//! retry budget, breaker, gate, concurrency limit and bucket once, reads the clock once, arms one timer only if it
 //! waits, classifies each attempt once and keeps one copy of the request head. The layers given
 //! to it keep their read-outs (`state()`, `stats()`, `closed_for()`): they read the same state.
 //! See `docs/design.md` for the order and the call's state machine.
 //!
 //! Every part can be replaced or left out; two presets give the common shapes:
 //!
-//! | preset                    | attempts | delays             | wait budget | deadline | attempt timeout | gate      | breaker          | dead letters |
-//! |---------------------------|----------|--------------------|-------------|----------|-----------------|-----------|------------------|--------------|
-//! | [`Outbound::new`]         | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s    | on, fail fast    | off          |
-//! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on, fail fast    | off          |
-//! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on, waits ≤ 60 s | on (memory)  |
+//! | preset                    | attempts | delays             | wait budget | deadline | attempt timeout | gate      | breaker          | concurrency limit | dead letters |
+//! |---------------------------|----------|--------------------|-------------|----------|-----------------|-----------|------------------|-------------------|--------------|
+//! | [`Outbound::new`]         | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s    | on, fail fast    | off               | off          |
+//! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on, fail fast    | off               | off          |
+//! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on, waits ≤ 60 s | adaptive, waits ≤ 60 s | on (memory)  |
 //!
 //! "Waits ≤ 60 s" is the breaker's [`max_wait`](CircuitBreakerLayer::max_wait): a call that
 //! meets an open circuit waits for the next probe (and leaves paced once it passes) instead of
@@ -48,6 +49,11 @@
 //! (see [`dead_letters`](Outbound::dead_letters) for a durable file or a shared stream);
 //! refused calls (circuit open, throttled or gated past their wait) get a letter too, since
 //! their caller may not try again — see [`DeadLetterLayer::record_refusals`].
+//!
+//! `background()`'s adaptive concurrency limit (AIMD from 20 calls in flight per upstream) is
+//! there because a batch job is the caller most likely to push an upstream past its knee and
+//! least hurt by waiting for a place; a call a person waits on is better served failing fast,
+//! so the other presets leave it out.
 //!
 //! No preset throttles: the rate belongs to the upstream; add
 //! [`throttle`](Outbound::throttle) with its limit.
@@ -80,8 +86,8 @@ use crate::dead_letter::MemorySink;
 use crate::partition::Scope;
 use crate::retry::{Jitter, RetryBudget};
 use crate::{
-    CircuitBreakerLayer, DeadLetterLayer, IdempotencyKeyLayer, RetryAfterLayer, RetryLayer,
-    ThrottleLayer,
+    CircuitBreakerLayer, ConcurrencyLayer, DeadLetterLayer, IdempotencyKeyLayer, RetryAfterLayer,
+    RetryLayer, ThrottleLayer,
 };
 
 mod future;
@@ -109,6 +115,7 @@ pub struct Outbound {
     retry_budget: Option<RetryBudget>,
     circuit_breaker: Option<CircuitBreakerLayer>,
     gate: RetryAfterLayer,
+    concurrency: Option<ConcurrencyLayer>,
     throttle: Option<ThrottleLayer<Scope>>,
     attempt_timeout: Option<Duration>,
     scope: Scope,
@@ -131,6 +138,7 @@ impl Outbound {
             retry_budget: Some(RetryBudget::new()),
             circuit_breaker: Some(watched(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new(),
+            concurrency: None,
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(10)),
             scope: Scope::Upstream,
@@ -158,6 +166,7 @@ impl Outbound {
             retry_budget: Some(RetryBudget::new()),
             circuit_breaker: Some(watched(CircuitBreakerLayer::new())),
             gate: RetryAfterLayer::new().max_wait(Duration::ZERO),
+            concurrency: None,
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(2)),
             scope: Scope::Upstream,
@@ -170,6 +179,10 @@ impl Outbound {
     /// stream); a letter the full sink refuses is reported on the call's receipt
     /// ([`Recorded::stored`](crate::dead_letter::Recorded)) and counted, never dropped silently.
     /// A call that meets an open circuit waits up to 60 s for it instead of failing at once.
+    /// An adaptive concurrency limit ([`ConcurrencyLayer::adaptive`], calls waiting up to
+    /// 60 s for a place) keeps a batch job from pushing a saturating upstream over its knee:
+    /// it backs off on the upstream's 429s, 503s, named waits and rising latency, and grows
+    /// back while answers come fast.
     pub fn background() -> Self {
         Outbound {
             idempotency: Some(IdempotencyKeyLayer::new()),
@@ -184,6 +197,7 @@ impl Outbound {
                 CircuitBreakerLayer::new().max_wait(Duration::from_secs(60)),
             )),
             gate: RetryAfterLayer::new(),
+            concurrency: Some(ConcurrencyLayer::adaptive().max_wait(Duration::from_secs(60))),
             throttle: None,
             attempt_timeout: Some(Duration::from_secs(20)),
             scope: Scope::Upstream,
@@ -255,6 +269,22 @@ impl Outbound {
         self
     }
 
+    /// The limit on calls in flight per upstream, or `None` to leave it out (default: none;
+    /// adaptive in [`background`](Self::background)). Its partition is the stack's
+    /// [`partition`](Self::partition). Each attempt takes a place after the breaker and the
+    /// gate let it through and before the throttle's slot; a call given no place within the
+    /// limit's `max_wait` fails with [`Kind::Overloaded`](crate::error::Kind::Overloaded),
+    /// neither retried nor counted by the breaker.
+    pub fn concurrency(mut self, layer: Option<ConcurrencyLayer>) -> Self {
+        self.concurrency = layer;
+        self
+    }
+
+    /// The concurrency limit, when there is one (to read its figures per upstream).
+    pub fn concurrency_layer(&self) -> Option<&ConcurrencyLayer> {
+        self.concurrency.as_ref()
+    }
+
     /// The dead-letter layer, when there is one (to read its sink and counters).
     pub fn dead_letter_layer(&self) -> Option<&DeadLetterLayer> {
         self.dead_letters.as_ref()
@@ -324,6 +354,7 @@ impl Outbound {
             budget: self.retry_budget.clone(),
             breaker: self.circuit_breaker.as_ref().map(|b| b.registry().clone()),
             gates: self.gate.gates().clone(),
+            concurrency: self.concurrency.as_ref().map(|c| c.registry().clone()),
             throttle: self.throttle.as_ref().map(|t| t.shared().clone()),
             attempt_timeout: self.attempt_timeout,
             dead_letters: self.dead_letters.as_ref().map(|d| d.config().clone()),

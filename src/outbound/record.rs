@@ -1,8 +1,8 @@
 //! The per-upstream record: everything an [`Outbound`](super::Outbound) stack keeps about one
 //! upstream, found once per call.
 //!
-//! A record holds the upstream's retry budget, circuit breaker, Retry-After gate and throttle
-//! bucket, taken once from the registries of the layers they belong to (so the layers' own
+//! A record holds the upstream's retry budget, circuit breaker, Retry-After gate, concurrency
+//! limit and throttle bucket, taken once from the registries of the layers they belong to (so the layers' own
 //! read-outs — `state_of`, `closed_for_upstream`, the stats — see the same state), and the
 //! stack's settings. A call finds its record with one look-up and then touches nothing else
 //! per upstream. Hedging and adaptive concurrency keep their per-upstream figures here too.
@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::stack::Stack;
 use crate::circuit::Breaker;
+use crate::concurrency::Limiter;
 use crate::partition::{PartitionKey, Registry, Scope};
 use crate::retry::Allowance;
 use crate::retry_after::Gate;
@@ -42,6 +43,8 @@ pub(crate) struct Record {
     pub(crate) budget: Option<Arc<Allowance>>,
     pub(crate) breaker: Option<Arc<Breaker>>,
     pub(crate) gate: Arc<Gate>,
+    /// The upstream's limit on calls in flight.
+    pub(crate) limiter: Option<Arc<Limiter>>,
     /// The throttle's bucket, when the throttle keeps its buckets in this process (a remote
     /// store is asked by key).
     pub(crate) bucket: Option<Arc<Bucket>>,
@@ -72,6 +75,7 @@ impl Record {
             budget,
             breaker: stack.breaker.as_ref().map(|registry| registry.breaker(k)),
             gate: stack.gates.gate_of(k),
+            limiter: stack.concurrency.as_ref().map(|limits| limits.limiter(k)),
             bucket: local.map(|local| local.bucket(k)),
             epoch,
             stack: stack.clone(),
@@ -87,10 +91,12 @@ impl Record {
     }
 
     /// Whether nothing here is worth keeping: the breaker closed with no failure in its
-    /// window, the gate open, the bucket full again.
+    /// window, the gate open, no call in flight or in line under the limit, the bucket full
+    /// again.
     fn is_idle(&self) -> bool {
         let stack = &*self.stack;
         self.breaker.as_ref().is_none_or(|b| b.is_idle())
+            && self.limiter.as_ref().is_none_or(|l| l.is_idle())
             && stack.gates.is_open(&self.gate)
             && match (
                 &self.bucket,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::circuit::Registry as Breakers;
+use crate::concurrency::Registry as Limits;
 use crate::dead_letter::Config as DeadLetters;
 use crate::idempotency::IdempotencyKeyLayer;
 use crate::partition::Scope;
@@ -23,6 +24,7 @@ pub(crate) struct Stack {
     pub(crate) budget: Option<RetryBudget>,
     pub(crate) breaker: Option<Arc<Breakers>>,
     pub(crate) gates: Arc<Gates>,
+    pub(crate) concurrency: Option<Arc<Limits>>,
     pub(crate) throttle: Option<Arc<Throttle>>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) dead_letters: Option<Arc<DeadLetters>>,

@@ -1,0 +1,231 @@
+//! A limit on calls in flight per upstream, fixed or adaptive.
+//!
+//! A token bucket paces requests per second; it cannot see an upstream that answers slower and
+//! slower because it is saturating. [`ConcurrencyLayer`] bounds the calls in flight to each
+//! upstream instead:
+//!
+//! - **Fixed** ([`ConcurrencyLayer::fixed`]), a bulkhead: at most N in flight; further calls
+//!   wait in line, in arrival order, for up to [`max_wait`](ConcurrencyLayer::max_wait)
+//!   (default 30 s), or fail at once with a zero `max_wait`. A call that cannot get a place
+//!   fails with [`Kind::Overloaded`](crate::error::Kind::Overloaded).
+//! - **Adaptive** ([`ConcurrencyLayer::adaptive`]): the limit moves with the upstream's
+//!   answers. AIMD by default: while calls succeed with at least half the limit in flight,
+//!   it grows by about one per round trip; on a loss it is multiplied by
+//!   [`backoff`](ConcurrencyLayer::backoff) (0.9), once per round trip however many losses
+//!   that round trip saw. [`vegas`](ConcurrencyLayer::vegas) selects TCP Vegas instead, which
+//!   reads the queue building at the upstream from its latency. Limits start at 20 and stay
+//!   within [1, 1,000] ([`limits`](ConcurrencyLayer::limits)).
+//!
+//! A **loss** is what an HTTP API says when it is overloaded: a 429, a 503 or a 504, a
+//! server-named wait (`Retry-After`), a used-up quota (`RateLimit-Remaining: 0`), an attempt
+//! timeout or a transport error; with AIMD also latency above twice its baseline
+//! ([`latency_tolerance`](ConcurrencyLayer::latency_tolerance)). Other 4xx and 5xx answers are
+//! not. The baseline is a smoothed latency that falls quickly towards faster answers and rises
+//! slowly, counted in answers rather than time, so a quiet period does not reset it.
+//!
+//! Limits are per upstream (scheme, host and port; see [`Partition`]) and shared by every
+//! clone of the layer and of its services: the limit is the same whichever clone or task
+//! calls. A call's place is given back when its future completes or is dropped. At most
+//! 1,024 upstreams' limits are kept; idle ones (nothing in flight or in line) are forgotten
+//! first, and a forgotten upstream starts again from the initial limit.
+//!
+//! In [`Outbound`](crate::Outbound) the limit is a step of the call, after the breaker and the
+//! gate and before the throttle (so the effective limit is whichever binds first); each
+//! attempt takes its own place, and a refusal is neither retried nor counted by the breaker.
+//! [`Outbound::background`](crate::Outbound::background) turns the adaptive limit on.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use http::{Request, Response};
+//! use tower::{ServiceBuilder, ServiceExt};
+//! use tower_outbound::ConcurrencyLayer;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), tower_outbound::Error> {
+//! let upstream = tower::service_fn(|_req: Request<String>| async move {
+//!     Ok::<_, std::convert::Infallible>(Response::new(String::from("ok")))
+//! });
+//! let limit = ConcurrencyLayer::adaptive().limits(4, 256);
+//! let client = ServiceBuilder::new().layer(limit.clone()).service(upstream);
+//!
+//! let request = Request::get("https://api.example.com/v1/items").body(String::new()).unwrap();
+//! client.oneshot(request).await?;
+//! let key = tower_outbound::partition::PartitionKey::from("https://api.example.com:443");
+//! assert_eq!(limit.limit_of(&key).map(|l| l.in_flight), Some(0));
+//! # Ok(()) }
+//! ```
+
+mod future;
+mod layer;
+pub(crate) mod limiter;
+mod service;
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use tokio::time::Instant;
+
+pub use future::ResponseFuture;
+pub use layer::ConcurrencyLayer;
+pub(crate) use limiter::{Acquired, Limiter, Sample, Settings};
+pub use service::Concurrency;
+
+use crate::error::{Error, Kind};
+use crate::partition::PartitionKey;
+use crate::rate_limit::RateLimitInfo;
+
+/// One upstream's limit, calls in flight and calls waiting, at one moment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LimitState {
+    /// The limit on calls in flight.
+    pub limit: u32,
+    /// Calls holding a place now.
+    pub in_flight: u32,
+    /// Calls waiting in line for a place.
+    pub queued: u32,
+}
+
+/// The limiters of one layer: one per upstream, and one for calls with no key.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    pub(crate) settings: Settings,
+    default: Arc<Limiter>,
+    keyed: crate::partition::Registry<Limiter>,
+}
+
+impl Registry {
+    pub(crate) fn new(settings: Settings) -> Self {
+        Registry {
+            default: Arc::new(Limiter::new(&settings, None)),
+            settings,
+            keyed: crate::partition::Registry::default(),
+        }
+    }
+
+    /// The limiter of `key`. At `max_partitions`, idle limiters are forgotten first; if none
+    /// is idle, the key shares the default limiter.
+    pub(crate) fn limiter(&self, key: Option<&PartitionKey>) -> Arc<Limiter> {
+        let Some(key) = key else {
+            return self.default.clone();
+        };
+        self.keyed
+            .get_or_insert(
+                key,
+                self.settings.max_partitions,
+                |limiter| !limiter.is_idle(),
+                || Limiter::new(&self.settings, Some(key.clone())),
+            )
+            .unwrap_or_else(|| self.default.clone())
+    }
+
+    pub(crate) fn state_of(&self, key: &PartitionKey) -> Option<LimitState> {
+        self.keyed.get(key).map(|limiter| state(&limiter))
+    }
+
+    /// The figures of the limit shared by calls with no key.
+    pub(crate) fn global(&self) -> LimitState {
+        state(&self.default)
+    }
+
+    /// A call asks `limiter` for a place.
+    pub(crate) fn acquire(&self, limiter: &Limiter) -> Acquired {
+        let acquired = limiter.acquire(&self.settings);
+        #[cfg(feature = "metrics")]
+        meter(limiter);
+        acquired
+    }
+
+    /// The call of `ticket` looks whether its turn has come.
+    pub(crate) fn turn(&self, limiter: &Limiter, ticket: u64, waker: &std::task::Waker) -> bool {
+        let went = limiter.turn(ticket, waker);
+        #[cfg(feature = "metrics")]
+        if went {
+            meter(limiter);
+        }
+        went
+    }
+
+    /// The call of `ticket` leaves the line.
+    pub(crate) fn leave(&self, limiter: &Limiter, ticket: u64) {
+        limiter.leave(ticket);
+        #[cfg(feature = "metrics")]
+        meter(limiter);
+    }
+
+    /// A call gives its place back, with what its attempt said.
+    pub(crate) fn release(&self, limiter: &Limiter, sample: Option<Sample>, now: Instant) {
+        limiter.release(&self.settings, sample, now);
+        #[cfg(feature = "metrics")]
+        meter(limiter);
+    }
+
+    /// The error of a call that got no place.
+    pub(crate) fn overloaded(
+        &self,
+        limiter: &Limiter,
+        upstream: Option<&http::uri::Authority>,
+    ) -> Error {
+        Error::new(Kind::Overloaded {
+            limit: limiter.figures().limit,
+        })
+        .for_upstream(upstream)
+    }
+}
+
+fn state(limiter: &Limiter) -> LimitState {
+    let figures = limiter.figures();
+    LimitState {
+        limit: figures.limit,
+        in_flight: figures.in_flight,
+        queued: figures.queued,
+    }
+}
+
+/// Exports `limiter`'s figures as its upstream's gauges.
+#[cfg(feature = "metrics")]
+fn meter(limiter: &Limiter) {
+    let cached = limiter.meters.load_full().filter(|m| m.is_current());
+    let meters = cached.unwrap_or_else(|| {
+        let key = limiter
+            .key
+            .as_ref()
+            .and_then(|k| std::str::from_utf8(k.as_bytes()).ok());
+        let meters = crate::metrics::upstream::of_key(key);
+        limiter.meters.store(Some(meters.clone()));
+        meters
+    });
+    let figures = limiter.figures();
+    meters.concurrency(figures.limit, figures.in_flight, figures.queued);
+}
+
+/// What an attempt's result says of its upstream's load, sent at `started` and answered at
+/// `now`: `None` when it says nothing (the call was refused before it reached the upstream,
+/// or its body failed).
+pub(crate) fn sample_of<B>(
+    result: &Result<Response<B>, Error>,
+    info: Option<&RateLimitInfo>,
+    started: Instant,
+    now: Instant,
+) -> Option<Sample> {
+    let loss = match result {
+        Ok(response) => {
+            matches!(
+                response.status(),
+                StatusCode::TOO_MANY_REQUESTS
+                    | StatusCode::SERVICE_UNAVAILABLE
+                    | StatusCode::GATEWAY_TIMEOUT
+            ) || info.is_some_and(|info| info.retry_after.is_some() || info.is_exhausted())
+        }
+        Err(error) => match error.kind() {
+            Kind::Transport | Kind::Timeout | Kind::RateLimited { .. } => true,
+            _ => return None,
+        },
+    };
+    Some(Sample {
+        started,
+        latency: now.saturating_duration_since(started),
+        loss,
+    })
+}
