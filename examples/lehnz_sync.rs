@@ -24,7 +24,9 @@
 //! `--window LIMIT/SECONDS` (the organization's rate-limit window; default 100/5 for the
 //! in-process simulator, 1000/900 otherwise), `--concurrency N` (default 32), `--batch N`
 //! (default 500), `--seed N`, `--patience SECS` (how long a batch waits for an open circuit
-//! before it goes to the dead letters; default 60), `--quiet` (only the last line),
+//! before it goes to the dead letters; default 60), `--concurrency-limit adaptive|off` (an
+//! adaptive limit on batches in flight, backing off on Lehnz's 429s, 503s and slow answers;
+//! default adaptive), `--quiet` (only the last line),
 //! `--metrics ADDR` (feature `metrics`: serve the five
 //! signals on a Prometheus endpoint while the job runs, and print them in the report:
 //! `cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics 127.0.0.1:9464`).
@@ -68,7 +70,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tower_outbound::dead_letter::StoredBody;
 use tower_outbound::lehnz::sim::{Chaos, Simulator};
 use tower_outbound::lehnz::{Client, Event, IngestOptions, EVENT_ID_NAMESPACE};
-use tower_outbound::{JsonLinesSink, Sink};
+use tower_outbound::{ConcurrencyLayer, JsonLinesSink, Sink};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -87,6 +89,8 @@ pub(crate) struct Args {
     pub(crate) quiet: bool,
     /// How long a batch waits for an open circuit before it goes to the dead letters.
     pub(crate) patience: Duration,
+    /// `--concurrency-limit`: whether batches in flight are under an adaptive limit.
+    pub(crate) adaptive: bool,
     /// The API key, when not from `LEHNZ_API_KEY` (tests set it here; a command line would
     /// show it to `ps`).
     pub(crate) key: Option<String>,
@@ -113,6 +117,7 @@ impl Args {
             batch: 500,
             quiet: false,
             patience: Duration::from_secs(60),
+            adaptive: true,
             key: None,
             metrics: None,
         };
@@ -142,6 +147,17 @@ impl Args {
                     parsed.window = Some((limit, Duration::from_secs(secs)));
                 }
                 "--quiet" => parsed.quiet = true,
+                "--concurrency-limit" => {
+                    parsed.adaptive = match value()?.as_str() {
+                        "adaptive" => true,
+                        "off" => false,
+                        other => {
+                            return Err(format!(
+                                "--concurrency-limit: {other:?} is neither adaptive nor off"
+                            ))
+                        }
+                    }
+                }
                 "--patience" => parsed.patience = Duration::from_secs(number(value()?)?),
                 "--metrics" => {
                     let v = value()?;
@@ -349,6 +365,7 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
                 // Nobody waits on this job: a batch that meets an open circuit waits for it
                 // (the source pauses meanwhile) instead of going to the dead letters.
                 .circuit_max_wait(args.patience)
+                .concurrency_limit(args.adaptive.then(ConcurrencyLayer::adaptive))
         })
         .build()?;
 

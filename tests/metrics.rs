@@ -66,6 +66,25 @@ async fn chaos_run_exposes_the_five_signals_per_upstream() {
         get(&series, "outbound_retries_total", &[("upstream", upstream)]);
         // 4. Breaker state.
         get(&series, "outbound_circuit_state", &[("upstream", upstream)]);
+        // 6. The background preset's concurrency limit: a limit, and every place given back.
+        let limit = get(
+            &series,
+            "outbound_concurrency_limit",
+            &[("upstream", upstream)],
+        );
+        assert!((1.0..=1000.0).contains(&limit), "{upstream}: {limit}");
+        assert_eq!(
+            get(&series, "outbound_in_flight", &[("upstream", upstream)]),
+            0.0
+        );
+        assert_eq!(
+            get(
+                &series,
+                "outbound_concurrency_queued",
+                &[("upstream", upstream)]
+            ),
+            0.0
+        );
     }
     // 1. Retries, as the retry layer counted them.
     assert_eq!(

@@ -123,6 +123,12 @@ struct State {
     latency: Latency,
     /// When the limit last moved on a sample: an attempt sent before it says nothing new.
     changed: Option<Instant>,
+    /// The limit a run of losses started from, times the backoff: after the run (an outage
+    /// drives the limit to its minimum) successes grow the limit by one each, doubling it per
+    /// round trip, back to this level; above it, by one per round trip.
+    recovery: f64,
+    /// Whether the last sample that moved the limit was a loss.
+    losing: bool,
 }
 
 /// Recent latency and its baseline, in seconds. The baseline falls quickly towards faster
@@ -167,6 +173,8 @@ impl Limiter {
                 line: Line::default(),
                 latency: Latency::default(),
                 changed: None,
+                recovery: 0.0,
+                losing: false,
             }),
             key,
             #[cfg(feature = "metrics")]
@@ -279,11 +287,21 @@ impl State {
                         return;
                     }
                     self.changed = Some(now);
+                    if !self.losing {
+                        self.recovery = limit * settings.backoff;
+                        self.losing = true;
+                    }
                     limit * settings.backoff
+                } else if limit + 1.0 <= self.recovery {
+                    // Back from a run of losses to a level that worked: one more per answer.
+                    self.losing = false;
+                    limit + 1.0
                 } else if busy {
                     // About one more per limit's worth of answers: one per round trip.
+                    self.losing = false;
                     limit + 1.0 / limit
                 } else {
+                    self.losing = false;
                     return;
                 }
             }
@@ -473,6 +491,47 @@ mod tests {
         assert_eq!(limiter.figures().limit, 4, "4.9: not 5 yet");
         limiter.release(&settings, Some(sample(now, 5, false)), now);
         assert_eq!(limiter.figures().limit, 5);
+    }
+
+    /// An outage drove the limit to its minimum, and it then grew back by one per round trip:
+    /// a job throttled to 20 requests a second took 25 s to get 32 batches in flight again.
+    #[test]
+    fn after_a_run_of_losses_the_limit_doubles_per_round_trip_back_to_where_it_fell_from() {
+        let settings = Settings {
+            initial: 32,
+            backoff: 0.5,
+            ..Settings::adaptive()
+        };
+        let limiter = Limiter::new(&settings, None);
+        let mut now = Instant::now();
+        // Five round trips of failures: 32 → 16 → 8 → 4 → 2 → 1.
+        for _ in 0..5 {
+            assert_eq!(limiter.acquire(&settings), Acquired::Go);
+            now += Duration::from_millis(5);
+            limiter.release(&settings, Some(sample(now, 5, true)), now);
+        }
+        assert_eq!(limiter.figures().limit, 1);
+        // Round trips with the limit in use: 1 → 2 → 4 → 8 → 16 (32 × 0.5), then slowly.
+        let mut limits = Vec::new();
+        for _ in 0..6 {
+            let mut going = 0;
+            loop {
+                match limiter.acquire(&settings) {
+                    Acquired::Go => going += 1,
+                    Acquired::Wait(ticket) => break limiter.leave(ticket),
+                    Acquired::Full => unreachable!("calls may wait"),
+                }
+            }
+            now += Duration::from_millis(5);
+            for _ in 0..going {
+                limiter.release(&settings, Some(sample(now, 5, false)), now);
+            }
+            limits.push(limiter.figures().limit);
+        }
+        // (Here the round's answers come back together, so only the first half find the limit
+        // in use: half a place per round trip past the recovery level.)
+        assert_eq!(limits, vec![2, 4, 8, 16, 16, 16]);
+        assert!(limiter.state.lock().unwrap().limit > 16.9);
     }
 
     #[test]

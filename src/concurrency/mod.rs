@@ -12,7 +12,10 @@
 //!   answers. AIMD by default: while calls succeed with at least half the limit in flight,
 //!   it grows by about one per round trip; on a loss it is multiplied by
 //!   [`backoff`](ConcurrencyLayer::backoff) (0.9), once per round trip however many losses
-//!   that round trip saw. [`vegas`](ConcurrencyLayer::vegas) selects TCP Vegas instead, which
+//!   that round trip saw. After a run of losses (an outage drives the limit to its minimum) it
+//!   grows by one per success, doubling per round trip, back to where the run started times
+//!   the backoff, and by one per round trip from there: a job is back at speed a few round
+//!   trips after the upstream is. [`vegas`](ConcurrencyLayer::vegas) selects TCP Vegas instead, which
 //!   reads the queue building at the upstream from its latency. Limits start at 20 and stay
 //!   within [1, 1,000] ([`limits`](ConcurrencyLayer::limits)).
 //!

@@ -18,7 +18,8 @@ use crate::retry::RetryStats;
 use crate::retry_after::GateStats;
 use crate::throttle::{BucketStore, ThrottleStats};
 use crate::{
-    CircuitBreakerLayer, DeadLetterLayer, JsonLinesSink, RetryAfterLayer, RetryLayer, ThrottleLayer,
+    CircuitBreakerLayer, ConcurrencyLayer, DeadLetterLayer, JsonLinesSink, RetryAfterLayer,
+    RetryLayer, ThrottleLayer,
 };
 
 /// The service a [`Client`](super::Client) sends its requests through: the layer stack and the
@@ -38,6 +39,7 @@ pub type LehnzService = tower::util::BoxCloneSyncService<
 /// | retry | 4 attempts; honors `RateLimit-Reset` and `Retry-After` up to 15 min; backoff with full jitter for 5xx and network errors |
 /// | circuit breaker | opens at 50 % failures over the last 20 calls (a full window of 20), for 1 s, then 2, 4, … up to 30 s if it trips again soon; batches fail at once while it is open ([`circuit_max_wait`](Self::circuit_max_wait) holds them instead), and streamed ingestion pauses its source |
 /// | Retry-After gate | holds every batch while the org's window is used up |
+/// | concurrency limit | off; [`concurrency_limit`](Self::concurrency_limit) turns one on (`lehnz_sync` runs an adaptive one) |
 /// | throttle | 1,000 requests per 15 minutes for the organization, adopting the server's `RateLimit-*` view |
 /// | attempt timeout | 30 s |
 #[derive(Clone)]
@@ -50,6 +52,7 @@ pub struct StackConfig {
     throttle_store: Option<Arc<dyn BucketStore>>,
     breaker: bool,
     circuit_max_wait: Duration,
+    concurrency: Option<ConcurrencyLayer>,
     dead_letters: Option<Arc<dyn Sink>>,
 }
 
@@ -62,6 +65,7 @@ impl std::fmt::Debug for StackConfig {
             .field("throttle", &self.throttle)
             .field("breaker", &self.breaker)
             .field("circuit_max_wait", &self.circuit_max_wait)
+            .field("concurrency", &self.concurrency)
             .field("dead_letters", &self.dead_letters.is_some())
             .finish_non_exhaustive()
     }
@@ -78,6 +82,7 @@ impl Default for StackConfig {
             throttle_store: None,
             breaker: true,
             circuit_max_wait: Duration::ZERO,
+            concurrency: None,
             dead_letters: None,
         }
     }
@@ -140,6 +145,16 @@ impl StackConfig {
     /// is lowered to a year; see [`CircuitBreakerLayer::max_wait`].
     pub fn circuit_max_wait(mut self, patience: Duration) -> Self {
         self.circuit_max_wait = patience;
+        self
+    }
+
+    /// A limit on batches in flight to Lehnz, or `None` (the default: the client's own
+    /// [`concurrency`](super::client::ClientBuilder::concurrency) bounds them). With
+    /// [`ConcurrencyLayer::adaptive`] the limit falls when Lehnz answers 429 or 503, names a
+    /// wait or slows down, and grows back while it answers fast; one limit for the
+    /// organization, as the throttle.
+    pub fn concurrency_limit(mut self, limit: Option<ConcurrencyLayer>) -> Self {
+        self.concurrency = limit;
         self
     }
 
@@ -218,6 +233,7 @@ impl StackConfig {
             .gate(gate)
             .throttle(throttle)
             .circuit_breaker(breaker)
+            .concurrency(self.concurrency)
             .dead_letters(dead_letters)
             .attempt_timeout(Some(self.attempt_timeout));
         let service = ServiceBuilder::new()
