@@ -21,7 +21,7 @@ pub struct ConcurrencyLayer<P = Scope> {
 
 impl ConcurrencyLayer {
     /// An adaptive limit per upstream: AIMD, starting at 20, within [1, 1,000], ×0.9 on a
-    /// loss, latency over twice its baseline a loss, calls waiting up to 30 s for a place.
+    /// loss (×0.95 on latency over 1.5 times its baseline), calls waiting up to 30 s for a place.
     pub fn adaptive() -> Self {
         ConcurrencyLayer {
             registry: Arc::new(Registry::new(Settings::adaptive())),
@@ -83,9 +83,12 @@ impl<P> ConcurrencyLayer<P> {
         })
     }
 
-    /// With AIMD, recent latency above its baseline times `tolerance` counts as a loss
-    /// (default `Some(2.0)`); `None` listens to losses only. A tolerance below 1.1 (or NaN) is
-    /// raised to 1.1.
+    /// With AIMD, recent latency above its baseline times `tolerance` counts as a loss, and
+    /// multiplies the limit by the square root of the [`backoff`](Self::backoff) (default
+    /// `Some(1.5)`: ×0.95); `None` listens to losses only. Whatever the tolerance, a limit
+    /// stops growing once recent latency is 10 % over the baseline: requests have started to
+    /// queue at the upstream, so it holds at the knee instead of sawing through it. A tolerance
+    /// below 1.1 (or NaN) is raised to 1.1.
     pub fn latency_tolerance(self, tolerance: Option<f64>) -> Self {
         self.update(|s| {
             s.tolerance = tolerance.map(|t| if t.is_nan() { 1.1 } else { t.max(1.1) });

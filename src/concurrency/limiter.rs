@@ -46,7 +46,7 @@ pub(crate) struct Settings {
 
 impl Settings {
     /// The adaptive defaults: AIMD from 20, between 1 and 1,000, ×0.9 on a loss, latency over
-    /// twice the baseline a loss, 30 s in line at most.
+    /// 1.5 times the baseline a loss (×0.95), 30 s in line at most.
     pub(crate) fn adaptive() -> Self {
         Settings {
             algorithm: Algorithm::Aimd,
@@ -54,7 +54,7 @@ impl Settings {
             min: 1,
             max: 1000,
             backoff: 0.9,
-            tolerance: Some(2.0),
+            tolerance: Some(1.5),
             max_wait: Duration::from_secs(30),
             max_partitions: 1024,
         }
@@ -140,6 +140,11 @@ struct Latency {
     samples: u32,
 }
 
+/// Recent latency over the baseline by this factor means requests queue at the upstream: an
+/// AIMD limit stops growing (and falls only at the tolerance, or on a loss), so it settles at
+/// the knee instead of sawing through it.
+const QUEUEING: f64 = 1.1;
+
 /// Samples before latency is read as a signal.
 const WARM_UP: u32 = 20;
 
@@ -160,6 +165,12 @@ impl Latency {
     /// Whether recent latency is above the baseline times `tolerance`.
     fn is_high(&self, tolerance: f64) -> bool {
         self.samples >= WARM_UP && self.recent > self.baseline * tolerance
+    }
+
+    /// Whether answers have started to queue at the upstream: recent latency more than
+    /// [`QUEUEING`] over the baseline. The limit then holds instead of growing.
+    fn is_queueing(&self) -> bool {
+        self.is_high(QUEUEING)
     }
 }
 
@@ -287,16 +298,23 @@ impl State {
                         return;
                     }
                     self.changed = Some(now);
+                    // Latency alone is a gentler signal than a refusal: the square root of
+                    // the factor (0.95 for 0.9).
+                    let factor = if sample.loss {
+                        settings.backoff
+                    } else {
+                        settings.backoff.sqrt()
+                    };
                     if !self.losing {
-                        self.recovery = limit * settings.backoff;
+                        self.recovery = limit * factor;
                         self.losing = true;
                     }
-                    limit * settings.backoff
+                    limit * factor
                 } else if limit + 1.0 <= self.recovery {
                     // Back from a run of losses to a level that worked: one more per answer.
                     self.losing = false;
                     limit + 1.0
-                } else if busy {
+                } else if busy && !self.latency.is_queueing() {
                     // About one more per limit's worth of answers: one per round trip.
                     self.losing = false;
                     limit + 1.0 / limit
@@ -574,6 +592,41 @@ mod tests {
             limiter.release(&settings, Some(sample(now, 50, false)), now);
         }
         assert!(limiter.figures().limit < before, "{:?}", limiter.figures());
+    }
+
+    #[test]
+    fn the_limit_holds_while_latency_shows_queueing_below_the_tolerance() {
+        let settings = Settings {
+            initial: 10,
+            ..Settings::adaptive()
+        };
+        let limiter = Limiter::new(&settings, None);
+        let now = Instant::now();
+        let round = |millis: u64| {
+            let mut going = 0;
+            while going < 10 {
+                assert_eq!(limiter.acquire(&settings), Acquired::Go);
+                going += 1;
+            }
+            for _ in 0..going {
+                limiter.release(&settings, Some(sample(now, millis, false)), now);
+            }
+        };
+        for _ in 0..3 {
+            round(10);
+        }
+        let grown = limiter.state.lock().unwrap().limit;
+        assert!(grown > 10.0, "{grown}");
+        // 12 ms against a baseline of 10: queueing, under the tolerance of 1.5. Once the
+        // recent latency shows it (a round), the limit holds.
+        round(12);
+        let seen = limiter.state.lock().unwrap().limit;
+        assert!(seen > grown);
+        for _ in 0..10 {
+            round(12);
+        }
+        let held = limiter.state.lock().unwrap().limit;
+        assert_eq!(held, seen, "it neither grew nor fell");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   fails with [`Kind::Overloaded`](crate::error::Kind::Overloaded).
 //! - **Adaptive** ([`ConcurrencyLayer::adaptive`]): the limit moves with the upstream's
 //!   answers. AIMD by default: while calls succeed with at least half the limit in flight,
-//!   it grows by about one per round trip; on a loss it is multiplied by
+//!   it grows by about one per round trip, until recent latency is 10 % over its baseline
+//!   (requests start to queue at the upstream: it holds there); on a loss it is multiplied by
 //!   [`backoff`](ConcurrencyLayer::backoff) (0.9), once per round trip however many losses
 //!   that round trip saw. After a run of losses (an outage drives the limit to its minimum) it
 //!   grows by one per success, doubling per round trip, back to where the run started times
@@ -21,8 +22,8 @@
 //!
 //! A **loss** is what an HTTP API says when it is overloaded: a 429, a 503 or a 504, a
 //! server-named wait (`Retry-After`), a used-up quota (`RateLimit-Remaining: 0`), an attempt
-//! timeout or a transport error; with AIMD also latency above twice its baseline
-//! ([`latency_tolerance`](ConcurrencyLayer::latency_tolerance)). Other 4xx and 5xx answers are
+//! timeout or a transport error; with AIMD also latency above 1.5 times its baseline
+//! ([`latency_tolerance`](ConcurrencyLayer::latency_tolerance)), a gentler one (×0.95). Other 4xx and 5xx answers are
 //! not. The baseline is a smoothed latency that falls quickly towards faster answers and rises
 //! slowly, counted in answers rather than time, so a quiet period does not reset it.
 //!
