@@ -365,7 +365,12 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
                 // Nobody waits on this job: a batch that meets an open circuit waits for it
                 // (the source pauses meanwhile) instead of going to the dead letters.
                 .circuit_max_wait(args.patience)
-                .concurrency_limit(args.adaptive.then(ConcurrencyLayer::adaptive))
+                // A batch's latency says more about its size than about Lehnz's load: the
+                // limit listens to Lehnz's 429s, 503s, named waits and failures only.
+                .concurrency_limit(
+                    args.adaptive
+                        .then(|| ConcurrencyLayer::adaptive().latency_tolerance(None)),
+                )
         })
         .build()?;
 

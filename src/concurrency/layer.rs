@@ -85,10 +85,11 @@ impl<P> ConcurrencyLayer<P> {
 
     /// With AIMD, recent latency above its baseline times `tolerance` counts as a loss, and
     /// multiplies the limit by the square root of the [`backoff`](Self::backoff) (default
-    /// `Some(1.5)`: ×0.95); `None` listens to losses only. Whatever the tolerance, a limit
-    /// stops growing once recent latency is 10 % over the baseline: requests have started to
-    /// queue at the upstream, so it holds at the knee instead of sawing through it. A tolerance
-    /// below 1.1 (or NaN) is raised to 1.1.
+    /// `Some(1.5)`: ×0.95), and a limit stops growing once recent latency is 10 % over the
+    /// baseline: requests have started to queue at the upstream, so it holds at the knee
+    /// instead of sawing through it. `None` listens to losses only: for an upstream whose
+    /// latency varies with the work asked of it (batches of different sizes) more than with
+    /// its load. A tolerance below 1.1 (or NaN) is raised to 1.1.
     pub fn latency_tolerance(self, tolerance: Option<f64>) -> Self {
         self.update(|s| {
             s.tolerance = tolerance.map(|t| if t.is_nan() { 1.1 } else { t.max(1.1) });

@@ -314,7 +314,11 @@ impl State {
                     // Back from a run of losses to a level that worked: one more per answer.
                     self.losing = false;
                     limit + 1.0
-                } else if busy && !self.latency.is_queueing() {
+                } else if busy
+                    && !settings
+                        .tolerance
+                        .is_some_and(|_| self.latency.is_queueing())
+                {
                     // About one more per limit's worth of answers: one per round trip.
                     self.losing = false;
                     limit + 1.0 / limit
@@ -627,6 +631,30 @@ mod tests {
         }
         let held = limiter.state.lock().unwrap().limit;
         assert_eq!(held, seen, "it neither grew nor fell");
+    }
+
+    /// Batches whose latency varied with their size read as queueing, and drove a job's
+    /// limit to 1; without a tolerance latency is no signal at all.
+    #[test]
+    fn without_a_tolerance_latency_neither_holds_nor_lowers_the_limit() {
+        let settings = Settings {
+            initial: 10,
+            tolerance: None,
+            ..Settings::adaptive()
+        };
+        let limiter = Limiter::new(&settings, None);
+        let now = Instant::now();
+        for round in 0..20u64 {
+            for _ in 0..10 {
+                assert_eq!(limiter.acquire(&settings), Acquired::Go);
+            }
+            // Answers from 4 to 40 ms.
+            for i in 0..10u64 {
+                let millis = 4 + (round * 7 + i * 13) % 37;
+                limiter.release(&settings, Some(sample(now, millis, false)), now);
+            }
+        }
+        assert!(limiter.figures().limit > 10, "{:?}", limiter.figures());
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //! server-named wait (`Retry-After`), a used-up quota (`RateLimit-Remaining: 0`), an attempt
 //! timeout or a transport error; with AIMD also latency above 1.5 times its baseline
 //! ([`latency_tolerance`](ConcurrencyLayer::latency_tolerance)), a gentler one (×0.95). Other 4xx and 5xx answers are
-//! not. The baseline is a smoothed latency that falls quickly towards faster answers and rises
+//! not, nor is a 429 the throttle doubted ([`DoubtedRefusal`](crate::handoff::DoubtedRefusal):
+//! the server's own count said there was room). The baseline is a smoothed latency that falls quickly towards faster answers and rises
 //! slowly, counted in answers rather than time, so a quiet period does not reset it.
 //!
 //! Limits are per upstream (scheme, host and port; see [`Partition`]) and shared by every
@@ -76,6 +77,7 @@ pub(crate) use limiter::{Acquired, Limiter, Sample, Settings};
 pub use service::Concurrency;
 
 use crate::error::{Error, Kind};
+use crate::handoff::DoubtedRefusal;
 use crate::partition::PartitionKey;
 use crate::rate_limit::RateLimitInfo;
 
@@ -206,7 +208,10 @@ fn meter(limiter: &Limiter) {
 
 /// What an attempt's result says of its upstream's load, sent at `started` and answered at
 /// `now`: `None` when it says nothing (the call was refused before it reached the upstream,
-/// or its body failed).
+/// its body failed, or the throttle doubted the server's refusal: a 429 the server's own
+/// count contradicts is noise, see [`DoubtedRefusal`]).
+///
+/// [`DoubtedRefusal`]: crate::handoff::DoubtedRefusal
 pub(crate) fn sample_of<B>(
     result: &Result<Response<B>, Error>,
     info: Option<&RateLimitInfo>,
@@ -214,6 +219,7 @@ pub(crate) fn sample_of<B>(
     now: Instant,
 ) -> Option<Sample> {
     let loss = match result {
+        Ok(response) if response.extensions().get::<DoubtedRefusal>().is_some() => return None,
         Ok(response) => {
             matches!(
                 response.status(),
@@ -232,4 +238,60 @@ pub(crate) fn sample_of<B>(
         latency: now.saturating_duration_since(started),
         loss,
     })
+}
+
+#[cfg(all(test, not(tower_outbound_loom)))]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn answer(status: u16) -> Result<Response<()>, Error> {
+        let mut response = Response::new(());
+        *response.status_mut() = StatusCode::from_u16(status).unwrap();
+        Ok(response)
+    }
+
+    #[test]
+    fn overload_signals_are_losses_and_other_answers_are_not() {
+        let now = Instant::now();
+        let loss = |result: &Result<Response<()>, Error>, info: Option<&RateLimitInfo>| {
+            sample_of(result, info, now, now).map(|s| s.loss)
+        };
+        for status in [429, 503, 504] {
+            assert_eq!(loss(&answer(status), None), Some(true), "{status}");
+        }
+        for status in [200, 400, 404, 500, 502] {
+            assert_eq!(loss(&answer(status), None), Some(false), "{status}");
+        }
+        let wait = RateLimitInfo {
+            retry_after: Some(Duration::from_secs(1)),
+            ..RateLimitInfo::default()
+        };
+        let used_up = RateLimitInfo {
+            remaining: Some(0),
+            ..RateLimitInfo::default()
+        };
+        assert_eq!(loss(&answer(200), Some(&wait)), Some(true));
+        assert_eq!(loss(&answer(200), Some(&used_up)), Some(true));
+        assert_eq!(loss(&Err(Error::new(Kind::Transport)), None), Some(true));
+        assert_eq!(loss(&Err(Error::timed_out()), None), Some(true));
+        // Refusals by the crate's own steps say nothing of the upstream.
+        let refused = Error::new(Kind::Throttled {
+            wait: Duration::from_secs(1),
+        });
+        assert_eq!(loss(&Err(refused), None), None);
+    }
+
+    /// Chaos 429s that the throttle doubted (the server's own count said there was room)
+    /// halved a job's limit one after the other.
+    #[test]
+    fn a_refusal_the_throttle_doubted_is_no_sign_of_load() {
+        let now = Instant::now();
+        let mut doubted = answer(429);
+        if let Ok(response) = &mut doubted {
+            response.extensions_mut().insert(DoubtedRefusal);
+        }
+        assert!(sample_of(&doubted, None, now, now).is_none());
+    }
 }

@@ -788,13 +788,6 @@ impl<S> Call<S> {
                 throttle.answered();
             }
         }
-        if let (Some(sent), Some(limits), Some(limiter)) =
-            (self.placed.take(), &stack.concurrency, &record.limiter)
-        {
-            let (now, _) = clock(&mut self.now, record);
-            let sample = crate::concurrency::sample_of(&result, info.as_ref(), sent, now);
-            limits.release(limiter, sample, now);
-        }
         let (mut paused, mut neutral) = (false, false);
         if let (Ok(response), Some(info)) = (&mut result, &info) {
             let status = response.status();
@@ -814,6 +807,14 @@ impl<S> Call<S> {
                 paused = true;
             }
             neutral = doubted;
+        }
+        // After the throttle: a refusal it doubted is no sign of load.
+        if let (Some(sent), Some(limits), Some(limiter)) =
+            (self.placed.take(), &stack.concurrency, &record.limiter)
+        {
+            let (now, _) = clock(&mut self.now, record);
+            let sample = crate::concurrency::sample_of(&result, info.as_ref(), sent, now);
+            limits.release(limiter, sample, now);
         }
         // Any other answer paces the gate's release of the requests it held.
         if std::mem::take(&mut self.through_gate) && !paused {
