@@ -7,7 +7,7 @@
 //! - **Fixed** ([`ConcurrencyLayer::fixed`]), a bulkhead: at most N in flight; further calls
 //!   wait in line, in arrival order, for up to [`max_wait`](ConcurrencyLayer::max_wait)
 //!   (default 30 s), or fail at once with a zero `max_wait`. A call that cannot get a place
-//!   fails with [`Kind::Overloaded`](crate::error::Kind::Overloaded).
+//!   fails with [`Kind::Overloaded`].
 //! - **Adaptive** ([`ConcurrencyLayer::adaptive`]): the limit moves with the upstream's
 //!   answers. AIMD by default: while calls succeed with at least half the limit in flight,
 //!   it grows by about one per round trip, until recent latency is 10 % over its baseline
@@ -24,11 +24,11 @@
 //! server-named wait (`Retry-After`), a used-up quota (`RateLimit-Remaining: 0`), an attempt
 //! timeout or a transport error; with AIMD also latency above 1.5 times its baseline
 //! ([`latency_tolerance`](ConcurrencyLayer::latency_tolerance)), a gentler one (×0.95). Other 4xx and 5xx answers are
-//! not, nor is a 429 the throttle doubted ([`DoubtedRefusal`](crate::handoff::DoubtedRefusal):
+//! not, nor is a 429 the throttle doubted ([`DoubtedRefusal`]:
 //! the server's own count said there was room). The baseline is a smoothed latency that falls quickly towards faster answers and rises
 //! slowly, counted in answers rather than time, so a quiet period does not reset it.
 //!
-//! Limits are per upstream (scheme, host and port; see [`Partition`]) and shared by every
+//! Limits are per upstream (scheme, host and port; see [`Partition`](crate::partition::Partition)) and shared by every
 //! clone of the layer and of its services: the limit is the same whichever clone or task
 //! calls. A call's place is given back when its future completes or is dropped. At most
 //! 1,024 upstreams' limits are kept; idle ones (nothing in flight or in line) are forgotten
