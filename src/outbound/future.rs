@@ -121,10 +121,8 @@ struct Call<S> {
     /// judges slow calls or keeps its window by time).
     admission: Option<Admission>,
     breaker_started: Option<Instant>,
-    /// The attempt's place under the concurrency limit: when it was sent (or, before that,
-    /// taken), and its ticket while it waits in the limit's line.
-    placed: Option<Instant>,
-    in_line: Option<u64>,
+    /// The attempt's place under the concurrency limit, or in its line.
+    place: Place,
     /// Whether the attempt in flight holds a place among the throttle's outstanding requests,
     /// and the slot it reserved while it waits for it.
     outstanding: bool,
@@ -137,7 +135,8 @@ struct Call<S> {
     released: Option<Released>,
     /// Whether the call started (at its first poll), and when.
     begun: bool,
-    begun_at: Option<Instant>,
+    /// When it started, in nanoseconds after the record's epoch.
+    begun_at: u64,
     /// Whether the deadline was worked out (see `deadline`).
     deadline_known: bool,
     /// When the attempt in flight times out, from its first pending poll.
@@ -211,15 +210,14 @@ where
                 now: None,
                 admission: None,
                 breaker_started: None,
-                placed: None,
-                in_line: None,
+                place: Place::NONE,
                 outstanding: false,
                 reservation: None,
                 outcome: Outcome::Success,
                 through_gate: false,
                 released: None,
                 begun: false,
-                begun_at: None,
+                begun_at: 0,
                 deadline_known: false,
                 attempt_deadline: None,
                 record,
@@ -521,9 +519,9 @@ impl<S> Call<S> {
             ))));
         };
         self.attempt_deadline = None;
-        if self.placed.is_some() {
+        if self.place.since().is_some() {
             // The attempt's latency counts from here.
-            self.placed = Some(clock(&mut self.now, &self.record).0);
+            self.place = Place::held(clock(&mut self.now, &self.record).1);
         }
         let future = self.inner.call(request);
         state.set(State::Calling { future });
@@ -538,7 +536,7 @@ impl<S> Call<S> {
         if let Some(budget) = &record.budget {
             budget.deposit_at(since.saturating_add(record.budget_lag));
         }
-        self.begun_at = Some(now);
+        self.begun_at = since;
         #[cfg(feature = "metrics")]
         {
             self.meter.starts_at(now);
@@ -555,9 +553,8 @@ impl<S> Call<S> {
     fn deadline(&mut self) -> Option<Instant> {
         if !self.deadline_known {
             self.deadline_known = true;
-            if let (Some(timeout), Some(begun)) = (self.record.stack.retry.deadline, self.begun_at)
-            {
-                let ours = instant_after(begun, timeout);
+            if let (Some(timeout), true) = (self.record.stack.retry.deadline, self.begun) {
+                let ours = instant_after(self.record.at(self.begun_at), timeout);
                 let deadline = &mut self.progress.deadline;
                 *deadline = Some(deadline.map_or(ours, |theirs| theirs.min(ours)));
             }
@@ -640,11 +637,11 @@ impl<S> Call<S> {
         };
         match limits.acquire(limiter) {
             Acquired::Go => {
-                self.placed = Some(clock(&mut self.now, record).0);
+                self.place = Place::held(clock(&mut self.now, record).1);
                 self.take_slot()
             }
             Acquired::Wait(ticket) => {
-                self.in_line = Some(ticket);
+                self.place = Place::in_line(ticket);
                 let (now, _) = clock(&mut self.now, record);
                 Admit::Held(Wait::Place(instant_after(now, limits.settings.max_wait)))
             }
@@ -663,12 +660,13 @@ impl<S> Call<S> {
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
         let record = &*self.record;
-        if let (Some(limits), Some(limiter), Some(ticket)) =
-            (&record.stack.concurrency, &record.limiter, self.in_line)
-        {
+        if let (Some(limits), Some(limiter), Some(ticket)) = (
+            &record.stack.concurrency,
+            &record.limiter,
+            self.place.ticket(),
+        ) {
             if limits.turn(limiter, ticket, cx.waker()) {
-                self.in_line = None;
-                self.placed = Some(clock(&mut self.now, record).0);
+                self.place = Place::held(clock(&mut self.now, record).1);
                 return Poll::Ready(Ok(()));
             }
         }
@@ -679,7 +677,7 @@ impl<S> Call<S> {
                 else {
                     unreachable!("a call waits for a place only under a limit");
                 };
-                if let Some(ticket) = self.in_line.take() {
+                if let Some(ticket) = std::mem::replace(&mut self.place, Place::NONE).ticket() {
                     limits.leave(limiter, ticket);
                 }
                 Poll::Ready(Err(
@@ -809,10 +807,13 @@ impl<S> Call<S> {
             neutral = doubted;
         }
         // After the throttle: a refusal it doubted is no sign of load.
-        if let (Some(sent), Some(limits), Some(limiter)) =
-            (self.placed.take(), &stack.concurrency, &record.limiter)
-        {
+        if let (Some(since), Some(limits), Some(limiter)) = (
+            std::mem::replace(&mut self.place, Place::NONE).since(),
+            &stack.concurrency,
+            &record.limiter,
+        ) {
             let (now, _) = clock(&mut self.now, record);
+            let sent = record.at(since);
             let sample = crate::concurrency::sample_of(&result, info.as_ref(), sent, now);
             limits.release(limiter, sample, now);
         }
@@ -873,7 +874,8 @@ impl<S> Call<S> {
         let body = self.body.as_ref().and_then(Buffered::bytes);
         // The wall-clock time of the call's start, from how long ago it started.
         let started = self
-            .begun_at
+            .begun
+            .then(|| self.record.at(self.begun_at))
             .and_then(|begun| SystemTime::now().checked_sub(begun.elapsed()));
         let letter = recording::letter(config, parts, body, started, result);
         Some(Write::start(config, letter))
@@ -953,11 +955,12 @@ impl<S> Call<S> {
         }
         self.breaker_started = None;
         if let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) {
-            if self.placed.take().is_some() {
+            let place = std::mem::replace(&mut self.place, Place::NONE);
+            if place.since().is_some() {
                 let (now, _) = clock(&mut self.now, record);
                 limits.release(limiter, None, now);
             }
-            if let Some(ticket) = self.in_line.take() {
+            if let Some(ticket) = place.ticket() {
                 limits.leave(limiter, ticket);
             }
         }
@@ -984,6 +987,35 @@ fn clock(now: &mut Option<(Instant, u64)>, record: &Record) -> (Instant, u64) {
         let now = Instant::now();
         (now, record.since_epoch(now))
     })
+}
+
+/// An attempt's place under the concurrency limit, in one word (the call moves often): none,
+/// a ticket in the limit's line, or a place held since (once sent: sent at) some nanoseconds
+/// after the record's epoch.
+#[derive(Clone, Copy)]
+struct Place(u64);
+
+impl Place {
+    const NONE: Place = Place(0);
+    const IN_LINE: u64 = 1 << 63;
+
+    /// A ticket in the line (tickets count up from 0 by one per wait: never near 2⁶³).
+    fn in_line(ticket: u64) -> Self {
+        Place(Self::IN_LINE | (ticket & !Self::IN_LINE))
+    }
+
+    /// A place held since `since` (nanoseconds after the epoch: 2⁶³ of them is 292 years).
+    fn held(since: u64) -> Self {
+        Place(since.saturating_add(1).min(Self::IN_LINE - 1))
+    }
+
+    fn ticket(self) -> Option<u64> {
+        (self.0 & Self::IN_LINE != 0).then_some(self.0 & !Self::IN_LINE)
+    }
+
+    fn since(self) -> Option<u64> {
+        (self.0 != 0 && self.0 & Self::IN_LINE == 0).then(|| self.0 - 1)
+    }
 }
 
 /// The request head a call keeps.
@@ -1035,5 +1067,25 @@ mod tests {
         let size =
             std::mem::size_of::<ResponseFuture<Client, http_body_util::Full<bytes::Bytes>>>();
         assert!(size <= 768, "{size} bytes");
+    }
+}
+
+#[cfg(all(test, not(tower_outbound_loom)))]
+mod place_tests {
+    use super::Place;
+
+    #[test]
+    fn a_place_is_none_a_ticket_or_a_time_never_two() {
+        assert_eq!((Place::NONE.ticket(), Place::NONE.since()), (None, None));
+        for ticket in [0, 1, 7, u64::MAX >> 1] {
+            let place = Place::in_line(ticket);
+            assert_eq!((place.ticket(), place.since()), (Some(ticket), None));
+        }
+        for since in [0, 1, 5_000_000_000, (1 << 63) - 2] {
+            let place = Place::held(since);
+            assert_eq!((place.ticket(), place.since()), (None, Some(since)));
+        }
+        // Past 292 years from the epoch the time saturates, still a time.
+        assert!(Place::held(u64::MAX).since().is_some());
     }
 }

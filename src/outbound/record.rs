@@ -85,6 +85,11 @@ impl Record {
         }
     }
 
+    /// The instant `nanos` after the record's epoch.
+    pub(crate) fn at(&self, nanos: u64) -> Instant {
+        crate::handoff::instant_after(self.epoch, std::time::Duration::from_nanos(nanos))
+    }
+
     /// `now` as nanoseconds since the record's epoch.
     pub(crate) fn since_epoch(&self, now: Instant) -> u64 {
         nanos(now.saturating_duration_since(self.epoch))
