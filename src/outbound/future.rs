@@ -537,6 +537,8 @@ impl<S> Call<S> {
             budget.deposit_at(since.saturating_add(record.budget_lag));
         }
         self.begun_at = since;
+        #[cfg(not(feature = "metrics"))]
+        let _ = now;
         #[cfg(feature = "metrics")]
         {
             self.meter.starts_at(now);

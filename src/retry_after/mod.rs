@@ -189,6 +189,7 @@ pub(crate) fn pause_of(status: StatusCode, info: &RateLimitInfo) -> Option<Durat
 /// What a request finds at the gate when it does not line up (see [`Gates::pass_gate`]):
 /// the gate's decision alone, for tests and models.
 #[cfg(test)]
+#[cfg_attr(tower_outbound_loom, allow(dead_code))] // the models only ask whether it is open
 pub(crate) enum Pass {
     Open,
     Wait(Instant),
