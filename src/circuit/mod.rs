@@ -288,17 +288,13 @@ impl Registry {
     /// The breaker of `key`. At `max_partitions`, idle closed breakers are dropped first; if
     /// none is idle, the key shares the default breaker.
     pub(crate) fn breaker(&self, key: Option<&PartitionKey>) -> Arc<Breaker> {
-        let Some(key) = key else {
-            return self.default.clone();
-        };
-        self.keyed
-            .get_or_insert(
-                key,
-                self.settings.max_partitions,
-                |b| !b.is_idle(),
-                || Breaker::new(&self.settings, Some(key.clone())),
-            )
-            .unwrap_or_else(|| self.default.clone())
+        self.keyed.get_or_shared(
+            key,
+            &self.default,
+            self.settings.max_partitions,
+            |b| !b.is_idle(),
+            |key| Breaker::new(&self.settings, Some(key.clone())),
+        )
     }
 
     pub(crate) fn state_of(&self, key: Option<&PartitionKey>) -> CircuitState {

@@ -113,17 +113,13 @@ impl Registry {
     /// The limiter of `key`. At `max_partitions`, idle limiters are forgotten first; if none
     /// is idle, the key shares the default limiter.
     pub(crate) fn limiter(&self, key: Option<&PartitionKey>) -> Arc<Limiter> {
-        let Some(key) = key else {
-            return self.default.clone();
-        };
-        self.keyed
-            .get_or_insert(
-                key,
-                self.settings.max_partitions,
-                |limiter| !limiter.is_idle(),
-                || Limiter::new(&self.settings, Some(key.clone())),
-            )
-            .unwrap_or_else(|| self.default.clone())
+        self.keyed.get_or_shared(
+            key,
+            &self.default,
+            self.settings.max_partitions,
+            |limiter| !limiter.is_idle(),
+            |key| Limiter::new(&self.settings, Some(key.clone())),
+        )
     }
 
     pub(crate) fn state_of(&self, key: &PartitionKey) -> Option<LimitState> {

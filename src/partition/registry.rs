@@ -153,6 +153,24 @@ impl<V> Registry<V> {
         Some(value)
     }
 
+    /// The state of `key`, made when there is none (as [`get_or_insert`](Self::get_or_insert)
+    /// does), or `shared` for a call with no key and when the map is full of states worth
+    /// keeping.
+    pub(crate) fn get_or_shared(
+        &self,
+        key: Option<&PartitionKey>,
+        shared: &Arc<V>,
+        max: usize,
+        keep: impl FnMut(&V) -> bool,
+        make: impl FnOnce(&PartitionKey) -> V,
+    ) -> Arc<V> {
+        let Some(key) = key else {
+            return shared.clone();
+        };
+        self.get_or_insert(key, max, keep, || make(key))
+            .unwrap_or_else(|| shared.clone())
+    }
+
     /// The states held now, as one consistent snapshot.
     pub(crate) fn snapshot(&self) -> Arc<Map<V>> {
         self.map.load_full()

@@ -197,17 +197,13 @@ impl LocalStore {
     /// on keyed buckets, idle ones are dropped first; if none is idle, the key shares the
     /// default bucket.
     pub(crate) fn bucket(&self, key: Option<&PartitionKey>) -> Arc<Bucket> {
-        let Some(key) = key else {
-            return self.default.clone();
-        };
-        self.keyed
-            .get_or_insert(
-                key,
-                self.max_partitions,
-                |bucket| !bucket.is_idle(self.nanos_at(Instant::now())),
-                Bucket::default,
-            )
-            .unwrap_or_else(|| self.default.clone())
+        self.keyed.get_or_shared(
+            key,
+            &self.default,
+            self.max_partitions,
+            |bucket| !bucket.is_idle(self.nanos_at(Instant::now())),
+            |_| Bucket::default(),
+        )
     }
 
     /// Whether `bucket` is full again with no view to remember.
