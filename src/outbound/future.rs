@@ -12,10 +12,10 @@
 //!
 //! `new` reads the clock once, deposits the call into its upstream's retry budget and sets the
 //! deadline. `Admitting` counts an attempt and asks the breaker, the gate, the concurrency
-//! limit and the throttle, in that order, all through the record. `Calling` polls the client. When an attempt is done, its
-//! outcome is classified once and its rate-limit headers parsed once, and both are handed to the
-//! throttle, the gate, the concurrency limit, the breaker and the retry policy, in the order the
-//! layers would see them. One timer serves every wait of the call: the deadline, the attempt
+//! limit and the throttle, in that order, all through the record. `Calling` polls the client.
+//! When an attempt is done, its outcome is classified once and its rate-limit headers parsed
+//! once, and both are handed to the throttle, the gate, the concurrency limit, the breaker and
+//! the retry policy, in the order the layers would see them. One timer serves every wait of the call: the deadline, the attempt
 //! timeout (from the attempt's first pending poll), the gate, the limit's line, the throttle's
 //! slot and the backoff; it is created only when the call is pending.
 
@@ -661,24 +661,19 @@ impl<S> Call<S> {
         until: Instant,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), Error>> {
-        let record = &*self.record;
-        if let (Some(limits), Some(limiter), Some(ticket)) = (
-            &record.stack.concurrency,
-            &record.limiter,
-            self.place.ticket(),
-        ) {
+        // (A clone of the record's handle: only while the call waits in line.)
+        let record = self.record.clone();
+        let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) else {
+            return Poll::Ready(Ok(()));
+        };
+        if let Some(ticket) = self.place.ticket() {
             if limits.turn(limiter, ticket, cx.waker()) {
-                self.place = Place::held(clock(&mut self.now, record).1);
+                self.place = Place::held(clock(&mut self.now, &record).1);
                 return Poll::Ready(Ok(()));
             }
         }
         match ready!(self.poll_wait(timer, until, cx)) {
             Ok(()) => {
-                let record = &*self.record;
-                let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter)
-                else {
-                    unreachable!("a call waits for a place only under a limit");
-                };
                 if let Some(ticket) = std::mem::replace(&mut self.place, Place::NONE).ticket() {
                     limits.leave(limiter, ticket);
                 }
