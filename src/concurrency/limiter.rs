@@ -129,6 +129,9 @@ struct State {
     recovery: f64,
     /// Whether the last sample that moved the limit was a loss.
     losing: bool,
+    /// Whether the limit has not met the upstream's limit yet (no loss, no queueing): it
+    /// grows by one per answer, doubling per round trip, as TCP's slow start does.
+    starting: bool,
 }
 
 /// Recent latency and its baseline, in seconds. The baseline falls quickly towards faster
@@ -186,6 +189,7 @@ impl Limiter {
                 changed: None,
                 recovery: 0.0,
                 losing: false,
+                starting: true,
             }),
             key,
             #[cfg(feature = "metrics")]
@@ -293,6 +297,12 @@ impl State {
                 let high = settings
                     .tolerance
                     .is_some_and(|tolerance| self.latency.is_high(tolerance));
+                let queueing = settings
+                    .tolerance
+                    .is_some_and(|_| self.latency.is_queueing());
+                if sample.loss || high || queueing {
+                    self.starting = false;
+                }
                 if sample.loss || high {
                     if !fresh {
                         return;
@@ -310,15 +320,12 @@ impl State {
                         self.losing = true;
                     }
                     limit * factor
-                } else if limit + 1.0 <= self.recovery {
-                    // Back from a run of losses to a level that worked: one more per answer.
+                } else if limit + 1.0 <= self.recovery || (self.starting && busy) {
+                    // Back from a run of losses to a level that worked, or not at the
+                    // upstream's limit yet: one more per answer.
                     self.losing = false;
                     limit + 1.0
-                } else if busy
-                    && !settings
-                        .tolerance
-                        .is_some_and(|_| self.latency.is_queueing())
-                {
+                } else if busy && !queueing {
                     // About one more per limit's worth of answers: one per round trip.
                     self.losing = false;
                     limit + 1.0 / limit
@@ -498,21 +505,60 @@ mod tests {
     #[test]
     fn successes_near_the_limit_grow_it_by_about_one_per_limit_of_answers() {
         let settings = Settings {
-            initial: 4,
+            initial: 8,
             ..Settings::adaptive()
         };
         let limiter = Limiter::new(&settings, None);
         let now = Instant::now();
-        for _ in 0..4 {
+        // A loss first: the limit has met the upstream's (8 × 0.9 = 7.2).
+        assert_eq!(limiter.acquire(&settings), Acquired::Go);
+        limiter.release(&settings, Some(sample(now, 5, true)), now);
+        for _ in 0..7 {
             assert_eq!(limiter.acquire(&settings), Acquired::Go);
         }
-        for _ in 0..4 {
+        for _ in 0..6 {
             limiter.release(&settings, Some(sample(now, 5, false)), now);
             assert_eq!(limiter.acquire(&settings), Acquired::Go);
         }
-        assert_eq!(limiter.figures().limit, 4, "4.9: not 5 yet");
+        assert_eq!(limiter.figures().limit, 7, "7.997: not 8 yet");
         limiter.release(&settings, Some(sample(now, 5, false)), now);
-        assert_eq!(limiter.figures().limit, 5);
+        assert_eq!(limiter.figures().limit, 8);
+    }
+
+    #[test]
+    fn a_new_limit_grows_by_one_per_answer_until_the_first_loss() {
+        let settings = Settings {
+            initial: 2,
+            ..Settings::adaptive()
+        };
+        let limiter = Limiter::new(&settings, None);
+        let now = Instant::now();
+        let answer = |loss: bool| {
+            limiter.release(&settings, Some(sample(now, 5, loss)), now);
+        };
+        // Takes every free place (one more call would wait in line: it gives up its ticket).
+        let fill = || loop {
+            match limiter.acquire(&settings) {
+                Acquired::Go => {}
+                Acquired::Wait(ticket) => break limiter.leave(ticket),
+                Acquired::Full => unreachable!("calls may wait"),
+            }
+        };
+        fill();
+        // 30 answers with the limit in use: one more each (a doubling per round trip).
+        for _ in 0..30 {
+            answer(false);
+            fill();
+        }
+        assert_eq!(limiter.figures().limit, 32);
+        // The first loss ends it: ×0.9, then about one more per round trip.
+        answer(true);
+        assert_eq!(limiter.figures().limit, 28);
+        for _ in 0..10 {
+            fill();
+            answer(false);
+        }
+        assert_eq!(limiter.figures().limit, 29, "{:?}", limiter.figures());
     }
 
     /// An outage drove the limit to its minimum, and it then grew back by one per round trip:

@@ -9,8 +9,10 @@
 //!   (default 30 s), or fail at once with a zero `max_wait`. A call that cannot get a place
 //!   fails with [`Kind::Overloaded`].
 //! - **Adaptive** ([`ConcurrencyLayer::adaptive`]): the limit moves with the upstream's
-//!   answers. AIMD by default: while calls succeed with at least half the limit in flight,
-//!   it grows by about one per round trip, until recent latency is 10 % over its baseline
+//!   answers. AIMD by default: a new limit grows by one per answer (doubling per round
+//!   trip, TCP's slow start) until the first loss or sign of queueing; from then on, while
+//!   calls succeed with at least half the limit in flight, it grows by about one per round
+//!   trip, until recent latency is 10 % over its baseline
 //!   (requests start to queue at the upstream: it holds there); on a loss it is multiplied by
 //!   [`backoff`](ConcurrencyLayer::backoff) (0.9), once per round trip however many losses
 //!   that round trip saw. After a run of losses (an outage drives the limit to its minimum) it
