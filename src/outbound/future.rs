@@ -468,6 +468,7 @@ impl<S> Call<S> {
     /// Goes on from an admission: an admitted attempt is sent at once when the client is
     /// ready; a held one waits in its state. `Some`: the attempt is over already (refused, or
     /// the client failed).
+    #[inline(always)]
     fn go<B, ResB>(
         &mut self,
         mut state: Pin<&mut State<S::Future, B, Response<ResB>>>,
@@ -632,7 +633,18 @@ impl<S> Call<S> {
 
     /// Takes a place under the concurrency limit (or lines up for one), then the throttle's
     /// slot.
+    #[inline]
     fn take_place(&mut self) -> Admit {
+        if self.record.limiter.is_none() {
+            return self.take_slot();
+        }
+        self.place_then_slot()
+    }
+
+    /// [`take_place`](Self::take_place) under a limit (out of line: a stack without one does
+    /// not pay for it).
+    #[inline(never)]
+    fn place_then_slot(&mut self) -> Admit {
         let record = &*self.record;
         let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) else {
             return self.take_slot();
@@ -804,15 +816,14 @@ impl<S> Call<S> {
             neutral = doubted;
         }
         // After the throttle: a refusal it doubted is no sign of load.
-        if let (Some(since), Some(limits), Some(limiter)) = (
-            std::mem::replace(&mut self.place, Place::NONE).since(),
-            &stack.concurrency,
-            &record.limiter,
-        ) {
-            let (now, _) = clock(&mut self.now, record);
-            let sent = record.at(since);
-            let sample = crate::concurrency::sample_of(&result, info.as_ref(), sent, now);
-            limits.release(limiter, sample, now);
+        if self.place.is_some() {
+            place_answered(
+                &mut self.place,
+                &mut self.now,
+                record,
+                &result,
+                info.as_ref(),
+            );
         }
         // Any other answer paces the gate's release of the requests it held.
         if std::mem::take(&mut self.through_gate) && !paused {
@@ -951,15 +962,8 @@ impl<S> Call<S> {
             breaker.release_probe(round);
         }
         self.breaker_started = None;
-        if let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) {
-            let place = std::mem::replace(&mut self.place, Place::NONE);
-            if place.since().is_some() {
-                let (now, _) = clock(&mut self.now, record);
-                limits.release(limiter, None, now);
-            }
-            if let Some(ticket) = place.ticket() {
-                limits.leave(limiter, ticket);
-            }
+        if self.place.is_some() {
+            give_place_back(&mut self.place, &mut self.now, record);
         }
         if let Some(throttle) = &record.stack.throttle {
             if std::mem::take(&mut self.outstanding) {
@@ -975,6 +979,42 @@ impl<S> Call<S> {
 impl<S> Drop for Call<S> {
     fn drop(&mut self) {
         self.give_back();
+    }
+}
+
+/// The attempt's answer, to the concurrency limit it holds a place under (out of line: a
+/// stack without a limit does not pay for it).
+#[inline(never)]
+fn place_answered<R>(
+    place: &mut Place,
+    now: &mut Option<(Instant, u64)>,
+    record: &Record,
+    result: &Result<Response<R>, Error>,
+    info: Option<&RateLimitInfo>,
+) {
+    let place = std::mem::replace(place, Place::NONE);
+    if let (Some(since), Some(limits), Some(limiter)) =
+        (place.since(), &record.stack.concurrency, &record.limiter)
+    {
+        let (now, _) = clock(now, record);
+        let sample = crate::concurrency::sample_of(result, info, record.at(since), now);
+        limits.release(limiter, sample, now);
+    }
+}
+
+/// Gives back the attempt's place under the concurrency limit, or in its line, with nothing
+/// learnt (out of line, as above).
+#[inline(never)]
+fn give_place_back(place: &mut Place, now: &mut Option<(Instant, u64)>, record: &Record) {
+    let place = std::mem::replace(place, Place::NONE);
+    if let (Some(limits), Some(limiter)) = (&record.stack.concurrency, &record.limiter) {
+        if place.since().is_some() {
+            let (now, _) = clock(now, record);
+            limits.release(limiter, None, now);
+        }
+        if let Some(ticket) = place.ticket() {
+            limits.leave(limiter, ticket);
+        }
     }
 }
 
@@ -1004,6 +1044,10 @@ impl Place {
     /// A place held since `since` (nanoseconds after the epoch: 2⁶³ of them is 292 years).
     fn held(since: u64) -> Self {
         Place(since.saturating_add(1).min(Self::IN_LINE - 1))
+    }
+
+    fn is_some(self) -> bool {
+        self.0 != 0
     }
 
     fn ticket(self) -> Option<u64> {
