@@ -453,3 +453,45 @@ async fn the_background_preset_limits_adaptively() {
     assert!(Outbound::new().concurrency_layer().is_none());
     assert!(Outbound::user_facing().concurrency_layer().is_none());
 }
+
+/// Inside `Outbound` the throttle and the limit both hold: whichever binds first sets the pace.
+#[tokio::test(start_paused = true)]
+async fn outbound_paces_by_whichever_of_the_rate_and_the_limit_binds_first() {
+    use tower_outbound::ThrottleLayer;
+
+    let arrivals = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = InFlight::default();
+    let upstream = |delay: Duration| {
+        let (arrivals, seen) = (arrivals.clone(), seen.clone());
+        tower::service_fn(move |_req: Request<ReplayBody>| {
+            let (arrivals, seen) = (arrivals.clone(), seen.clone());
+            async move {
+                arrivals.lock().unwrap().push(Instant::now());
+                let _guard = seen.enter();
+                sleep(delay).await;
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        })
+    };
+    // The rate binds: 10 a second (burst 1) under a limit of 100.
+    let outbound = Outbound::new()
+        .throttle(Some(ThrottleLayer::new(10, Duration::from_secs(1)).burst(1)))
+        .concurrency(Some(ConcurrencyLayer::fixed(100)));
+    let client = outbound.service(upstream(Duration::from_millis(1)));
+    let results = futures_join((0..10).map(|_| client.clone().oneshot(get())).collect()).await;
+    assert!(results.iter().all(Result::is_ok));
+    let times = std::mem::take(&mut *arrivals.lock().unwrap());
+    for pair in times.windows(2) {
+        assert!(pair[1] - pair[0] >= Duration::from_millis(99), "{times:?}");
+    }
+    // The limit binds: 2 in flight under a rate of 1,000 a second.
+    let outbound = Outbound::new()
+        .throttle(Some(ThrottleLayer::new(1000, Duration::from_secs(1))))
+        .concurrency(Some(ConcurrencyLayer::fixed(2)));
+    let client = outbound.service(upstream(Duration::from_millis(50)));
+    let start = Instant::now();
+    let results = futures_join((0..10).map(|_| client.clone().oneshot(get())).collect()).await;
+    assert!(results.iter().all(Result::is_ok));
+    assert_eq!(seen.most.load(Ordering::SeqCst), 2);
+    assert_eq!(start.elapsed(), Duration::from_millis(250), "five waves of two");
+}
