@@ -475,7 +475,9 @@ async fn outbound_paces_by_whichever_of_the_rate_and_the_limit_binds_first() {
     };
     // The rate binds: 10 a second (burst 1) under a limit of 100.
     let outbound = Outbound::new()
-        .throttle(Some(ThrottleLayer::new(10, Duration::from_secs(1)).burst(1)))
+        .throttle(Some(
+            ThrottleLayer::new(10, Duration::from_secs(1)).burst(1),
+        ))
         .concurrency(Some(ConcurrencyLayer::fixed(100)));
     let client = outbound.service(upstream(Duration::from_millis(1)));
     let results = futures_join((0..10).map(|_| client.clone().oneshot(get())).collect()).await;
@@ -493,5 +495,9 @@ async fn outbound_paces_by_whichever_of_the_rate_and_the_limit_binds_first() {
     let results = futures_join((0..10).map(|_| client.clone().oneshot(get())).collect()).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(seen.most.load(Ordering::SeqCst), 2);
-    assert_eq!(start.elapsed(), Duration::from_millis(250), "five waves of two");
+    assert_eq!(
+        start.elapsed(),
+        Duration::from_millis(250),
+        "five waves of two"
+    );
 }
