@@ -185,6 +185,22 @@ async fn chaos_run_exposes_the_five_signals_per_upstream() {
     assert_eq!(row.circuit, Some(CircuitState::Open));
     let row = signals.upstream(flaky).unwrap();
     assert_eq!(row.calls, run.flaky_calls);
+    // The limit as the gauges say it: every place given back.
+    let limit = row
+        .concurrency
+        .expect("the background preset's limit reported");
+    assert_eq!((limit.in_flight, limit.queued), (0, 0));
+    assert_eq!(
+        f64::from(limit.limit),
+        get(
+            &series,
+            "outbound_concurrency_limit",
+            &[("upstream", flaky)]
+        )
+    );
+    assert!(signals
+        .to_string()
+        .contains(&format!("concurrency limit ({flaky}): {}", limit.limit)));
     assert_eq!(
         signals
             .dead_letters

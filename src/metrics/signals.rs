@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::Ordering;
 
 use crate::circuit::CircuitState;
+use crate::concurrency::LimitState;
 
 use super::{sink, upstream};
 
@@ -43,6 +44,9 @@ pub struct UpstreamSignals {
     pub refused: u64,
     /// The breaker's state, when one reports it (signal 4).
     pub circuit: Option<CircuitState>,
+    /// The concurrency limit's figures at their last change, when a
+    /// [`ConcurrencyLayer`](crate::ConcurrencyLayer) reports them (signal 6).
+    pub concurrency: Option<LimitState>,
 }
 
 impl UpstreamSignals {
@@ -101,6 +105,19 @@ impl Signals {
                             _ => CircuitState::Open,
                         },
                     ),
+                    concurrency: (counts.concurrency_known.load(Ordering::Relaxed) > 0).then(
+                        || {
+                            let [limit, in_flight, queued] = counts
+                                .concurrency
+                                .each_ref()
+                                .map(|c| c.load(Ordering::Relaxed));
+                            LimitState {
+                                limit,
+                                in_flight,
+                                queued,
+                            }
+                        },
+                    ),
                     upstream: label,
                 }
             })
@@ -154,6 +171,15 @@ impl fmt::Display for Signals {
                 u.failed,
                 u.refused,
             )?;
+        }
+        for u in &self.upstreams {
+            if let Some(c) = u.concurrency {
+                writeln!(
+                    f,
+                    "concurrency limit ({}): {}, {} in flight, {} queued",
+                    u.upstream, c.limit, c.in_flight, c.queued
+                )?;
+            }
         }
         for s in &self.dead_letters {
             match s.oldest_age_seconds {

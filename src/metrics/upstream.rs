@@ -88,6 +88,9 @@ pub(crate) struct Counts {
     pub(crate) retried_calls: AtomicU64,
     pub(crate) circuit: AtomicU8,
     pub(crate) circuit_known: AtomicU8,
+    /// The concurrency limit's figures (limit, in flight, queued), once a limit reported.
+    pub(crate) concurrency: [std::sync::atomic::AtomicU32; 3],
+    pub(crate) concurrency_known: AtomicU8,
 }
 
 /// One upstream's label, counts and meter handles.
@@ -209,6 +212,15 @@ impl Upstream {
             names::IN_FLIGHT,
             names::CONCURRENCY_QUEUED,
         ];
+        for (count, value) in self
+            .counts
+            .concurrency
+            .iter()
+            .zip([limit, in_flight, queued])
+        {
+            count.store(value, Ordering::Relaxed);
+        }
+        self.counts.concurrency_known.store(1, Ordering::Relaxed);
         for ((gauge, name), value) in self
             .concurrency
             .iter()
