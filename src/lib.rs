@@ -78,6 +78,8 @@ pub mod redis;
 pub mod retry;
 pub mod retry_after;
 mod sync;
+#[cfg(test)]
+mod testing;
 pub mod throttle;
 pub mod timeout;
 

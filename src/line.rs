@@ -184,19 +184,12 @@ impl HoldTimer {
 
 #[cfg(all(test, not(tower_outbound_loom)))]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
-    use std::task::Wake;
 
     use super::*;
 
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
+    use crate::testing::Count;
 
     fn waker() -> Waker {
         Waker::from(Arc::new(Count(AtomicUsize::new(0))))

@@ -5,10 +5,8 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
@@ -17,6 +15,10 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_outbound::body::ReplayBody;
 use tower_outbound::partition::PartitionKey;
 use tower_outbound::{CircuitBreakerLayer, CircuitState, ConcurrencyLayer, Error, Outbound};
+
+#[path = "support/join.rs"]
+mod join;
+use join::join_all;
 
 /// Counts calls in flight and the most ever seen at once.
 #[derive(Clone, Default)]
@@ -131,7 +133,7 @@ async fn a_place_comes_back_when_a_future_is_dropped_mid_call() {
     for _ in 0..10 {
         // Two calls in flight, one in line; all three given up after 10 ms.
         let calls: Vec<_> = (0..3).map(|_| service.clone().oneshot(get())).collect();
-        let all = futures_join(calls);
+        let all = join_all(calls);
         assert!(tokio::time::timeout(Duration::from_millis(10), all)
             .await
             .is_err());
@@ -147,29 +149,6 @@ async fn a_place_comes_back_when_a_future_is_dropped_mid_call() {
     let (a, b) = tokio::join!(quick.clone().oneshot(get()), quick.clone().oneshot(get()));
     a.unwrap();
     b.unwrap();
-}
-
-/// Polls every future to completion together.
-async fn futures_join<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
-    let mut futures: Vec<Pin<Box<F>>> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
-    std::future::poll_fn(move |cx: &mut Context<'_>| {
-        let mut pending = false;
-        for (future, output) in futures.iter_mut().zip(outputs.iter_mut()) {
-            if output.is_none() {
-                match future.as_mut().poll(cx) {
-                    Poll::Ready(value) => *output = Some(value),
-                    Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            Poll::Pending
-        } else {
-            Poll::Ready(outputs.iter_mut().map(|o| o.take().unwrap()).collect())
-        }
-    })
-    .await
 }
 
 #[tokio::test(start_paused = true)]
@@ -242,7 +221,7 @@ async fn calls_in_line_go_in_arrival_order() {
         .collect();
     // Made in the order 7, 6, …, 0 (a call reaches the layer at its first poll): 7 goes,
     // the others wait in line and leave in that order.
-    let results = futures_join(calls.into_iter().rev().collect()).await;
+    let results = join_all(calls.into_iter().rev()).await;
     assert!(results.iter().all(Result::is_ok));
     let expected: Vec<String> = (0..8).rev().map(|i: i32| i.to_string()).collect();
     assert_eq!(*order.lock().unwrap(), expected);
@@ -270,7 +249,7 @@ async fn overload_signals_shrink_an_adaptive_limit_and_success_grows_it_back() {
         let service = service.clone();
         async move {
             let calls: Vec<_> = (0..n).map(|_| service.clone().oneshot(get())).collect();
-            futures_join(calls).await
+            join_all(calls).await
         }
     };
     wave(10).await;
@@ -362,7 +341,7 @@ async fn outbound_refuses_past_the_limit_without_retrying_or_tripping_the_breake
         StatusCode::OK,
     ));
     let calls: Vec<_> = (0..5).map(|_| client.clone().oneshot(get())).collect();
-    let results = futures_join(calls).await;
+    let results = join_all(calls).await;
     let refused = results
         .iter()
         .filter(|r| r.as_ref().is_err_and(Error::is_overloaded))
@@ -402,7 +381,7 @@ async fn outbound_retries_take_a_place_each_and_give_it_back_between_attempts() 
             }
         }))
     };
-    let results = futures_join((0..4).map(|_| client.clone().oneshot(get())).collect()).await;
+    let results = join_all((0..4).map(|_| client.clone().oneshot(get()))).await;
     assert!(results
         .iter()
         .all(|r| r.as_ref().is_ok_and(|r| r.status() == StatusCode::OK)));
@@ -429,7 +408,7 @@ async fn outbound_gives_the_place_back_when_a_call_is_dropped_mid_attempt_or_in_
     ));
     let calls: Vec<_> = (0..3).map(|_| client.clone().oneshot(get())).collect();
     assert!(
-        tokio::time::timeout(Duration::from_millis(10), futures_join(calls))
+        tokio::time::timeout(Duration::from_millis(10), join_all(calls))
             .await
             .is_err()
     );
@@ -480,7 +459,7 @@ async fn outbound_paces_by_whichever_of_the_rate_and_the_limit_binds_first() {
         ))
         .concurrency(Some(ConcurrencyLayer::fixed(100)));
     let client = outbound.service(upstream(Duration::from_millis(1)));
-    let results = futures_join((0..10).map(|_| client.clone().oneshot(get())).collect()).await;
+    let results = join_all((0..10).map(|_| client.clone().oneshot(get()))).await;
     assert!(results.iter().all(Result::is_ok));
     let times = std::mem::take(&mut *arrivals.lock().unwrap());
     for pair in times.windows(2) {
@@ -492,7 +471,7 @@ async fn outbound_paces_by_whichever_of_the_rate_and_the_limit_binds_first() {
         .concurrency(Some(ConcurrencyLayer::fixed(2)));
     let client = outbound.service(upstream(Duration::from_millis(50)));
     let start = Instant::now();
-    let results = futures_join((0..10).map(|_| client.clone().oneshot(get())).collect()).await;
+    let results = join_all((0..10).map(|_| client.clone().oneshot(get()))).await;
     assert!(results.iter().all(Result::is_ok));
     assert_eq!(seen.most.load(Ordering::SeqCst), 2);
     assert_eq!(
@@ -500,4 +479,41 @@ async fn outbound_paces_by_whichever_of_the_rate_and_the_limit_binds_first() {
         Duration::from_millis(250),
         "five waves of two"
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn limits_past_max_partitions_forget_idle_upstreams_first() {
+    let seen = InFlight::default();
+    let layer = ConcurrencyLayer::fixed(1).max_partitions(2);
+    let service = layer.clone().layer(upstream(
+        seen.clone(),
+        Duration::from_millis(50),
+        StatusCode::OK,
+    ));
+    let to = |host: &str| {
+        Request::get(format!("http://{host}/"))
+            .body(String::new())
+            .unwrap()
+    };
+    // a.example is busy while b.example and then c.example come: b, idle, is forgotten.
+    let slow = layer.clone().layer(upstream(
+        seen.clone(),
+        Duration::from_secs(1),
+        StatusCode::OK,
+    ));
+    let busy = tokio::spawn(slow.oneshot(to("a.example")));
+    tokio::task::yield_now().await;
+    service.clone().oneshot(to("b.example")).await.unwrap();
+    service.clone().oneshot(to("c.example")).await.unwrap();
+    let key = |host: &str| PartitionKey::from(format!("http://{host}:80").as_str());
+    assert_eq!(
+        layer.limit_of(&key("a.example")).map(|l| l.in_flight),
+        Some(1)
+    );
+    assert!(
+        layer.limit_of(&key("b.example")).is_none(),
+        "the idle one went"
+    );
+    assert!(layer.limit_of(&key("c.example")).is_some());
+    busy.await.unwrap().unwrap();
 }

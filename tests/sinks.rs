@@ -4,6 +4,10 @@
 use tower_outbound::dead_letter::{DeadLetter, SinkErrorKind};
 use tower_outbound::{JsonLinesSink, MemorySink, Sink};
 
+#[path = "support/join.rs"]
+mod join;
+use join::join_all;
+
 fn letter(id: &str) -> DeadLetter {
     serde_json::from_value(serde_json::json!({
         "version": 1,
@@ -186,34 +190,6 @@ async fn write_all(sink: &JsonLinesSink, ids: &[String]) {
     for result in join_all(writes).await {
         result.unwrap();
     }
-}
-
-/// Polls every future to the end together (a small `join_all`, without another crate).
-async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
-    let handles: Vec<_> = futures.into_iter().map(Box::pin).collect();
-    let mut outputs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    let mut handles: Vec<Option<_>> = handles.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (slot, output) in handles.iter_mut().zip(outputs.iter_mut()) {
-            if let Some(future) = slot {
-                match future.as_mut().poll(cx) {
-                    std::task::Poll::Ready(value) => {
-                        *output = Some(value);
-                        *slot = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outputs.into_iter().map(Option::unwrap).collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

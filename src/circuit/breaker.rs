@@ -791,14 +791,7 @@ mod loom_models {
         });
     }
 
-    /// A waker that counts its wakes.
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
+    use crate::testing::Count;
 
     #[test]
     fn loom_a_freed_probe_slot_always_reaches_a_held_call() {

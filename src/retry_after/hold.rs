@@ -335,7 +335,6 @@ impl fmt::Debug for Hold {
 #[cfg(all(test, not(tower_outbound_loom)))]
 mod tests {
     use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
     use std::time::Duration;
 
     use http::StatusCode;
@@ -343,14 +342,7 @@ mod tests {
     use super::*;
     use crate::retry_after::Settings;
 
-    /// A waker that counts its wakes.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
+    use crate::testing::Count;
 
     /// A held request, the waker its polls use and how often it was woken.
     struct Request {
@@ -556,7 +548,6 @@ mod tests {
 #[cfg(all(test, tower_outbound_loom))]
 mod loom_models {
     use std::sync::atomic::AtomicUsize;
-    use std::task::Wake;
     use std::time::Duration;
 
     use http::StatusCode;
@@ -565,14 +556,7 @@ mod loom_models {
     use super::*;
     use crate::retry_after::Settings;
 
-    /// A waker that counts its wakes.
-    struct Count(AtomicUsize);
-
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
+    use crate::testing::Count;
 
     fn counting() -> (Arc<Count>, Waker) {
         let count = Arc::new(Count(AtomicUsize::new(0)));
