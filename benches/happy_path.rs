@@ -7,6 +7,8 @@
 //! - `layer/<name>/*`: each of the crate's layers alone;
 //! - `outbound/*`: the whole `Outbound::new()` stack with every layer on (throttle at a rate
 //!   nobody waits for, dead letters to a `MemorySink`);
+//! - `outbound_hedge/get`: the same stack with hedging on (`HedgeLayer::new()`), a GET that
+//!   answers before any hedge is due: what hedging costs a call that is never hedged;
 //! - `tower/*`: tower's own stack, RateLimit → ConcurrencyLimit → Retry with a cloning `Policy`
 //!   and a `TpsBudget` (the POST adds a UUID idempotency header first);
 //! - `tower_resilience/*`: tower-resilience 0.13's retry → circuit breaker → rate limiter.
@@ -43,7 +45,7 @@ use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 use tower_outbound::deadline::DeadlineLayer;
 use tower_outbound::idempotency::{MakeKey, UuidV4};
 use tower_outbound::{
-    CircuitBreakerLayer, DeadLetterLayer, IdempotencyKeyLayer, MemorySink, Outbound,
+    CircuitBreakerLayer, DeadLetterLayer, HedgeLayer, IdempotencyKeyLayer, MemorySink, Outbound,
     RetryAfterLayer, RetryLayer, ThrottleLayer,
 };
 
@@ -323,6 +325,10 @@ fn happy_path(c: &mut Criterion) {
     let full = outbound().service(Noop);
     case(&mut group, &runtime, "outbound/get", get, || full.clone());
     case(&mut group, &runtime, "outbound/post", post, || full.clone());
+    let hedged = outbound().hedge(Some(HedgeLayer::new())).service(Noop);
+    case(&mut group, &runtime, "outbound_hedge/get", get, || {
+        hedged.clone()
+    });
     case(&mut group, &runtime, "tower/get", get, tower_stack);
     case(
         &mut group,

@@ -27,6 +27,10 @@
 //! before it goes to the dead letters; default 60), `--concurrency-limit adaptive|off` (an
 //! adaptive limit on batches in flight, backing off on Lehnz's 429s, 503s and slow answers;
 //! default adaptive), `--quiet` (only the last line),
+//! `--config FILE` (the stack's settings from a TOML file: one table of
+//! [`config::Settings`](tower_outbound::config::Settings) keys, e.g. `attempts = 6`,
+//! `attempt_timeout = "10s"`, `breaker = { failure_rate = 0.5, minimum_calls = 40 }`, laid over
+//! the flags' stack; unknown keys and out-of-range values are refused naming the key),
 //! `--metrics ADDR` (feature `metrics`: serve the five
 //! signals on a Prometheus endpoint while the job runs, and print them in the report:
 //! `cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics 127.0.0.1:9464`).
@@ -67,6 +71,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tower_outbound::config::Settings;
 use tower_outbound::dead_letter::StoredBody;
 use tower_outbound::lehnz::sim::{Chaos, Simulator};
 use tower_outbound::lehnz::{Client, Event, IngestOptions, EVENT_ID_NAMESPACE};
@@ -97,6 +102,8 @@ pub(crate) struct Args {
     /// Serve the five signals on a Prometheus endpoint at this address while the job runs
     /// (feature `metrics`).
     pub(crate) metrics: Option<std::net::SocketAddr>,
+    /// `--config FILE`: the stack's settings, laid over what the flags chose.
+    pub(crate) config: Option<PathBuf>,
 }
 
 impl Args {
@@ -120,6 +127,7 @@ impl Args {
             adaptive: true,
             key: None,
             metrics: None,
+            config: None,
         };
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -159,6 +167,7 @@ impl Args {
                     }
                 }
                 "--patience" => parsed.patience = Duration::from_secs(number(value()?)?),
+                "--config" => parsed.config = Some(value()?.into()),
                 "--metrics" => {
                     let v = value()?;
                     parsed.metrics = Some(v.parse().map_err(|e| format!("--metrics {v:?}: {e}"))?);
@@ -168,6 +177,13 @@ impl Args {
         }
         Ok(parsed)
     }
+}
+
+/// The stack's settings from a TOML file (`--config`): one table of `config::Settings` keys.
+pub(crate) fn read_settings(path: &Path) -> Result<Settings, BoxError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("--config {}: {e}", path.display()).into())
 }
 
 /// The generated source: the same event at the same offset on every run, made as needed.
@@ -354,12 +370,17 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
         (1000, Duration::from_secs(15 * 60))
     });
     let dead_letter_path = dead_letter_path(&args);
+    let settings = match &args.config {
+        Some(path) => Some(read_settings(path)?),
+        None => None,
+    };
     let client = Client::builder(&key)
         .base_url(&base_url)
         .concurrency(args.concurrency)
         .event_batch(args.batch, tower_outbound::lehnz::MAX_BODY_BYTES)
         .stack(|s| {
-            s.retry_seed(args.seed)
+            let s = s
+                .retry_seed(args.seed)
                 .dead_letter_file(&dead_letter_path)
                 .throttle(Some(window))
                 // Nobody waits on this job: a batch that meets an open circuit waits for it
@@ -370,7 +391,11 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
                 .concurrency_limit(
                     args.adaptive
                         .then(|| ConcurrencyLayer::adaptive().latency_tolerance(None)),
-                )
+                );
+            match settings {
+                Some(settings) => s.settings(settings),
+                None => s,
+            }
         })
         .build()?;
 
@@ -466,7 +491,11 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
     }
 
     // What still failed is in the dead-letter file (this run's and earlier runs'): send it
-    // once more.
+    // once more. With `--metrics`, through a metered sink of the same name as the stack's, so
+    // the removals are counted and the depth and age gauges fall with the replay.
+    #[cfg(feature = "metrics")]
+    let sink = tower_outbound::metrics::MeteredSink::new(JsonLinesSink::new(&dead_letter_path));
+    #[cfg(not(feature = "metrics"))]
     let sink = JsonLinesSink::new(&dead_letter_path);
     let dead_before: usize = sink
         .read_all()

@@ -1,17 +1,16 @@
-//! The layer stack around a reqwest client, through a small adapter between `http::Request`
-//! and reqwest's request and response types. Runs against a loopback server that fails the
-//! first attempts, then exits.
+//! The layer stack around a reqwest client, through the crate's adapter
+//! ([`ReqwestService`], feature `reqwest`). Runs against a loopback server that fails the
+//! first attempts, then exits. A client built with reqwest-middleware takes the whole stack as
+//! one middleware instead: `ClientBuilder::new(client).with(OutboundMiddleware::new(stack))`
+//! (feature `reqwest-middleware`).
 //!
 //! ```text
-//! cargo run --example reqwest_client
+//! cargo run --example reqwest_client --features reqwest
 //! ```
 
 use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -20,42 +19,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
-use tower::{BoxError, Service, ServiceBuilder, ServiceExt};
-use tower_outbound::body::ReplayBody;
+use tower::{BoxError, ServiceBuilder, ServiceExt};
+use tower_outbound::reqwest::ReqwestService;
 use tower_outbound::retry::Attempts;
 use tower_outbound::{IdempotencyKeyLayer, RetryAfterLayer, RetryLayer};
-
-/// A reqwest client as a `Service<http::Request<ReplayBody>>`.
-#[derive(Clone)]
-struct Reqwest(reqwest::Client);
-
-impl Service<Request<ReplayBody>> for Reqwest {
-    type Response = Response<reqwest::Body>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<ReplayBody>) -> Self::Future {
-        let client = self.0.clone();
-        Box::pin(async move {
-            let (parts, body) = request.into_parts();
-            // A buffered body is handed over without copying; a body too large to buffer was
-            // not going to be retried anyway and is read here once.
-            let bytes = match body.bytes() {
-                Some(bytes) => bytes,
-                None => body.collect().await?.to_bytes(),
-            };
-            let request = reqwest::Request::try_from(Request::from_parts(parts, bytes))?;
-            // reqwest's errors print the whole URL, query secrets included: drop it, so the
-            // stack's errors and logs stay redacted.
-            let response = client.execute(request).await.map_err(|e| e.without_url())?;
-            Ok(Response::from(response))
-        })
-    }
-}
 
 /// A server that answers 503 to the first two attempts of every path, then 200.
 async fn upstream() -> std::io::Result<String> {
@@ -106,7 +73,12 @@ async fn main() -> Result<(), BoxError> {
         .layer(IdempotencyKeyLayer::new())
         .layer(retry)
         .layer(RetryAfterLayer::new())
-        .service(Reqwest(reqwest::Client::new()));
+        .service(ReqwestService::new(
+            // reqwest's own retries off: the stack counts every attempt.
+            reqwest::Client::builder()
+                .retry(reqwest::retry::never())
+                .build()?,
+        ));
 
     for i in 0..3 {
         let request = Request::post(format!("{url}/orders"))

@@ -19,8 +19,8 @@ if [ ${#cases[@]} -eq 0 ]; then
   cases=(bare/get bare/post layer/idempotency/post layer/dead_letters/get layer/dead_letters/post
     layer/deadline/get layer/retry_with_deadline/get layer/retry/get layer/retry/post
     layer/circuit_breaker/get layer/retry_after/get layer/throttle/get layer/tower_timeout/get
-    layer/timeout/get outbound/get outbound/post tower/get tower/post tower_resilience/get
-    tower_resilience/post)
+    layer/timeout/get outbound/get outbound/post outbound_hedge/get tower/get tower/post
+    tower_resilience/get tower_resilience/post)
 fi
 
 total() {

@@ -7,7 +7,10 @@
 //! - a body that fits the limit (a `Full<Bytes>`, an `Empty`, or a stream that ends in time) is
 //!   kept as [`Bytes`] and replayed at the cost of a reference count;
 //! - a body over the limit is sent once, whole: the part already read goes first, then the rest
-//!   of the stream. It is never truncated, and the layer knows it cannot replay it.
+//!   of the stream. It is never truncated, and the layer knows it cannot replay it;
+//! - a body made by a [`BodySource`] ([`ReplayBody::from_fn`]) is never read into memory: each
+//!   attempt asks the source for a new body (opens the file again, restarts the generator),
+//!   so an upload of any size can be retried while only the chunks in flight are held.
 //!
 //! The service a layer wraps therefore takes `http::Request<ReplayBody>`, whatever body type the
 //! caller used; for a hyper-util client that means building it with [`ReplayBody`] as its body
@@ -28,10 +31,12 @@
 //! # }
 //! ```
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -66,6 +71,266 @@ enum Replay {
         /// The rest of the original body.
         rest: UnsyncBoxBody<Bytes, BoxError>,
     },
+    /// A body made by a source, for one attempt.
+    Made(Box<Made>),
+}
+
+/// One attempt's body from a [`BodySource`]: the source, and how far its body has come.
+struct Made {
+    source: BodySource,
+    state: MadeState,
+    /// Bytes sent so far, checked against the source's declared length.
+    sent: u64,
+}
+
+enum MadeState {
+    /// The source has not been asked yet.
+    Idle,
+    /// The source is making the body.
+    Opening(Opening),
+    /// The body is being sent.
+    Sending(UnsyncBoxBody<Bytes, BoxError>),
+    /// The body ended, or failed.
+    Done,
+}
+
+type Opening =
+    Pin<Box<dyn Future<Output = Result<UnsyncBoxBody<Bytes, BoxError>, BoxError>> + Send>>;
+type MakeBody = dyn Fn() -> Opening + Send + Sync;
+
+/// How a request body is made again for each attempt: a file opened again, a generated stream
+/// started over. A body from a source is never read into memory by the layers, so an upload
+/// of any size can be retried (and held calls wait) while only the chunks in flight are held.
+///
+/// Build one with [`BodySource::new`] (or [`ReplayBody::from_fn`]), declare its length with
+/// [`content_length`](Self::content_length) when it is known (a file's size: the request then carries a
+/// `Content-Length`, and a body that comes out longer or shorter fails the attempt instead of
+/// being sent wrong), and say how it can be made again outside the process with
+/// [`describe`](Self::describe): a dead letter of the call keeps that description, since it
+/// cannot keep the body. Clones share the source.
+///
+/// Hand the layers the [`ReplayBody`] itself: they recognise a source by that type, and a
+/// body wrapped in another (`boxed_unsync()`) is read like any stream, so one over the buffer
+/// limit is sent once. A source makes a body *replayable*; whether the call is retried is still
+/// the retry policy's: a `POST` or `PATCH` only with an idempotency key ([`Outbound`] stamps
+/// one), and within the attempt timeout and deadline, which include sending the body (raise
+/// them for large uploads).
+///
+/// [`Outbound`]: crate::Outbound
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_outbound::body::{BodySource, ReplayBody};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// // Stands in for `tokio::fs::File::open(path)` wrapped in a streaming body.
+/// let source = BodySource::new(|| async {
+///     Ok::<_, std::io::Error>(Full::new(Bytes::from_static(b"report.csv contents")))
+/// })
+/// .content_length(19)
+/// .describe("file /var/exports/report.csv");
+/// for _ in 0..2 {
+///     // Each attempt gets a new body from the source.
+///     let body = ReplayBody::from(source.clone());
+///     assert_eq!(body.collect().await.unwrap().to_bytes(), "report.csv contents");
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct BodySource(Arc<Source>);
+
+struct Source {
+    make: Box<MakeBody>,
+    len: Option<u64>,
+    description: Option<String>,
+}
+
+impl BodySource {
+    /// A source that makes each attempt's body by calling `make` and awaiting its future. An
+    /// error from `make` (the file is gone) fails the attempt as a body error; the call is not
+    /// retried on it.
+    pub fn new<F, Fut, B, E>(make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<B, E>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        E: Into<BoxError>,
+    {
+        let make = move || -> Opening {
+            let made = make();
+            Box::pin(async move {
+                let body = made.await.map_err(Into::into)?;
+                Ok(boxed(body))
+            })
+        };
+        BodySource(Arc::new(Source {
+            make: Box::new(make),
+            len: None,
+            description: None,
+        }))
+    }
+
+    /// The exact length of every body the source makes, sent as `Content-Length` (default:
+    /// unknown, sent chunked). An attempt whose body comes out longer or shorter fails with a
+    /// body error.
+    pub fn content_length(self, len: u64) -> Self {
+        self.with(|s| s.len = Some(len))
+    }
+
+    /// How the body can be made again outside this process (a path, an object-store key), kept
+    /// by the call's dead letter in place of the body (default: none; the letter then says the
+    /// body cannot be made again from it). It is stored as given: put no secret in it.
+    pub fn describe(self, description: impl Into<String>) -> Self {
+        let description = description.into();
+        self.with(|s| s.description = Some(description))
+    }
+
+    /// The declared length, if any.
+    pub fn declared_length(&self) -> Option<u64> {
+        self.0.len
+    }
+
+    /// The description given to [`describe`](Self::describe), if any.
+    pub fn description(&self) -> Option<&str> {
+        self.0.description.as_deref()
+    }
+
+    fn with(self, change: impl FnOnce(&mut Source)) -> Self {
+        match Arc::try_unwrap(self.0) {
+            Ok(mut source) => {
+                change(&mut source);
+                BodySource(Arc::new(source))
+            }
+            // Shared already: the clones keep what they had; this one gets its own copy of
+            // the settings around the same maker.
+            Err(shared) => {
+                let mut source = Source {
+                    make: Box::new({
+                        let shared = shared.clone();
+                        move || (shared.make)()
+                    }),
+                    len: shared.len,
+                    description: shared.description.clone(),
+                };
+                change(&mut source);
+                BodySource(Arc::new(source))
+            }
+        }
+    }
+}
+
+/// A [`BodySource`] could not make an attempt's body: its maker failed (the file is gone), or
+/// the body came out longer or shorter than the length it declared. The call fails with
+/// [`Kind::Body`](crate::error::Kind::Body) and is not retried: the source would most likely fail
+/// again. An error of the body it made, once sending started, is the body's own error.
+#[derive(Debug)]
+pub struct BodySourceError(BoxError);
+
+impl fmt::Display for BodySourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the request body's source failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodySourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+impl fmt::Debug for BodySource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BodySource")
+            .field("len", &self.0.len)
+            .field("description", &self.0.description)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<BodySource> for ReplayBody {
+    fn from(source: BodySource) -> Self {
+        ReplayBody(Replay::Made(Box::new(Made {
+            source,
+            state: MadeState::Idle,
+            sent: 0,
+        })))
+    }
+}
+
+fn boxed<B>(body: B) -> UnsyncBoxBody<Bytes, BoxError>
+where
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    body.map_frame(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
+        .map_err(Into::into)
+        .boxed_unsync()
+}
+
+impl Made {
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            match &mut self.state {
+                MadeState::Idle => self.state = MadeState::Opening((self.source.0.make)()),
+                MadeState::Opening(opening) => match ready!(opening.as_mut().poll(cx)) {
+                    Ok(body) => self.state = MadeState::Sending(body),
+                    Err(err) => {
+                        self.state = MadeState::Done;
+                        return Poll::Ready(Some(Err(Box::new(BodySourceError(err)))));
+                    }
+                },
+                MadeState::Sending(body) => {
+                    let frame = ready!(Pin::new(body).poll_frame(cx));
+                    let declared = self.source.0.len;
+                    match &frame {
+                        Some(Ok(frame)) => {
+                            let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                            self.sent = self.sent.saturating_add(len);
+                            if declared.is_some_and(|declared| self.sent > declared) {
+                                self.state = MadeState::Done;
+                                return Poll::Ready(Some(Err(self.mismatch())));
+                            }
+                        }
+                        Some(Err(_)) => self.state = MadeState::Done,
+                        None => {
+                            self.state = MadeState::Done;
+                            if declared.is_some_and(|declared| self.sent != declared) {
+                                return Poll::Ready(Some(Err(self.mismatch())));
+                            }
+                        }
+                    }
+                    return Poll::Ready(frame);
+                }
+                MadeState::Done => return Poll::Ready(None),
+            }
+        }
+    }
+
+    fn mismatch(&self) -> BoxError {
+        let declared = self.source.0.len.unwrap_or_default();
+        let made = if self.sent > declared {
+            format!("it made more than the {declared} bytes it declared")
+        } else {
+            format!(
+                "it made {} bytes, not the {declared} it declared",
+                self.sent
+            )
+        };
+        Box::new(BodySourceError(made.into()))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match (self.source.0.len, &self.state) {
+            (Some(len), _) => SizeHint::with_exact(len.saturating_sub(self.sent)),
+            (None, MadeState::Sending(body)) => body.size_hint(),
+            (None, MadeState::Done) => SizeHint::with_exact(0),
+            (None, _) => SizeHint::new(),
+        }
+    }
 }
 
 impl ReplayBody {
@@ -93,18 +358,56 @@ impl ReplayBody {
         B::Data: Send,
         B::Error: Into<BoxError>,
     {
-        let rest = rest
-            .map_frame(|frame| frame.map_data(|mut d| d.copy_to_bytes(d.remaining())))
-            .map_err(Into::into)
-            .boxed_unsync();
-        ReplayBody(Replay::Streaming { prefix, rest })
+        ReplayBody(Replay::Streaming {
+            prefix,
+            rest: boxed(rest),
+        })
     }
 
-    /// The bytes of a buffered body; `None` for a body that is sent once.
+    /// A body made again for each attempt by `make`: shorthand for
+    /// `BodySource::new(make).into()`. See [`BodySource`] to declare its length and say how
+    /// a dead letter can have it made again.
+    pub fn from_fn<F, Fut, B, E>(make: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<B, E>> + Send + 'static,
+        B: Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+        E: Into<BoxError>,
+    {
+        BodySource::new(make).into()
+    }
+
+    /// The bytes of a buffered body; `None` for a body that is sent once or made by a source.
     pub fn bytes(&self) -> Option<Bytes> {
         match &self.0 {
             Replay::Buffered { data, .. } => Some(data.clone().unwrap_or_default()),
-            Replay::Streaming { .. } => None,
+            Replay::Streaming { .. } | Replay::Made(_) => None,
+        }
+    }
+
+    /// Another copy of this body, when one can be had without reading it: bytes held in memory
+    /// (a reference count), or a body source not started yet (a new body from the source).
+    /// `None` for a stream, or a source-made body already being sent.
+    pub fn try_clone(&self) -> Option<ReplayBody> {
+        match &self.0 {
+            Replay::Buffered { data, trailers } => Some(ReplayBody(Replay::Buffered {
+                data: data.clone(),
+                trailers: trailers.clone(),
+            })),
+            Replay::Made(made) if matches!(made.state, MadeState::Idle) => {
+                Some(made.source.clone().into())
+            }
+            Replay::Streaming { .. } | Replay::Made(_) => None,
+        }
+    }
+
+    /// The source that makes this body, when it is made by one.
+    pub fn source(&self) -> Option<&BodySource> {
+        match &self.0 {
+            Replay::Made(made) => Some(&made.source),
+            _ => None,
         }
     }
 }
@@ -120,6 +423,11 @@ impl fmt::Debug for ReplayBody {
                 .debug_struct("ReplayBody::Streaming")
                 .field("prefix_chunks", &prefix.len())
                 .finish_non_exhaustive(),
+            Replay::Made(made) => f
+                .debug_struct("ReplayBody::Made")
+                .field("source", &made.source)
+                .field("sent", &made.sent)
+                .finish(),
         }
     }
 }
@@ -145,6 +453,7 @@ impl Body for ReplayBody {
                 }
                 Pin::new(rest).poll_frame(cx)
             }
+            Replay::Made(made) => made.poll_frame(cx),
         }
     }
 
@@ -152,6 +461,7 @@ impl Body for ReplayBody {
         match &self.0 {
             Replay::Buffered { data, trailers } => data.is_none() && trailers.is_none(),
             Replay::Streaming { prefix, rest } => prefix.is_empty() && rest.is_end_stream(),
+            Replay::Made(made) => matches!(made.state, MadeState::Done),
         }
     }
 
@@ -170,12 +480,14 @@ impl Body for ReplayBody {
                 }
                 hint
             }
+            Replay::Made(made) => made.size_hint(),
         }
     }
 }
 
-/// A body read into memory, or found to be too large for that.
+/// A body read into memory, found to be too large for that, or made by a source.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Buffered {
     /// The whole body, within the limit: replayable.
     Complete {
@@ -188,6 +500,8 @@ pub enum Buffered {
     TooLarge(ReplayBody),
     /// A too-large body that was already handed over: nothing is left to send.
     Sent,
+    /// A body made by a source for each attempt: replayable, never held in memory.
+    Source(BodySource),
 }
 
 impl Buffered {
@@ -205,12 +519,14 @@ impl Buffered {
                 _ => None,
             },
             Buffered::Sent => None,
+            Buffered::Source(source) => Some(source.clone().into()),
         }
     }
 
-    /// Whether the body can be sent again (it was read whole into memory).
+    /// Whether the body can be sent again (it was read whole into memory, or a source makes
+    /// it again).
     pub fn is_replayable(&self) -> bool {
-        matches!(self, Buffered::Complete { .. })
+        matches!(self, Buffered::Complete { .. } | Buffered::Source(_))
     }
 
     /// The bytes of a complete body.
@@ -225,7 +541,8 @@ impl Buffered {
 /// Reads a body into memory up to a limit. Resolves to [`Buffered`].
 ///
 /// A body that is already a [`ReplayBody`] held in memory (because an outer layer read it) costs
-/// little more: its one chunk of bytes is taken over without copying.
+/// little more: its one chunk of bytes is taken over without copying. A [`ReplayBody`] made by a
+/// [`BodySource`] is not read at all: it resolves to [`Buffered::Source`].
 ///
 /// The body must be `Unpin`, as hyper's `Incoming`, `Full`, `Empty`, `BoxBody` and
 /// [`ReplayBody`] are; box a body that is not (`BodyExt::boxed_unsync`).
@@ -288,6 +605,10 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if let Some(source) = this.body.as_ref().and_then(source_of) {
+            this.body = None;
+            return Poll::Ready(Ok(Buffered::Source(source)));
+        }
         loop {
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(Err("request body polled after it was read".into()));
@@ -334,6 +655,15 @@ where
                 },
             }
         }
+    }
+}
+
+/// The source of a body that is a [`ReplayBody`] made by one, not yet started.
+fn source_of<B: Any>(body: &B) -> Option<BodySource> {
+    let body: &dyn Any = body;
+    match &body.downcast_ref::<ReplayBody>()?.0 {
+        Replay::Made(made) if matches!(made.state, MadeState::Idle) => Some(made.source.clone()),
+        _ => None,
     }
 }
 

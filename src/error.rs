@@ -135,7 +135,9 @@ impl Error {
     /// Converts any error a service may return into an [`Error`].
     ///
     /// An [`Error`] comes back as it is; [`tower::timeout::error::Elapsed`] becomes
-    /// [`Kind::Timeout`]; anything else becomes [`Kind::Transport`] with the original as its
+    /// [`Kind::Timeout`]; an error with a [`BodySourceError`](crate::body::BodySourceError)
+    /// among its causes (the client could not send a body its source failed to make) becomes
+    /// [`Kind::Body`]; anything else becomes [`Kind::Transport`] with the original as its
     /// source.
     pub fn from_box(error: BoxError) -> Self {
         let error = match error.downcast::<Error>() {
@@ -144,6 +146,17 @@ impl Error {
         };
         if error.is::<tower::timeout::error::Elapsed>() {
             return Error::with_source(Kind::Timeout, error);
+        }
+        // A client wraps the body's error in its own; the chain is short, and bounded here.
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
+        for _ in 0..16 {
+            match cause {
+                Some(err) if err.is::<crate::body::BodySourceError>() => {
+                    return Error::with_source(Kind::Body, error);
+                }
+                Some(err) => cause = err.source(),
+                None => break,
+            }
         }
         Error::with_source(Kind::Transport, error)
     }

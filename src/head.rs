@@ -56,6 +56,19 @@ impl HeadCopy {
         &self.uri
     }
 
+    /// The request method.
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// Whether the copy has a header of this name.
+    pub(crate) fn has_header(&self, name: &HeaderName) -> bool {
+        match &self.headers {
+            Headers::Few(pairs) => pairs.iter().flatten().any(|(n, _)| n == name),
+            Headers::Many(pairs) => pairs.iter().any(|(n, _)| n == name),
+        }
+    }
+
     /// A head with the copy's method, URI, version, headers and extensions.
     pub(crate) fn to_parts(&self) -> Parts {
         let (mut parts, ()) = Request::new(()).into_parts();

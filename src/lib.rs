@@ -21,6 +21,8 @@
 //! user-facing and background work. Every layer returns the one [`Error`] type; the server's
 //! rate-limit headers are parsed once into a [`RateLimitInfo`] response extension that every
 //! layer and the caller read. See `docs/design.md` for where each layer belongs and why.
+//! [`config`] builds the stack from a configuration file (any serde format), with settings per
+//! upstream.
 //!
 //! Features (none is on by default): `lehnz` adds [`lehnz::Client`], a typed client for the Lehnz
 //! recommendation API built from these layers; `sim` adds its simulator,
@@ -54,15 +56,21 @@
 //! # Ok(()) }
 //! ```
 
+// On docs.rs (`--cfg docsrs`, nightly), every item behind a feature is marked with the feature
+// that enables it.
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 pub mod body;
 pub mod circuit;
 pub mod classify;
 pub mod concurrency;
+pub mod config;
 pub mod dead_letter;
 pub mod deadline;
 pub mod error;
 pub mod handoff;
 mod head;
+pub mod hedge;
 pub mod idempotency;
 #[cfg(any(feature = "lehnz", feature = "sim"))]
 pub mod lehnz;
@@ -75,6 +83,8 @@ pub mod rate_limit;
 pub mod redact;
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(feature = "reqwest")]
+pub mod reqwest;
 pub mod retry;
 pub mod retry_after;
 mod sync;
@@ -87,6 +97,7 @@ pub use circuit::{CircuitBreakerLayer, CircuitState};
 pub use concurrency::ConcurrencyLayer;
 pub use dead_letter::{DeadLetter, DeadLetterLayer, JsonLinesSink, MemorySink, Sink};
 pub use error::{BoxError, Error};
+pub use hedge::HedgeLayer;
 pub use idempotency::IdempotencyKeyLayer;
 pub use outbound::Outbound;
 pub use rate_limit::RateLimitInfo;

@@ -27,6 +27,7 @@ fn letter(id: &str, uri: String, body: &str) -> DeadLetter {
         }],
         body: Some(StoredBody::Text(body.to_owned())),
         body_kept: true,
+        body_missing: None,
         idempotency_key: None,
         outcome: FinalOutcome {
             status: Some(503),

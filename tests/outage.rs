@@ -163,3 +163,61 @@ async fn an_outage_longer_than_the_patience_leaves_dead_letters_that_the_next_ru
         "the replay's time is counted"
     );
 }
+
+/// A simulator that answers one request in five with a 500.
+async fn failing_simulator() -> Simulator {
+    Simulator::builder()
+        .org("acme")
+        .window(WINDOW.0, WINDOW.1)
+        .chaos(
+            Chaos::none()
+                .server_errors(0.2)
+                .latency(Duration::from_millis(5)),
+        )
+        .seed(3)
+        .start()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_file_sets_the_jobs_stack() {
+    // The same failing upstream: the default stack retries its way through; one attempt per
+    // batch (from the file) leaves dead letters.
+    let sim = failing_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outcome = lehnz_sync::run(args(&sim, dir.path(), 60)).await.unwrap();
+    assert_eq!(outcome.exit_status(), 0, "{}", outcome.last_line());
+
+    let sim = failing_simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stack.toml");
+    std::fs::write(&config, "attempts = 1\nbreaker = \"off\"\n").unwrap();
+    let mut job = args(&sim, dir.path(), 60);
+    job.config = Some(config);
+    let outcome = lehnz_sync::run(job).await.unwrap();
+    assert!(
+        outcome.dead_lettered_while_streaming > 0,
+        "one attempt per batch: {}",
+        outcome.last_line()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_config_file_with_an_unknown_key_or_a_bad_value_is_refused_naming_it() {
+    let sim = simulator().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stack.toml");
+    for (text, named) in [
+        ("atempts = 3\n", "atempts"),
+        ("attempts = 0\n", "attempts"),
+        ("attempt_timeout = 30\n", "attempt_timeout"),
+        ("throttle = { rate = 10, per = \"1s\" }\n", "throttle"),
+    ] {
+        std::fs::write(&config, text).unwrap();
+        let mut job = args(&sim, dir.path(), 60);
+        job.config = Some(config.clone());
+        let err = lehnz_sync::run(job).await.unwrap_err().to_string();
+        assert!(err.contains(named), "{text:?} gave {err:?}");
+    }
+}

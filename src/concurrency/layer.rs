@@ -130,6 +130,13 @@ impl<P> ConcurrencyLayer<P> {
         }
     }
 
+    /// Whether the limit is fixed ([`fixed`](ConcurrencyLayer::fixed)) rather than adaptive:
+    /// the setters of an adaptive limit ([`limits`](Self::limits),
+    /// [`initial`](Self::initial), [`vegas`](Self::vegas)) do not change a fixed one.
+    pub fn is_fixed(&self) -> bool {
+        !Self::is_adaptive(&self.registry.settings)
+    }
+
     /// The limit, calls in flight and calls in line of `key`'s upstream, when one is kept.
     pub fn limit_of(&self, key: &PartitionKey) -> Option<LimitState> {
         self.registry.state_of(key)

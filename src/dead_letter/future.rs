@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::SystemTime;
 
-use bytes::Bytes;
 use http::{request::Parts, Request, Response};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use super::recording::{self, Write};
+use super::recording::{self, Kept, Write};
 use super::Config;
+use super::MissingBody;
 use crate::body::{Buffer, Buffered, ReplayBody};
 use crate::classify::{Attempt, Classify};
 use crate::error::{BoxError, Error, Kind};
@@ -36,7 +36,8 @@ pin_project! {
         classify: C,
         // The request head, kept for a letter.
         head: Option<Parts>,
-        body: Option<Bytes>,
+        // What a letter can keep of the body (`None`: not read yet).
+        body: Option<Kept>,
         replaying: bool,
         // When the call was first seen pending (a call that ends in its first poll took no
         // time worth a clock read).
@@ -130,8 +131,10 @@ where
         let result = match this.state.as_mut().project() {
             StateProj::Buffering { buffer } => match ready!(buffer.poll(cx)) {
                 Ok(buffered) => {
-                    *this.body = buffered.bytes().cloned();
-                    if this.body.is_none() {
+                    let kept = Kept::of(Some(&buffered));
+                    let streamed = matches!(kept, Kept::Missing(MissingBody::Streamed));
+                    *this.body = Some(kept);
+                    if streamed {
                         tracing::warn!(
                             limit = this.config.max_body,
                             "request body is larger than the dead-letter limit: if the call fails, its body is not kept"
@@ -178,7 +181,9 @@ where
                 let letter = recording::letter(
                     this.config,
                     parts,
-                    this.body.as_ref(),
+                    this.body
+                        .take()
+                        .unwrap_or(Kept::Missing(MissingBody::Unread)),
                     *this.started,
                     &result,
                 );

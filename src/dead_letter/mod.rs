@@ -93,7 +93,7 @@ mod sink;
 pub use file::JsonLinesSink;
 pub use future::ResponseFuture;
 pub use layer::DeadLetterLayer;
-pub use record::{DeadLetter, FinalOutcome, StoredBody, StoredHeader, REDACTED};
+pub use record::{DeadLetter, FinalOutcome, MissingBody, StoredBody, StoredHeader, REDACTED};
 pub use service::DeadLetterService;
 pub use sink::{BoxFuture, MemorySink, Sink, SinkError, SinkErrorKind};
 

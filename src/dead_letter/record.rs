@@ -75,6 +75,34 @@ impl StoredBody {
     }
 }
 
+/// Why a dead letter has no body, and how it can be had again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum MissingBody {
+    /// The body was read whole but is longer than the layer's limit
+    /// ([`max_body`](crate::DeadLetterLayer::max_body)).
+    TooLarge {
+        /// Its length, in bytes.
+        len: u64,
+    },
+    /// A stream longer than the buffer limit, sent once as it came: nothing of it was kept.
+    Streamed,
+    /// Made by a [`BodySource`](crate::body::BodySource) for each attempt, never held in
+    /// memory.
+    Source {
+        /// How it can be made again ([`describe`](crate::body::BodySource::describe)); absent
+        /// when the source gave none, and the letter cannot have the body made again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        description: Option<String>,
+        /// Its declared length, if any.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        len: Option<u64>,
+    },
+    /// The body was never read whole: the call failed before it was, or reading it failed.
+    Unread,
+}
+
 /// How the call ended.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FinalOutcome {
@@ -118,6 +146,10 @@ pub struct DeadLetter {
     /// Whether the body was kept whole (false: `body` is absent and the record cannot be
     /// replayed as it is).
     pub body_kept: bool,
+    /// Why the body is absent, and whether it can be made again (for a body from a
+    /// [`BodySource`](crate::body::BodySource), its description); `None` when it was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_missing: Option<MissingBody>,
     /// The idempotency key the call carried.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,

@@ -11,9 +11,12 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::Response;
 
-use super::record::{millis, new_id, outcome_of, store_headers, unix_ms, DeadLetter, StoredBody};
+use super::record::{
+    millis, new_id, outcome_of, store_headers, unix_ms, DeadLetter, MissingBody, StoredBody,
+};
 use super::sink::BoxFuture;
 use super::{Config, Recorded};
+use crate::body::Buffered;
 use crate::classify::Outcome;
 use crate::error::Error;
 
@@ -105,18 +108,51 @@ pub(crate) fn attach<R>(recorded: Recorded, result: &mut Result<Response<R>, Err
     }
 }
 
-/// The dead letter of a failed call: its head `parts`, its `body` when it was kept, when it
+/// What a letter can keep of a call's body.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    /// The body, read whole.
+    Bytes(Bytes),
+    /// Why there is none.
+    Missing(MissingBody),
+}
+
+impl Kept {
+    /// What a letter can keep of a body in this state (`None`: it was never read whole).
+    pub(crate) fn of(buffered: Option<&Buffered>) -> Self {
+        match buffered {
+            Some(Buffered::Complete { data, .. }) => Kept::Bytes(data.clone()),
+            Some(Buffered::Source(source)) => Kept::Missing(MissingBody::Source {
+                description: source.description().map(str::to_owned),
+                len: source.declared_length(),
+            }),
+            Some(Buffered::TooLarge(_) | Buffered::Sent) => Kept::Missing(MissingBody::Streamed),
+            None => Kept::Missing(MissingBody::Unread),
+        }
+    }
+}
+
+/// The dead letter of a failed call: its head `parts`, what was kept of its `body`, when it
 /// started (`None`: it ended in its first poll, so now), and how it ended.
 pub(crate) fn letter<R>(
     config: &Config,
     parts: Parts,
-    body: Option<&Bytes>,
+    body: Kept,
     started: Option<SystemTime>,
     result: &Result<Response<R>, Error>,
 ) -> DeadLetter {
     let now = SystemTime::now();
     let (outcome, attempts, waited) = outcome_of(result);
-    let body = body.filter(|b| b.len() <= config.max_body);
+    let (body, body_missing) = match body {
+        Kept::Bytes(bytes) if bytes.len() <= config.max_body => (Some(bytes), None),
+        Kept::Bytes(bytes) => (
+            None,
+            Some(MissingBody::TooLarge {
+                len: bytes.len() as u64,
+            }),
+        ),
+        Kept::Missing(missing) => (None, Some(missing)),
+    };
     let uri_redacted = !config.keep_secret_uris && config.redactor.has_secrets(&parts.uri);
     let uri = if config.keep_secret_uris {
         parts.uri.to_string()
@@ -130,8 +166,9 @@ pub(crate) fn letter<R>(
         uri,
         uri_redacted,
         headers: store_headers(&parts.headers, &config.redact),
-        body: body.map(StoredBody::from_bytes),
+        body: body.as_ref().map(StoredBody::from_bytes),
         body_kept: body.is_some(),
+        body_missing,
         idempotency_key: parts
             .headers
             .get(&config.idempotency_header)

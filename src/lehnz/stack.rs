@@ -11,6 +11,7 @@ use tower::ServiceBuilder;
 use super::error::LehnzError;
 use crate::body::ReplayBody;
 use crate::circuit::CircuitStats;
+use crate::config::Settings;
 use crate::dead_letter::{DeadLetterStats, Sink};
 use crate::outbound::Outbound;
 use crate::partition::Scope;
@@ -54,6 +55,7 @@ pub struct StackConfig {
     circuit_max_wait: Duration,
     concurrency: Option<ConcurrencyLayer>,
     dead_letters: Option<Arc<dyn Sink>>,
+    settings: Option<Settings>,
 }
 
 impl std::fmt::Debug for StackConfig {
@@ -67,6 +69,7 @@ impl std::fmt::Debug for StackConfig {
             .field("circuit_max_wait", &self.circuit_max_wait)
             .field("concurrency", &self.concurrency)
             .field("dead_letters", &self.dead_letters.is_some())
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -84,6 +87,7 @@ impl Default for StackConfig {
             circuit_max_wait: Duration::ZERO,
             concurrency: None,
             dead_letters: None,
+            settings: None,
         }
     }
 }
@@ -172,6 +176,17 @@ impl StackConfig {
         self
     }
 
+    /// Settings from a configuration file ([`config::Settings`](crate::config::Settings)), laid
+    /// over this stack when it is built: each key given replaces that setting, each left out
+    /// keeps Lehnz's default or what the setters above chose. A `throttle` key is refused (the
+    /// organization's window is Lehnz's, set with [`throttle`](Self::throttle)), as is any
+    /// value out of range; both fail [`ClientBuilder::build`](super::ClientBuilder::build) with
+    /// [`LehnzError::InvalidConfig`] naming the key.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = Some(settings);
+        self
+    }
+
     pub(crate) fn build(self) -> Result<(LehnzService, StackStats), LehnzError> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
             .with_webpki_roots()
@@ -215,14 +230,6 @@ impl StackConfig {
         #[cfg(feature = "metrics")]
         let breaker = breaker.map(crate::metrics::watch);
         let dead_letters = self.dead_letters.map(DeadLetterLayer::with_sink);
-        let stats = StackStats {
-            retry: retry.stats(),
-            gate: gate.stats(),
-            throttle: throttle.as_ref().map(ThrottleLayer::stats),
-            breaker: breaker.as_ref().map(CircuitBreakerLayer::stats),
-            dead_letters: dead_letters.as_ref().map(DeadLetterLayer::stats),
-            circuit: breaker.clone(),
-        };
         // Lehnz's limits are per organization, across the API and the ingestion hosts: one
         // gate, breaker and budget for both.
         let stack = Outbound::new()
@@ -236,6 +243,29 @@ impl StackConfig {
             .concurrency(self.concurrency)
             .dead_letters(dead_letters)
             .attempt_timeout(Some(self.attempt_timeout));
+        let stack = match &self.settings {
+            Some(settings) if settings.throttle.is_some() => {
+                return Err(LehnzError::InvalidConfig(
+                    "throttle: the organization's window is Lehnz's; leave it out of the settings"
+                        .to_owned(),
+                ))
+            }
+            Some(settings) => settings
+                .apply(stack)
+                .map_err(|e| LehnzError::InvalidConfig(e.to_string()))?,
+            None => stack,
+        };
+        // The counters of the stack as built: settings that replace a layer replace its state.
+        let stats = StackStats {
+            retry: stack.retry_stats(),
+            gate: stack.gate_stats(),
+            throttle: stack.throttle_layer().map(ThrottleLayer::stats),
+            breaker: stack
+                .circuit_breaker_layer()
+                .map(CircuitBreakerLayer::stats),
+            dead_letters: stack.dead_letter_layer().map(DeadLetterLayer::stats),
+            circuit: stack.circuit_breaker_layer().cloned(),
+        };
         let service = ServiceBuilder::new()
             .map_response(|r: http::Response<hyper::body::Incoming>| {
                 r.map(|b| {

@@ -219,6 +219,7 @@ fn span_of<B>(request: &Request<B>) -> tracing::Span {
         http.request.resend_count = Empty,
         error.type = Empty,
         retry.wait_ms = Empty,
+        outbound.hedged = Empty,
     )
 }
 

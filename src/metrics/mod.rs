@@ -93,6 +93,13 @@ pub(crate) use attempt::AttemptMeter;
 pub(crate) use call::{first_call, CallMeter};
 pub(crate) use upstream::{of as upstream_of, Meters, MetersRef, Upstream};
 
+/// One hedge event of `key`'s upstream: `sent`, `won`, `refused_budget` or `refused_state`.
+pub(crate) fn hedge(key: Option<&crate::partition::PartitionKey>, result: &str) {
+    if let Some(index) = upstream::HEDGES.iter().position(|r| *r == result) {
+        upstream::of_partition(key).hedge(index);
+    }
+}
+
 /// The default of [`max_upstreams`].
 pub const DEFAULT_MAX_UPSTREAMS: usize = 100;
 
@@ -135,6 +142,9 @@ pub mod names {
     pub const CONCURRENCY_QUEUED: &str = "outbound_concurrency_queued";
     /// Gauge: breaker state (0 closed, 1 half-open, 2 open), by `upstream`.
     pub const CIRCUIT_STATE: &str = "outbound_circuit_state";
+    /// Counter: hedges, by `upstream` and `result` (`sent`, `won`, `refused_budget`,
+    /// `refused_state`).
+    pub const HEDGES: &str = "outbound_hedges_total";
     /// Counter: breaker state changes, by `upstream`, `from` and `to`.
     pub const CIRCUIT_TRANSITIONS: &str = "outbound_circuit_transitions_total";
     /// Counter: dead letters stored, by `sink`.

@@ -79,6 +79,9 @@ pub(crate) const REASONS: [&str; 8] = [
 /// What refused a call before it reached the upstream, as the `kind` label says it.
 pub(crate) const REFUSALS: [&str; 4] = ["throttle", "gate", "circuit", "concurrency"];
 
+/// What became of a hedge, as the `result` label says it.
+pub(crate) const HEDGES: [&str; 4] = ["sent", "won", "refused_budget", "refused_state"];
+
 /// The counts kept for [`Signals`](super::Signals): they survive a change of recorder.
 #[derive(Debug, Default)]
 pub(crate) struct Counts {
@@ -112,6 +115,7 @@ pub(crate) struct Upstream {
     replayed: [OnceLock<Counter>; 2],
     /// The concurrency limit's gauges: limit, in flight, queued.
     concurrency: [OnceLock<Gauge>; 3],
+    hedges: [OnceLock<Counter>; 4],
 }
 
 impl Upstream {
@@ -131,6 +135,18 @@ impl Upstream {
             circuit_state: OnceLock::new(),
             replayed: Default::default(),
             concurrency: Default::default(),
+            hedges: Default::default(),
+        }
+    }
+
+    /// One hedge event (an index of [`HEDGES`]).
+    pub(crate) fn hedge(&self, result: usize) {
+        if let Some(label) = HEDGES.get(result) {
+            self.hedges[result]
+                .get_or_init(|| {
+                    metrics::counter!(names::HEDGES, "upstream" => self.label(), "result" => *label)
+                })
+                .increment(1);
         }
     }
 
@@ -308,6 +324,11 @@ fn recorder_id() -> usize {
 /// found without allocating), or of `other` past the cap.
 pub(crate) fn of(uri: &Uri) -> Arc<Upstream> {
     lookup(crate::partition::upstream_of(uri).as_ref())
+}
+
+/// The meters of the upstream of `key` (`None`: calls with no upstream).
+pub(crate) fn of_partition(key: Option<&PartitionKey>) -> Arc<Upstream> {
+    lookup(key)
 }
 
 fn lookup(key: Option<&PartitionKey>) -> Arc<Upstream> {

@@ -44,6 +44,7 @@ use crate::deadline::Timer;
 use crate::error::{BoxError, Error, Kind};
 use crate::handoff::{instant_after, Deadline, DoubtedRefusal, Replaying};
 use crate::head::HeadCopy;
+use crate::hedge::Refusal;
 use crate::rate_limit::RateLimitInfo;
 use crate::retry::policy::{self, Next, Progress};
 use crate::retry_after::{pause_of, Answer, Entry, Hold as GateHold, Released};
@@ -91,8 +92,8 @@ pin_project! {
         Deciding { decision: Deciding },
         // Admitted; waiting for the client to be ready.
         Sending,
-        // The attempt in flight.
-        Calling { #[pin] future: F },
+        // The attempt in flight, and its copy when one was sent (boxed: few attempts get one).
+        Calling { #[pin] future: F, hedge: Option<Box<Copy<F>>> },
         // Between attempts.
         Backoff { until: Instant },
         // Writing the dead letter of the failed call.
@@ -120,7 +121,8 @@ struct Call<S> {
     /// The breaker's word on the attempt in flight, and when it started (when the breaker
     /// judges slow calls or keeps its window by time).
     admission: Option<Admission>,
-    breaker_started: Option<Instant>,
+    /// (In nanoseconds after the record's epoch; 0: none.)
+    breaker_started: u64,
     /// The attempt's place under the concurrency limit, or in its line.
     place: Place,
     /// Whether the attempt in flight holds a place among the throttle's outstanding requests,
@@ -139,8 +141,15 @@ struct Call<S> {
     begun_at: u64,
     /// Whether the deadline was worked out (see `deadline`).
     deadline_known: bool,
-    /// When the attempt in flight times out, from its first pending poll.
-    attempt_deadline: Option<Instant>,
+    /// When the attempt in flight times out, from its first pending poll, in nanoseconds after
+    /// the record's epoch (0: not set yet).
+    attempt_deadline: u64,
+    /// Whether the attempt in flight gets a copy when it is due (the upstream's delay after
+    /// `sent_at`): false when none is planned, or once it was sent or given up.
+    hedge_planned: bool,
+    /// When the attempt was sent, then when the copy that answered was (nanoseconds after the
+    /// record's epoch): a successful answer's latency counts from its own send.
+    sent_at: u64,
     #[cfg(feature = "metrics")]
     meter: crate::metrics::CallMeter,
     #[cfg(feature = "metrics")]
@@ -169,6 +178,23 @@ enum Wait {
     Slot(Instant),
     /// A shared bucket store's decision.
     Store(Deciding),
+}
+
+/// An attempt's copy in flight (boxed with its future: few attempts get one).
+struct Copy<F> {
+    future: Pin<Box<F>>,
+    /// When it was sent, in nanoseconds after the record's epoch.
+    sent_at: u64,
+    /// Whether the attempt's first copy ended in a retryable failure: this one goes on alone.
+    first_done: bool,
+}
+
+/// What the timer of an attempt in flight fired for.
+enum Fired {
+    /// The attempt's time ran out.
+    Timeout,
+    /// Its copy is due.
+    HedgeDue,
 }
 
 /// What a state produced: an attempt's result (for the retry policy) or the call's.
@@ -209,7 +235,7 @@ where
                 replaying,
                 now: None,
                 admission: None,
-                breaker_started: None,
+                breaker_started: 0,
                 place: Place::NONE,
                 outstanding: false,
                 reservation: None,
@@ -219,7 +245,9 @@ where
                 begun: false,
                 begun_at: 0,
                 deadline_known: false,
-                attempt_deadline: None,
+                attempt_deadline: 0,
+                hedge_planned: false,
+                sent_at: 0,
                 record,
                 #[cfg(feature = "metrics")]
                 meter,
@@ -412,15 +440,19 @@ impl<S> Call<S> {
                         None => continue,
                     },
                 },
-                StateProj::Calling { future } => match future.poll(cx) {
-                    Poll::Ready(result) => {
-                        Step::Attempt(result.map_err(|e| Error::from_box(e.into())))
-                    }
+                StateProj::Calling { future, hedge } => match self.poll_copies(future, hedge, cx) {
+                    Poll::Ready(result) => Step::Attempt(result),
                     Poll::Pending => match ready!(self.poll_attempt(timer.as_mut(), cx)) {
                         // The attempt timed out: it is dropped, and is an attempt that failed.
-                        Ok(()) => {
+                        Ok(Fired::Timeout) => {
                             state.set(State::Done);
                             Step::Attempt(Err(Error::timed_out()))
+                        }
+                        Ok(Fired::HedgeDue) => {
+                            if let StateProj::Calling { hedge, .. } = state.as_mut().project() {
+                                self.send_hedge(hedge, cx);
+                            }
+                            continue;
                         }
                         Err(err) => Step::Final(Err(err)),
                     },
@@ -513,20 +545,171 @@ impl<S> Call<S> {
     where
         S: Service<Request<ReplayBody>, Response = Response<ResB>>,
     {
+        self.plan_hedge();
         let Some(request) = self.request() else {
             return Some(Step::Attempt(Err(Error::with_source(
                 Kind::Body,
                 "request body is no longer available for another attempt",
             ))));
         };
-        self.attempt_deadline = None;
+        self.attempt_deadline = 0;
         if self.place.since().is_some() {
             // The attempt's latency counts from here.
             self.place = Place::held(clock(&mut self.now, &self.record).1);
         }
         let future = self.inner.call(request);
-        state.set(State::Calling { future });
+        state.set(State::Calling {
+            future,
+            hedge: None,
+        });
         None
+    }
+
+    /// Plans the copy of the attempt about to be sent, when the stack hedges and the request
+    /// may be sent twice (a safe method or an idempotency key, a body that can be sent again),
+    /// and notes when the attempt goes.
+    #[inline]
+    fn plan_hedge(&mut self) {
+        let record = &*self.record;
+        let (Some(hedger), Some(hedge)) = (&record.hedger, &record.stack.hedge) else {
+            return;
+        };
+        let (_, since) = clock(&mut self.now, record);
+        self.sent_at = since;
+        let settings = &hedge.settings;
+        let twice = match &self.head {
+            Head::Original(parts) => {
+                settings.may_send_twice(&parts.method, |name| parts.headers.contains_key(name))
+            }
+            Head::Copy(copy) => {
+                settings.may_send_twice(copy.method(), |name| copy.has_header(name))
+            }
+            Head::Gone => false,
+        };
+        let replayable = self.body.as_ref().is_some_and(Buffered::is_replayable);
+        self.hedge_planned = replayable && twice;
+        let _ = hedger;
+    }
+
+    /// When the planned copy of the attempt in flight is due: the upstream's delay (as it is
+    /// now) after the attempt was sent.
+    fn hedge_due(&self) -> Option<Instant> {
+        if !self.hedge_planned {
+            return None;
+        }
+        let record = &*self.record;
+        let (Some(hedger), Some(hedge)) = (&record.hedger, &record.stack.hedge) else {
+            return None;
+        };
+        let delay = crate::throttle::nanos(hedger.delay(&hedge.settings));
+        Some(record.at(self.sent_at.saturating_add(delay)))
+    }
+
+    /// Sends the attempt's copy, now due, when the upstream is not in trouble (breaker closed,
+    /// gate open, a throttle token at once), the call has the time and the budget pays.
+    #[inline(never)]
+    fn send_hedge(&mut self, hedge: &mut Option<Box<Copy<S::Future>>>, cx: &mut Context<'_>)
+    where
+        S: Service<Request<ReplayBody>>,
+    {
+        self.hedge_planned = false;
+        let record = self.record.clone();
+        let (Some(hedger), Some(shared)) = (&record.hedger, &record.stack.hedge) else {
+            return;
+        };
+        let stack = &*record.stack;
+        let troubled = record.breaker.as_ref().is_some_and(|b| !b.is_closed())
+            || !stack.gates.is_open(&record.gate);
+        if troubled {
+            hedger.refused(shared, Refusal::State);
+            return;
+        }
+        let (now, since) = clock(&mut self.now, &record);
+        let remaining = self.deadline().map(|d| d.saturating_duration_since(now));
+        if hedger.admit(shared, now, remaining).is_err() {
+            return;
+        }
+        if let Some(throttle) = &stack.throttle {
+            // A token at once from this process's bucket, or no copy.
+            let token = record.bucket.as_ref().is_some_and(|bucket| {
+                matches!(
+                    LocalStore::acquire_at(
+                        bucket,
+                        since.saturating_add(record.bucket_lag),
+                        &throttle.quota,
+                        0,
+                    ),
+                    Decision::Go
+                )
+            });
+            if !token {
+                hedger.refused(shared, Refusal::State);
+                return;
+            }
+        }
+        if !matches!(self.inner.poll_ready(cx), Poll::Ready(Ok(()))) {
+            hedger.refused(shared, Refusal::State);
+            return;
+        }
+        let Some(request) = self.request() else {
+            return;
+        };
+        *hedge = Some(Box::new(Copy {
+            future: Box::pin(self.inner.call(request)),
+            sent_at: since,
+            first_done: false,
+        }));
+        hedger.sent(shared);
+        #[cfg(feature = "metrics")]
+        tracing::Span::current().record("outbound.hedged", true);
+    }
+
+    /// Polls the attempt and its copy: the first answer that settles the call is the attempt's,
+    /// and a retryable failure of one waits for the other.
+    fn poll_copies<ResB>(
+        &mut self,
+        mut future: Pin<&mut S::Future>,
+        hedge: &mut Option<Box<Copy<S::Future>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ResB>, Error>>
+    where
+        S: Service<Request<ReplayBody>, Response = Response<ResB>>,
+        S::Error: Into<BoxError>,
+    {
+        if !hedge.as_ref().is_some_and(|copy| copy.first_done) {
+            if let Poll::Ready(result) = future.as_mut().poll(cx) {
+                let result = result.map_err(|e| Error::from_box(e.into()));
+                let Some(copy) = hedge.as_mut() else {
+                    return Poll::Ready(result);
+                };
+                if crate::hedge::settles(DefaultClassifier.classify(Attempt::of(&result))) {
+                    *hedge = None;
+                    return Poll::Ready(result);
+                }
+                // A retryable failure while the copy may still succeed.
+                copy.first_done = true;
+            }
+        }
+        let Some(copy) = hedge.as_mut() else {
+            return Poll::Pending;
+        };
+        let result = ready!(copy.future.as_mut().poll(cx)).map_err(|e| Error::from_box(e.into()));
+        let settles = crate::hedge::settles(DefaultClassifier.classify(Attempt::of(&result)));
+        let (sent_at, first_done) = (copy.sent_at, copy.first_done);
+        *hedge = None;
+        if settles || first_done {
+            self.sent_at = sent_at;
+            if settles {
+                if let (Some(hedger), Some(shared)) =
+                    (&self.record.hedger, &self.record.stack.hedge)
+                {
+                    hedger.won(shared);
+                }
+            }
+            return Poll::Ready(result);
+        }
+        // The copy failed first: the attempt goes on alone.
+        Poll::Pending
     }
 
     /// The call starts, at its first poll: it is deposited into its upstream's retry budget
@@ -536,6 +719,9 @@ impl<S> Call<S> {
         let record = &*self.record;
         if let Some(budget) = &record.budget {
             budget.deposit_at(since.saturating_add(record.budget_lag));
+        }
+        if let Some(hedger) = &record.hedger {
+            hedger.deposit_at(since.saturating_add(record.hedge_budget_lag));
         }
         self.begun_at = since;
         #[cfg(not(feature = "metrics"))]
@@ -605,7 +791,9 @@ impl<S> Call<S> {
     fn admitted(&mut self, admission: Admission) -> Admit {
         self.admission = Some(admission);
         if let Some(breakers) = &self.record.stack.breaker {
-            self.breaker_started = breakers.needs_clock().then(Instant::now);
+            if breakers.needs_clock() {
+                self.breaker_started = self.record.since_epoch(Instant::now()).max(1);
+            }
         }
         self.pass_gate()
     }
@@ -751,7 +939,9 @@ impl<S> Call<S> {
     /// need it.
     fn request(&mut self) -> Option<Request<ReplayBody>> {
         let body = self.body.as_mut().and_then(Buffered::take_attempt)?;
-        let keep = self.progress.repeatable || self.record.stack.dead_letters.is_some();
+        let keep = self.progress.repeatable
+            || self.record.stack.dead_letters.is_some()
+            || self.hedge_planned;
         let parts = match std::mem::replace(&mut self.head, Head::Gone) {
             Head::Original(parts) => {
                 if keep {
@@ -780,6 +970,13 @@ impl<S> Call<S> {
     fn attempt_done<R>(&mut self, mut result: Result<Response<R>, Error>) -> Next<R> {
         let outcome = DefaultClassifier.classify(Attempt::of(&result));
         self.outcome = outcome;
+        self.hedge_planned = false;
+        if let (Some(hedger), true) = (&self.record.hedger, outcome.is_success()) {
+            // The answer's latency, from its own send: a sample of the upstream's.
+            let (_, since) = clock(&mut self.now, &self.record);
+            let latency = since.saturating_sub(self.sent_at);
+            hedger.record_at(latency, since.saturating_add(self.record.hedge_lag));
+        }
         if outcome.is_retryable() {
             // The retry policy plans its wait within the deadline.
             self.deadline();
@@ -845,7 +1042,9 @@ impl<S> Call<S> {
                 Err(err) if err.is_refusal() => Outcome::Rejected,
                 _ => outcome,
             };
-            breakers.finish(breaker, admission, health, self.breaker_started.take());
+            let started = std::mem::take(&mut self.breaker_started);
+            let started = (started != 0).then(|| record.at(started));
+            breakers.finish(breaker, admission, health, started);
         }
         #[cfg(feature = "metrics")]
         if let Some(meter) = self.attempt_meter.take() {
@@ -879,7 +1078,7 @@ impl<S> Call<S> {
                 return None;
             }
         };
-        let body = self.body.as_ref().and_then(Buffered::bytes);
+        let body = recording::Kept::of(self.body.as_ref());
         // The wall-clock time of the call's start, from how long ago it started.
         let started = self
             .begun
@@ -921,27 +1120,35 @@ impl<S> Call<S> {
         &mut self,
         timer: Pin<&mut Timer>,
         cx: &mut Context<'_>,
-    ) -> Poll<Result<(), Error>> {
-        if self.attempt_deadline.is_none() {
+    ) -> Poll<Result<Fired, Error>> {
+        if self.attempt_deadline == 0 {
             if let Some(timeout) = self.record.stack.attempt_timeout {
                 // In the poll that sent the attempt, the clock read then serves.
-                let (now, _) = clock(&mut self.now, &self.record);
-                self.attempt_deadline = Some(instant_after(now, timeout));
+                let (_, since) = clock(&mut self.now, &self.record);
+                self.attempt_deadline =
+                    since.saturating_add(crate::throttle::nanos(timeout)).max(1);
             }
         }
         let deadline = self.deadline();
-        let at = match (self.attempt_deadline, deadline) {
-            (Some(attempt), Some(call)) => attempt.min(call),
-            (attempt, call) => match attempt.or(call) {
-                Some(at) => at,
-                None => return Poll::Pending,
-            },
+        let attempt = (self.attempt_deadline != 0).then(|| self.record.at(self.attempt_deadline));
+        let ends = match (attempt, deadline) {
+            (Some(attempt), Some(call)) => Some(attempt.min(call)),
+            (attempt, call) => attempt.or(call),
+        };
+        let due = self.hedge_due();
+        let at = match (ends, due) {
+            (Some(ends), Some(due)) if due < ends => due,
+            (Some(ends), _) => ends,
+            (None, Some(due)) => due,
+            (None, None) => return Poll::Pending,
         };
         ready!(timer.poll_at(at, cx));
-        if deadline.is_some_and(|d| d <= at) {
+        if due.is_some_and(|due| due <= at && ends.is_none_or(|e| due < e)) {
+            Poll::Ready(Ok(Fired::HedgeDue))
+        } else if deadline.is_some_and(|d| d <= at) {
             Poll::Ready(Err(self.deadline_passed()))
         } else {
-            Poll::Ready(Ok(()))
+            Poll::Ready(Ok(Fired::Timeout))
         }
     }
 
@@ -961,7 +1168,7 @@ impl<S> Call<S> {
         {
             breaker.release_probe(round);
         }
-        self.breaker_started = None;
+        self.breaker_started = 0;
         if self.place.is_some() {
             give_place_back(&mut self.place, &mut self.now, record);
         }

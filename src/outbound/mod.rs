@@ -33,6 +33,9 @@
 //! | [`Outbound::new`]         | 4        | 200 ms · 2ⁿ ≤ 30 s | 60 s        | 30 s     | 10 s            | ≤ 60 s    | on, fail fast    | off               | off          |
 //! | [`Outbound::user_facing`] | 2        | 100 ms · 2ⁿ ≤ 1 s  | 2 s         | 5 s      | 2 s             | fail fast | on, fail fast    | off               | off          |
 //! | [`Outbound::background`]  | 5        | 500 ms · 2ⁿ ≤ 30 s | 60 s        | 120 s    | 20 s            | ≤ 60 s    | on, waits ≤ 60 s | adaptive, waits ≤ 60 s | on (memory)  |
+//! | [`Outbound::latency_sensitive`] | 2  | 50 ms · 2ⁿ ≤ 500 ms | 1 s        | 2 s      | 1 s             | fail fast | on, fail fast    | off               | off          |
+//!
+//! `latency_sensitive()` also [hedges](crate::hedge) slow reads (off in the others).
 //!
 //! "Waits ≤ 60 s" is the breaker's [`max_wait`](CircuitBreakerLayer::max_wait): a call that
 //! meets an open circuit waits for the next probe (and leaves paced once it passes) instead of
@@ -41,8 +44,10 @@
 //! Every preset keeps its state **per upstream** (scheme, host and port): the Retry-After gate,
 //! the circuit breaker, the throttle and the retry budget of one host never change what
 //! happens to calls to another ([`partition`](Outbound::partition) with [`Scope::Global`]
-//! shares one state for an API whose limits span several hosts). No server can close a gate
-//! for longer than 15 minutes ([`RetryAfterLayer::max_pause`]). A [`RetryBudget`] per upstream
+//! shares one state for an API whose limits span several hosts);
+//! [`upstream`](Outbound::upstream) gives one host settings and state of its own, and
+//! [`config`](crate::config) reads all of them from a file. No server can close a gate for
+//! longer than 15 minutes ([`RetryAfterLayer::max_pause`]). A [`RetryBudget`] per upstream
 //! caps retries — over any 10 s, retries are at most 5 per second plus 20 % of the calls made
 //! in those 10 s and the 10 s before them — so an outage does not multiply the load on the
 //! failing upstream. `background()` keeps dead letters in a bounded [`MemorySink`]
@@ -86,8 +91,8 @@ use crate::dead_letter::MemorySink;
 use crate::partition::Scope;
 use crate::retry::{Jitter, RetryBudget};
 use crate::{
-    CircuitBreakerLayer, ConcurrencyLayer, DeadLetterLayer, IdempotencyKeyLayer, RetryAfterLayer,
-    RetryLayer, ThrottleLayer,
+    CircuitBreakerLayer, ConcurrencyLayer, DeadLetterLayer, HedgeLayer, IdempotencyKeyLayer,
+    RetryAfterLayer, RetryLayer, ThrottleLayer,
 };
 
 mod future;
@@ -95,13 +100,16 @@ mod maybe;
 mod record;
 mod service;
 mod stack;
+mod upstream;
 
 pub use future::ResponseFuture;
 pub use maybe::{Maybe, MaybeFuture};
 pub use service::OutboundService;
+pub use upstream::MAX_UPSTREAM_STACKS;
 
 use record::Records;
 use stack::Stack;
+pub(crate) use upstream::Host;
 
 /// The composed stack. Configure it, then wrap a client with [`service`](Outbound::service)
 /// or use it as a [`Layer`]. Clones, and every service made from it, share the state of the
@@ -117,8 +125,11 @@ pub struct Outbound {
     gate: RetryAfterLayer,
     concurrency: Option<ConcurrencyLayer>,
     throttle: Option<ThrottleLayer<Scope>>,
+    hedge: Option<HedgeLayer>,
     attempt_timeout: Option<Duration>,
     scope: Scope,
+    /// Hosts with stacks of their own ([`upstream`](Outbound::upstream)).
+    upstreams: Vec<(Host, Outbound)>,
 }
 
 impl Default for Outbound {
@@ -140,8 +151,10 @@ impl Outbound {
             gate: RetryAfterLayer::new(),
             concurrency: None,
             throttle: None,
+            hedge: None,
             attempt_timeout: Some(Duration::from_secs(10)),
             scope: Scope::Upstream,
+            upstreams: Vec::new(),
         }
     }
 
@@ -168,8 +181,29 @@ impl Outbound {
             gate: RetryAfterLayer::new().max_wait(Duration::ZERO),
             concurrency: None,
             throttle: None,
+            hedge: None,
             attempt_timeout: Some(Duration::from_secs(2)),
             scope: Scope::Upstream,
+            upstreams: Vec::new(),
+        }
+    }
+
+    /// For read-heavy fan-out a person waits on (a page built from many reads): the
+    /// [`user_facing`](Self::user_facing) stack with shorter caps and [hedging](crate::hedge):
+    /// a read not answered after its upstream's usual p95 gets a second copy, within 5 % of
+    /// calls, never while the upstream is in trouble.
+    pub fn latency_sensitive() -> Self {
+        Outbound {
+            deadline: Some(Duration::from_secs(2)),
+            retry: RetryLayer::new()
+                .max_attempts(2)
+                .base_delay(Duration::from_millis(50))
+                .max_delay(Duration::from_millis(500))
+                .max_total_delay(Duration::from_secs(1))
+                .max_retry_after(Duration::from_secs(1)),
+            attempt_timeout: Some(Duration::from_secs(1)),
+            hedge: Some(HedgeLayer::new()),
+            ..Self::user_facing()
         }
     }
 
@@ -199,8 +233,10 @@ impl Outbound {
             gate: RetryAfterLayer::new(),
             concurrency: Some(ConcurrencyLayer::adaptive().max_wait(Duration::from_secs(60))),
             throttle: None,
+            hedge: None,
             attempt_timeout: Some(Duration::from_secs(20)),
             scope: Scope::Upstream,
+            upstreams: Vec::new(),
         }
     }
 
@@ -229,8 +265,67 @@ impl Outbound {
         self.gate = self.gate.partition(scope);
         self.circuit_breaker = self.circuit_breaker.map(|b| b.partition(scope));
         self.throttle = self.throttle.map(|t| t.partition(scope));
+        self.hedge = self.hedge.map(|h| h.partition(scope));
         self.retry_budget = self.retry_budget.map(|b| b.partition(scope));
         self
+    }
+
+    /// Calls to `host` use `stack`'s settings and state instead of this stack's (default:
+    /// none). `host` is a host (`api.example.com`: every scheme and port of it) or a host and
+    /// port (`api.example.com:8443`, `127.0.0.1:3000`, `[::1]:8080`), compared without regard
+    /// to case; a host and port is preferred to the host alone. Everything a call reads comes
+    /// from `stack`: its retry settings, deadline, attempt timeout, idempotency key, retry
+    /// budget, breaker, gate, concurrency limit, throttle and dead letters; their state is kept
+    /// per upstream (scheme, host and port) in `stack`'s layers, so their read-outs
+    /// (`stack.circuit_breaker_layer()`, `stack.retry_stats()`, …) count that host's calls and
+    /// this stack's count the others. `stack`'s own partition and hosts are not used.
+    ///
+    /// The host is matched once, when the stack first meets an upstream, never per call.
+    ///
+    /// Per-upstream stacks need per-upstream state: with [`Scope::Global`] every call shares
+    /// one record and these are **not used** (a warning is logged when a service is made;
+    /// [`OutboundConfig::build`](crate::config::OutboundConfig::build) refuses the
+    /// combination). A second stack for the same host replaces the first. At most
+    /// [`MAX_UPSTREAM_STACKS`] (256) hosts; a further host, or one that is neither a host nor
+    /// a host and port (a URL, a path, userinfo, an empty string), is not added, and a
+    /// warning is logged ([`OutboundConfig`](crate::config::OutboundConfig) refuses both with
+    /// a typed error instead).
+    ///
+    /// ```
+    /// use tower_outbound::{Outbound, RetryLayer};
+    ///
+    /// let stack = Outbound::new()
+    ///     .upstream("payments.example.com", Outbound::new().retry(RetryLayer::new().max_attempts(1)));
+    /// assert_eq!(stack.upstream_stacks().count(), 1);
+    /// ```
+    pub fn upstream(mut self, host: impl Into<String>, stack: Outbound) -> Self {
+        let spec = host.into();
+        let Some(host) = Host::parse(&spec) else {
+            tracing::warn!(
+                host = %spec.chars().take(64).collect::<String>(),
+                "not a host or host:port: the stack given for it is not used"
+            );
+            return self;
+        };
+        if let Some(slot) = self.upstreams.iter_mut().find(|(h, _)| *h == host) {
+            slot.1 = stack;
+        } else if self.upstreams.len() >= MAX_UPSTREAM_STACKS {
+            tracing::warn!(
+                %host,
+                max = MAX_UPSTREAM_STACKS,
+                "too many hosts with stacks of their own: the stack given for this one is not used"
+            );
+        } else {
+            self.upstreams.push((host, stack));
+        }
+        self
+    }
+
+    /// The hosts given stacks of their own ([`upstream`](Self::upstream)), normalised
+    /// (lowercase, an IPv6 literal in brackets), with their stacks, in the order they were
+    /// given: to read each stack's figures.
+    pub fn upstream_stacks(&self) -> impl Iterator<Item = (String, &Outbound)> + '_ {
+        self.upstreams.iter().map(|(host, s)| (host.to_string(), s))
     }
 
     /// The Retry-After gate (default [`RetryAfterLayer::new`]: hold up to 60 s, never closed
@@ -280,6 +375,25 @@ impl Outbound {
         self
     }
 
+    /// Hedging of slow attempts, or `None` to leave it out (default: none; on in
+    /// [`latency_sensitive`](Self::latency_sensitive)). Its partition is the stack's
+    /// [`partition`](Self::partition). An attempt not answered after its upstream's usual p95
+    /// gets one copy (see [`hedge`](crate::hedge) for when one is never sent); whichever
+    /// answers first is the attempt's answer. A hedge is not a retry: the attempt cap, the retry
+    /// budget and the breaker count the hedged attempt once, with the winner's outcome; the
+    /// copy takes no place of its own under the concurrency limit, and goes only when the
+    /// breaker is closed, the gate open and (with a throttle in this process) a token is there
+    /// at once (with a shared store, never).
+    pub fn hedge(mut self, layer: Option<HedgeLayer>) -> Self {
+        self.hedge = layer.map(|h| h.partition(self.scope));
+        self
+    }
+
+    /// The hedge layer, when there is one (to read its counters per upstream).
+    pub fn hedge_layer(&self) -> Option<&HedgeLayer> {
+        self.hedge.as_ref()
+    }
+
     /// The concurrency limit, when there is one (to read its figures per upstream).
     pub fn concurrency_layer(&self) -> Option<&ConcurrencyLayer> {
         self.concurrency.as_ref()
@@ -298,6 +412,29 @@ impl Outbound {
     /// The throttle, when there is one (to read its counters).
     pub fn throttle_layer(&self) -> Option<&ThrottleLayer<Scope>> {
         self.throttle.as_ref()
+    }
+
+    /// The retry layer (to read its counters, or to change one setting of it and give it back
+    /// with [`retry`](Self::retry)).
+    pub fn retry_layer(&self) -> &RetryLayer {
+        &self.retry
+    }
+
+    /// The Retry-After gate (to read how long it stays closed and its counters, or to change
+    /// one setting of it and give it back with [`gate`](Self::gate)).
+    pub fn gate_layer(&self) -> &RetryAfterLayer {
+        &self.gate
+    }
+
+    /// The retry budget, when there is one.
+    pub(crate) fn budget(&self) -> Option<&RetryBudget> {
+        self.retry_budget.as_ref()
+    }
+
+    /// The partition of the stack's state.
+    #[cfg(test)]
+    pub(crate) fn scope(&self) -> Scope {
+        self.scope
     }
 
     /// The deadline of one logical call, attempts and waits together, or `None` for none
@@ -336,13 +473,30 @@ impl<S> Layer<S> for Outbound {
     type Service = OutboundService<S>;
 
     fn layer(&self, client: S) -> Self::Service {
-        OutboundService::new(client, Arc::new(Records::new(self.stack())))
+        OutboundService::new(client, Arc::new(self.records()))
     }
 }
 
 impl Outbound {
+    /// The records of a service made from this stack: this stack's, and the stacks of the
+    /// hosts given their own.
+    fn records(&self) -> Records {
+        if self.scope == Scope::Global && !self.upstreams.is_empty() {
+            tracing::warn!(
+                hosts = self.upstreams.len(),
+                "a stack with a global partition does not use the stacks given to hosts"
+            );
+        }
+        let upstreams = self
+            .upstreams
+            .iter()
+            .map(|(host, stack)| (host.clone(), stack.stack()))
+            .collect();
+        Records::new(self.stack(), upstreams)
+    }
+
     /// What every call of a service made from this stack reads.
-    fn stack(&self) -> Stack {
+    pub(crate) fn stack(&self) -> Stack {
         let retry = self
             .retry
             .clone()
@@ -356,6 +510,7 @@ impl Outbound {
             gates: self.gate.gates().clone(),
             concurrency: self.concurrency.as_ref().map(|c| c.registry().clone()),
             throttle: self.throttle.as_ref().map(|t| t.shared().clone()),
+            hedge: self.hedge.as_ref().map(|h| h.shared().clone()),
             attempt_timeout: self.attempt_timeout,
             dead_letters: self.dead_letters.as_ref().map(|d| d.config().clone()),
             scope: self.scope,
@@ -367,12 +522,12 @@ impl Outbound {
     /// The records of a stack, for model checks.
     #[cfg(all(test, tower_outbound_loom))]
     pub(crate) fn records_for_model(&self) -> Arc<Records> {
-        OutboundService::new((), Arc::new(Records::new(self.stack()))).records()
+        OutboundService::new((), Arc::new(self.records())).records()
     }
 }
 
 /// A preset's breaker: with the `metrics` feature, its state changes are exported.
-fn watched(breaker: CircuitBreakerLayer) -> CircuitBreakerLayer {
+pub(crate) fn watched(breaker: CircuitBreakerLayer) -> CircuitBreakerLayer {
     #[cfg(feature = "metrics")]
     return crate::metrics::watch(breaker);
     #[cfg(not(feature = "metrics"))]

@@ -9,18 +9,22 @@
 //!
 //! Records are kept per upstream (scheme, host and port) or, with [`Scope::Global`], one for
 //! every call; at most [`MAX_RECORDS`] per-upstream records, idle ones evicted first, the rest
-//! sharing the global record. Each record exists in one copy per shard (see
+//! sharing the global record. A record is made from the stack of its upstream's host when
+//! the host was given one ([`Outbound::upstream`](super::Outbound::upstream)), else from the
+//! stack's own: the hosts are compared then, once per upstream, never per call. An upstream
+//! with a stack of its own that finds no room shares that stack's global record. Each record exists in one copy per shard (see
 //! [`sync::shards`](crate::sync::shards)): a call clones its own thread's copy, so the
 //! reference counts of calls on different cores never share a cache line.
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use http::Uri;
 use tokio::time::Instant;
 
 use super::stack::Stack;
+use super::upstream::Host;
 use crate::circuit::Breaker;
 use crate::concurrency::Limiter;
 use crate::partition::{PartitionKey, Registry, Scope};
@@ -48,11 +52,16 @@ pub(crate) struct Record {
     /// The throttle's bucket, when the throttle keeps its buckets in this process (a remote
     /// store is asked by key).
     pub(crate) bucket: Option<Arc<Bucket>>,
+    /// The upstream's latencies and hedge budget, when the stack hedges.
+    pub(crate) hedger: Option<Arc<crate::hedge::Hedger>>,
     /// The record's clock: a call reads the time once as nanoseconds since `epoch`, and the
     /// budget and the bucket, whose clocks started earlier, add their lag to it.
     pub(crate) epoch: Instant,
     pub(crate) budget_lag: u64,
     pub(crate) bucket_lag: u64,
+    /// The lags of the hedger's budget and latencies, whose clocks started earlier.
+    pub(crate) hedge_budget_lag: u64,
+    pub(crate) hedge_lag: u64,
     /// The upstream's meters (feature `metrics`), shared by the record's shard copies; `None`
     /// for the global record, whose calls are metered by their own upstream.
     #[cfg(feature = "metrics")]
@@ -66,6 +75,7 @@ impl Record {
         let meters = k.map(|key| Arc::new(crate::metrics::Meters::new(Some(key))));
         let local = stack.throttle.as_ref().and_then(|t| t.local.as_ref());
         let budget = stack.budget.as_ref().map(|budget| budget.allowance(k));
+        let hedger = stack.hedge.as_ref().map(|hedge| hedge.hedger(k));
         let epoch = Instant::now();
         let lag = |base: Instant| nanos(epoch.saturating_duration_since(base));
         Record {
@@ -77,6 +87,9 @@ impl Record {
             gate: stack.gates.gate_of(k),
             limiter: stack.concurrency.as_ref().map(|limits| limits.limiter(k)),
             bucket: local.map(|local| local.bucket(k)),
+            hedge_budget_lag: hedger.as_ref().map_or(0, |h| lag(h.budget_base())),
+            hedge_lag: hedger.as_ref().map_or(0, |h| lag(h.base())),
+            hedger,
             epoch,
             stack: stack.clone(),
             #[cfg(feature = "metrics")]
@@ -120,6 +133,15 @@ fn shards_of(record: Record) -> Shards {
     (0..shards()).map(|_| Arc::new(record.clone())).collect()
 }
 
+/// A host given a stack of its own, and that stack's global record, made when an upstream of
+/// the host first finds no room among the records.
+#[derive(Debug)]
+struct Upstream {
+    host: Host,
+    stack: Arc<Stack>,
+    global: OnceLock<Shards>,
+}
+
 /// The records of one stack.
 #[derive(Debug)]
 pub(crate) struct Records {
@@ -130,19 +152,43 @@ pub(crate) struct Records {
     generation: AtomicU64,
     global: Shards,
     keyed: Registry<Shards>,
+    /// The hosts with stacks of their own: those naming a port first.
+    upstreams: Box<[Upstream]>,
 }
 
 impl Records {
-    pub(crate) fn new(stack: Stack) -> Self {
+    pub(crate) fn new(stack: Stack, upstreams: Vec<(Host, Stack)>) -> Self {
         static IDS: AtomicU64 = AtomicU64::new(1);
         let stack = Arc::new(stack);
+        let mut upstreams: Vec<Upstream> = upstreams
+            .into_iter()
+            .map(|(host, stack)| Upstream {
+                host,
+                stack: Arc::new(stack),
+                global: OnceLock::new(),
+            })
+            .collect();
+        // A host and port is preferred to the host alone (a stable sort keeps the given order
+        // otherwise).
+        upstreams.sort_by_key(|u| !u.host.has_port());
         Records {
             global: shards_of(Record::new(&stack, None)),
             stack,
             id: IDS.fetch_add(1, Ordering::Relaxed),
             generation: AtomicU64::new(0),
             keyed: Registry::default(),
+            upstreams: upstreams.into_boxed_slice(),
         }
+    }
+
+    /// The host given a stack of its own that `key`'s upstream belongs to, if any.
+    fn host_of(&self, key: &PartitionKey) -> Option<&Upstream> {
+        self.upstreams.iter().find(|u| u.host.matches(key))
+    }
+
+    /// The stack a record for `key` is made from.
+    fn stack_of(&self, key: &PartitionKey) -> &Arc<Stack> {
+        self.host_of(key).map_or(&self.stack, |u| &u.stack)
     }
 
     /// The record of `uri`'s upstream, this thread's copy.
@@ -163,7 +209,10 @@ impl Records {
         let shards = self.shards_of(uri);
         let record = match &shards {
             Some(shards) => shards[shard % shards.len()].clone(),
-            None => self.global[shard % self.global.len()].clone(),
+            None => {
+                let global = self.overflow_of(uri);
+                global[shard % global.len()].clone()
+            }
         };
         // An authority with userinfo is never remembered: the cache holds no credential.
         if let (Some(spelled), Some(_), false) =
@@ -188,9 +237,24 @@ impl Records {
                     }
                     keep
                 },
-                || shards_of(Record::new(&self.stack, Some(key.clone()))),
+                || shards_of(Record::new(self.stack_of(&key), Some(key.clone()))),
             )
         })
+    }
+
+    /// The record an upstream shares when there is no room for its own: the global record of
+    /// its host's stack when the host was given one, else this stack's.
+    fn overflow_of(&self, uri: &Uri) -> &Shards {
+        let upstream = match self.upstreams.is_empty() {
+            true => None,
+            false => crate::partition::upstream_of(uri).and_then(|key| self.host_of(&key)),
+        };
+        match upstream {
+            Some(u) => u
+                .global
+                .get_or_init(|| shards_of(Record::new(&u.stack, None))),
+            None => &self.global,
+        }
     }
 
     /// Per-upstream records held now.
@@ -324,5 +388,53 @@ mod loom_models {
             assert!(same(&a.bucket, &b.bucket), "one bucket");
             assert_eq!(records.len(), 1);
         });
+    }
+}
+
+#[cfg(all(test, not(tower_outbound_loom)))]
+mod tests {
+    use super::*;
+    use crate::{Outbound, RetryLayer};
+
+    fn records() -> Records {
+        let one = Outbound::new().retry(RetryLayer::new().max_attempts(1));
+        let two = Outbound::new().retry(RetryLayer::new().max_attempts(2));
+        Outbound::new()
+            .upstream("api.example.com", one)
+            .upstream("api.example.com:8443", two)
+            .records()
+    }
+
+    fn attempts(record: &Record) -> u32 {
+        record.stack.retry.max_attempts
+    }
+
+    #[test]
+    fn a_record_is_made_from_its_hosts_stack_the_host_and_port_first() {
+        let records = records();
+        let find = |uri: &str| attempts(&records.find(&uri.parse().unwrap()));
+        assert_eq!(find("https://API.example.com/x"), 1);
+        assert_eq!(find("http://api.example.com:8080/"), 1);
+        assert_eq!(find("https://api.example.com:8443/"), 2);
+        assert_eq!(find("https://other.example.com/"), 4);
+        assert_eq!(find("/relative"), 4, "no upstream: the global record");
+    }
+
+    #[test]
+    fn an_upstream_with_no_room_shares_its_hosts_global_record() {
+        let records = records();
+        let overflow = |uri: &str| {
+            let shards = records.overflow_of(&uri.parse().unwrap());
+            (attempts(&shards[0]), shards[0].key.is_none())
+        };
+        assert_eq!(overflow("https://api.example.com/"), (1, true));
+        assert_eq!(overflow("https://api.example.com:8443/"), (2, true));
+        assert_eq!(overflow("https://other.example.com/"), (4, true));
+        // Made once, then shared.
+        let uri: Uri = "https://api.example.com/".parse().unwrap();
+        assert!(std::ptr::eq(
+            records.overflow_of(&uri),
+            records.overflow_of(&uri)
+        ));
     }
 }

@@ -39,6 +39,16 @@ impl<S> OutboundService<S> {
         &self.inner
     }
 
+    /// The same stack around another client: the two share every upstream's record (breakers,
+    /// gates, limits, buckets, retry budgets) and the counters. For a client that cannot live
+    /// as long as the stack, such as the rest of a middleware chain borrowed for one call.
+    pub fn with_client<T>(&self, client: T) -> OutboundService<T> {
+        OutboundService {
+            inner: client,
+            records: self.records.clone(),
+        }
+    }
+
     /// Per-upstream records this stack keeps now (at most 1,024; one record holds an
     /// upstream's retry budget, breaker, gate and throttle bucket).
     pub fn upstreams(&self) -> usize {
@@ -71,11 +81,13 @@ where
     }
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
-        let records = &*self.records;
-        if let Some(keys) = &records.stack.keys {
+        // The record first: a host given a stack of its own (`Outbound::upstream`) stamps its
+        // calls with that stack's idempotency layer, as every other step of the call reads
+        // the record's stack. Finding it reads the URI only, which stamping does not change.
+        let record = self.records.find(request.uri());
+        if let Some(keys) = &record.stack.keys {
             keys.stamp(&mut request);
         }
-        let record = records.find(request.uri());
         // The ready client goes with the call; this service keeps an unreserved clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);

@@ -26,6 +26,7 @@ pub(crate) struct Stack {
     pub(crate) gates: Arc<Gates>,
     pub(crate) concurrency: Option<Arc<Limits>>,
     pub(crate) throttle: Option<Arc<Throttle>>,
+    pub(crate) hedge: Option<Arc<crate::hedge::Shared>>,
     pub(crate) attempt_timeout: Option<Duration>,
     pub(crate) dead_letters: Option<Arc<DeadLetters>>,
     pub(crate) scope: Scope,

@@ -334,8 +334,12 @@ impl Partition for ByUpstream {
 }
 
 /// Per upstream or global, chosen at run time: the partition [`Outbound`](crate::Outbound)
-/// gives its gate, breaker and throttle.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+/// gives its gate, breaker and throttle. In configuration files ([`config`](crate::config))
+/// it is written `"upstream"` or `"global"`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Scope {
     /// One state per upstream, as [`ByUpstream`] (the default).
     #[default]

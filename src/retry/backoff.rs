@@ -20,7 +20,13 @@ use rand::{Rng, RngExt, SeedableRng};
 ///
 /// Full jitter spreads retries the most and is what most clients should use; see "Exponential
 /// Backoff And Jitter" on the AWS Architecture Blog for the comparison.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+///
+/// In configuration files ([`config`](crate::config)) it is written in lowercase: `"full"`,
+/// `"equal"`, `"decorrelated"`, `"none"`.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "snake_case")]
 pub enum Jitter {
     /// Uniform in `[0, ceiling]`.
     #[default]

@@ -97,7 +97,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod backoff;
-mod budget;
+pub(crate) mod budget;
 mod future;
 mod layer;
 pub(crate) mod policy;
