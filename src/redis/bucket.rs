@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use redis::Script;
 
 /// The outcome of one acquire against a Redis bucket.
@@ -107,7 +107,7 @@ fn micros(d: Duration) -> u64 {
 /// GCRA buckets kept in Redis and shared by every process that uses the same keys.
 #[derive(Clone)]
 pub struct RedisBuckets {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     acquire: Script,
     adopt: Script,
     release: Script,
@@ -121,9 +121,9 @@ impl std::fmt::Debug for RedisBuckets {
 
 impl RedisBuckets {
     /// Buckets over this connection.
-    pub fn new(connection: ConnectionManager) -> Self {
+    pub fn new(connection: impl Into<RedisConnection>) -> Self {
         RedisBuckets {
-            connection,
+            connection: connection.into(),
             acquire: Script::new(ACQUIRE),
             adopt: Script::new(ADOPT),
             release: Script::new(RELEASE),
@@ -131,8 +131,18 @@ impl RedisBuckets {
     }
 
     /// The connection the scripts run on (a multiplexed connection: clones share it).
-    pub(crate) fn connection(&self) -> ConnectionManager {
+    pub(crate) fn connection(&self) -> RedisConnection {
         self.connection.clone()
+    }
+
+    /// Loads every script into the server's cache (`SCRIPT LOAD`): what a user without the
+    /// scripting permissions cannot do.
+    pub(crate) async fn load(&self) -> redis::RedisResult<()> {
+        let mut connection = self.connection.clone();
+        for script in [&self.acquire, &self.adopt, &self.release] {
+            script.load_async(&mut connection).await?;
+        }
+        Ok(())
     }
 
     /// Reserves the next slot of bucket `key` (one slot every `interval`, `burst` at most at

@@ -12,6 +12,13 @@
 //!   worker can replay what another dead-lettered, with a hard cap that refuses letters
 //!   rather than evicting them.
 //! - [`RedisBuckets`]: the scripts themselves, for other uses.
+//! - [`connect`] (and [`RedisStore::connect`], which also checks what the connection may do):
+//!   `redis://`, ACL users (`redis://user:password@host:6379/`), and with the `redis-tls`
+//!   feature `rediss://` (rustls, the system's roots) or a private CA and client certificate
+//!   (`connect_tls` with a `RedisTls`). A failure that can be known before the first request —
+//!   no answer, a refused password, a failed handshake, a user the ACL does not let run the
+//!   scripts — is a typed [`RedisSetupError`] then, never a fallback at the first request; no
+//!   password reaches its text, a log or a stat.
 //!
 //! See `docs/distributed.md` for running N workers against one budget.
 //!
@@ -32,9 +39,17 @@
 //! ```
 
 mod bucket;
+mod connect;
+mod connection;
 mod store;
 mod stream;
 
 pub use bucket::{RedisBuckets, RedisDecision};
+#[cfg(feature = "redis-cluster")]
+pub use connect::connect_cluster;
+pub use connect::{connect, RedisSetupError, SetupErrorKind};
+#[cfg(feature = "redis-tls")]
+pub use connect::{connect_tls, RedisTls};
+pub use connection::RedisConnection;
 pub use store::{Fallback, RedisStore, RedisStoreStats};
 pub use stream::RedisStreamSink;

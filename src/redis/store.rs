@@ -157,8 +157,9 @@ impl RedisStore {
         Ok(Self::new(manager))
     }
 
-    /// A store over an existing connection manager.
-    pub fn new(connection: ConnectionManager) -> Self {
+    /// A store over a connection (one server's [`ConnectionManager`], or a cluster's:
+    /// see [`RedisConnection`](super::RedisConnection)).
+    pub fn new(connection: impl Into<super::RedisConnection>) -> Self {
         RedisStore {
             inner: Arc::new(Inner {
                 buckets: RedisBuckets::new(connection),
@@ -244,6 +245,105 @@ impl RedisStore {
     /// The store's counters.
     pub fn stats(&self) -> RedisStoreStats {
         self.inner.stats.clone()
+    }
+
+    /// A store over the Redis at `url` ([`connect`](super::connect): `redis://`,
+    /// `redis://user:password@…`, `rediss://` with the `redis-tls` feature), checked before it
+    /// is returned ([`verify`](Self::verify)): a Redis that does not answer, a refused
+    /// password, a failed TLS handshake or a user without the permissions the store needs is a
+    /// typed error now, not a fallback at the first request.
+    ///
+    /// # Errors
+    ///
+    /// A [`RedisSetupError`](super::RedisSetupError) saying which, without the password.
+    pub async fn connect(url: &str) -> Result<Self, super::RedisSetupError> {
+        let store = Self::new(super::connect(url)?);
+        store.verify_at(url).await?;
+        Ok(store)
+    }
+
+    /// A store over the Redis Cluster `nodes` belong to ([`connect_cluster`](super::connect_cluster)),
+    /// checked as [`connect`](Self::connect) does (feature `redis-cluster`). A bucket's keys
+    /// share one hash slot (`{prefix:partition}`), so each acquire is one script on the node
+    /// that holds it.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    #[cfg(feature = "redis-cluster")]
+    pub async fn cluster(nodes: &[&str]) -> Result<Self, super::RedisSetupError> {
+        let store = Self::new(super::connect_cluster(nodes).await?);
+        store
+            .verify_at(nodes.first().copied().unwrap_or(""))
+            .await?;
+        Ok(store)
+    }
+
+    /// [`connect`](Self::connect) over TLS with `tls`'s CA and client certificate (feature
+    /// `redis-tls`).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect).
+    #[cfg(feature = "redis-tls")]
+    pub async fn connect_tls(
+        url: &str,
+        tls: &super::RedisTls,
+    ) -> Result<Self, super::RedisSetupError> {
+        let store = Self::new(super::connect_tls(url, tls)?);
+        store.verify_at(url).await?;
+        Ok(store)
+    }
+
+    /// Checks that Redis answers and lets this connection do what the store does: load its
+    /// scripts (`SCRIPT LOAD`), run them on keys under its [`prefix`](Self::prefix) (one
+    /// acquire on a probe bucket, `{prefix:probe}`, which expires on its own) and register in
+    /// the heartbeat's set. Each step has the store's timeout, at least 1 s.
+    ///
+    /// # Errors
+    ///
+    /// A [`RedisSetupError`](super::RedisSetupError): [`NoPermission`](super::SetupErrorKind::NoPermission)
+    /// names the command or key the ACL refused.
+    pub async fn verify(&self) -> Result<(), super::RedisSetupError> {
+        self.verify_at("").await
+    }
+
+    /// [`verify`](Self::verify), its errors naming the server of `url` (`""`: none).
+    async fn verify_at(&self, url: &str) -> Result<(), super::RedisSetupError> {
+        let inner = &*self.inner;
+        let limit = inner.timeout.max(Duration::from_secs(1));
+        let within = |what: &'static str| move |_| super::RedisSetupError::unreachable(url, what);
+        let setup = |e: redis::RedisError| super::RedisSetupError::of(&e, url);
+        tokio::time::timeout(limit, inner.buckets.load())
+            .await
+            .map_err(within("loading the scripts timed out"))?
+            .map_err(setup)?;
+        let probe = format!("{{{}:probe}}", inner.prefix);
+        tokio::time::timeout(
+            limit,
+            inner
+                .buckets
+                .acquire(&probe, Duration::from_micros(1), 1, Duration::ZERO),
+        )
+        .await
+        .map_err(within("a probe acquire timed out"))?
+        .map_err(setup)?;
+        let mut connection = inner.buckets.connection();
+        let mut invocation = inner.register.key(format!("{{{}}}:workers", inner.prefix));
+        invocation.arg(&inner.member).arg(
+            u64::try_from(
+                inner
+                    .heartbeat
+                    .saturating_mul(HEARTBEATS_PER_TTL)
+                    .as_millis(),
+            )
+            .unwrap_or(u64::MAX),
+        );
+        tokio::time::timeout(limit, invocation.invoke_async::<u64>(&mut connection))
+            .await
+            .map_err(within("registering for the heartbeat timed out"))?
+            .map_err(setup)?;
+        Ok(())
     }
 }
 

@@ -5,7 +5,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use super::RedisConnection;
 use redis::streams::StreamRangeReply;
 use redis::{AsyncCommands, Script};
 
@@ -45,7 +45,7 @@ const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 ///   [`SinkError`] of kind [`SinkErrorKind::Timeout`] or [`SinkErrorKind::Io`].
 #[derive(Clone)]
 pub struct RedisStreamSink {
-    connection: ConnectionManager,
+    connection: RedisConnection,
     stream: String,
     max_len: usize,
     timeout: Duration,
@@ -67,9 +67,13 @@ impl fmt::Debug for RedisStreamSink {
 impl RedisStreamSink {
     /// Letters on `stream`, at most `max_len` of them: writes past the cap are refused with a
     /// [`SinkErrorKind::Full`] error, never trimmed (0 refuses every letter).
-    pub fn new(connection: ConnectionManager, stream: impl Into<String>, max_len: usize) -> Self {
+    pub fn new(
+        connection: impl Into<RedisConnection>,
+        stream: impl Into<String>,
+        max_len: usize,
+    ) -> Self {
         RedisStreamSink {
-            connection,
+            connection: connection.into(),
             stream: stream.into(),
             max_len,
             timeout: Duration::from_secs(1),

@@ -12,6 +12,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: PathBuf,
+    /// Arguments beyond the plain defaults (TLS, …).
+    extra: Vec<String>,
 }
 
 fn free_port() -> u16 {
@@ -22,6 +24,11 @@ fn free_port() -> u16 {
 impl RedisServer {
     /// Starts `redis-server` on a free port and waits until it answers PING.
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// Starts it with these arguments too (its plain port stays open for PING).
+    pub fn start_with(extra: Vec<String>) -> Self {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!(
             "tower-outbound-redis-{}-{port}",
@@ -32,6 +39,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            extra,
         };
         server.spawn();
         server
@@ -51,6 +59,7 @@ impl RedisServer {
                 "--protected-mode",
                 "yes",
             ])
+            .args(&self.extra)
             .current_dir(&self.dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -99,6 +108,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A free loopback port, for a second listener (TLS).
+    pub fn free_port() -> u16 {
+        free_port()
     }
 
     /// Kills the server (as a crash would).

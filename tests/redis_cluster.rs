@@ -1,0 +1,189 @@
+//! The throttle's buckets on a Redis Cluster: three real `redis-server`s in cluster mode on
+//! 127.0.0.1, joined by `redis-cli --cluster create`. Buckets of different upstreams land on
+//! different nodes; two stores share each bucket; a node that lost its scripts gets them again.
+#![cfg(feature = "redis-cluster")]
+
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use redis_server::RedisServer;
+use tower::ServiceExt;
+use tower_outbound::partition::ByUpstream;
+use tower_outbound::redis::RedisStore;
+use tower_outbound::ThrottleLayer;
+
+/// Three primaries covering every slot, stopped when dropped.
+struct Cluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl Cluster {
+    fn start() -> Self {
+        let nodes: Vec<RedisServer> = (0..3)
+            .map(|_| {
+                RedisServer::start_with(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        "nodes.conf",
+                        "--cluster-node-timeout",
+                        "2000",
+                    ]
+                    .map(str::to_owned)
+                    .to_vec(),
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli is needed to make the cluster");
+        assert!(status.success(), "redis-cli --cluster create");
+        let cluster = Cluster { nodes };
+        cluster.wait_ok();
+        cluster
+    }
+
+    fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    fn connection(&self, node: usize) -> redis::Connection {
+        redis::Client::open(self.nodes[node].url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Until every node says the cluster is ok (its slots assigned and agreed), 20 s at most.
+    fn wait_ok(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = (0..self.nodes.len()).all(|node| {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query(&mut self.connection(node))
+                    .unwrap_or_default();
+                info.contains("cluster_state:ok")
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Keys each node holds.
+    fn keys_per_node(&self) -> Vec<u64> {
+        (0..self.nodes.len())
+            .map(|node| {
+                redis::cmd("DBSIZE")
+                    .query(&mut self.connection(node))
+                    .unwrap()
+            })
+            .collect()
+    }
+}
+
+/// Two requests a minute per upstream, shared through `store`; a third is refused at once.
+fn throttled(
+    store: RedisStore,
+) -> impl tower::Service<Request<String>, Response = Response<()>, Error = tower_outbound::Error> + Clone
+{
+    tower::ServiceBuilder::new()
+        .layer(
+            ThrottleLayer::new(2, Duration::from_secs(60))
+                .max_wait(Duration::ZERO)
+                .store(store)
+                .partition(ByUpstream),
+        )
+        .service(tower::service_fn(|_req: Request<_>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }))
+}
+
+fn get(host: &str) -> Request<String> {
+    Request::get(format!("https://{host}/"))
+        .body(String::new())
+        .unwrap()
+}
+
+const HOSTS: [&str; 6] = [
+    "api.stripe.com",
+    "api.github.com",
+    "search.internal",
+    "billing.internal",
+    "maps.example.com",
+    "mail.example.com",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_stores_share_each_upstreams_bucket_across_the_clusters_nodes() {
+    let cluster = Cluster::start();
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let a = RedisStore::cluster(&nodes).await.unwrap().prefix("fleet");
+    // The other store knows one node only: the cluster tells it the rest.
+    let b = RedisStore::cluster(&nodes[2..])
+        .await
+        .unwrap()
+        .prefix("fleet");
+
+    for host in HOSTS {
+        throttled(a.clone()).oneshot(get(host)).await.unwrap();
+        throttled(b.clone()).oneshot(get(host)).await.unwrap();
+        let third = throttled(a.clone()).oneshot(get(host)).await.unwrap_err();
+        assert!(third.is_throttled(), "{host}: {third}");
+    }
+
+    assert_eq!(
+        a.stats().redis_decisions() + b.stats().redis_decisions(),
+        3 * HOSTS.len() as u64,
+        "every decision came from the cluster"
+    );
+    let keys = cluster.keys_per_node();
+    assert!(
+        keys.iter().filter(|&&n| n > 0).count() >= 2,
+        "the buckets are spread over the nodes: {keys:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_scripts_gets_them_again() {
+    let cluster = Cluster::start();
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::cluster(&nodes).await.unwrap().prefix("flushed");
+    throttled(store.clone())
+        .oneshot(get(HOSTS[0]))
+        .await
+        .unwrap();
+
+    // As after a restart or a failover: the nodes' script caches are empty.
+    for node in 0..3 {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut cluster.connection(node))
+            .unwrap();
+    }
+
+    for host in HOSTS {
+        throttled(store.clone()).oneshot(get(host)).await.unwrap();
+    }
+    assert_eq!(store.stats().errors(), 0, "no acquire failed");
+    assert_eq!(store.stats().fallback_decisions(), 0, "none fell back");
+}
