@@ -94,6 +94,77 @@ end
 return 0
 ";
 
+/// Lease: reserve up to `n` consecutive slots at once, those that come within `horizon`,
+/// honoring the server's view as an acquire does (a paused bucket leases from the pause's end,
+/// a view with `left` requests leases at most that many).
+///
+/// KEYS as ACQUIRE; ARGV interval µs, burst, n, horizon µs. Returns {slots, the TAT before
+/// the lease relative to now (µs, may be negative), the earliest allowed time relative to now
+/// (µs, 0 without a pause), the new TAT}; slot j (from 0) may go at
+/// max(tat + (j + 1 − burst) · interval, not_before). {0, wait for the first µs, 0, 0} when
+/// none comes within the horizon.
+const LEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local horizon = tonumber(ARGV[4])
+local not_before = now
+local viewing = false
+local left = n
+local view = redis.call('HMGET', KEYS[2], 'until', 'left')
+if view[1] then
+  local view_until = tonumber(view[1])
+  if now < view_until then
+    left = tonumber(view[2])
+    if left <= 0 then not_before = view_until else viewing = true end
+  else
+    redis.call('DEL', KEYS[2])
+  end
+end
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < not_before then tat = not_before end
+local first = tat + interval - burst * interval
+if first < not_before then first = not_before end
+if first - now > horizon then
+  return {0, first - now, 0, 0}
+end
+local fit = math.floor((now + horizon + burst * interval - tat) / interval)
+if fit < n then n = fit end
+if viewing and left < n then n = left end
+if n < 1 then n = 1 end
+local new_tat = tat + n * interval
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+if viewing then redis.call('HINCRBY', KEYS[2], 'left', -n) end
+return {n, tat - now, not_before - now, new_tat}
+";
+
+/// Give back the unused end of a lease, if nobody reserved after it.
+///
+/// KEYS[1] the bucket's TAT; ARGV the TAT the lease set, the slots unused, interval µs.
+const GIVE_BACK: &str = r"
+local tat = redis.call('GET', KEYS[1])
+if tat and tonumber(tat) == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[1], string.format('%d', tonumber(ARGV[1]) - tonumber(ARGV[2]) * tonumber(ARGV[3])), 'KEEPTTL')
+  return 1
+end
+return 0
+";
+
+/// A lease of consecutive slots of a Redis bucket, as the [`LEASE`] script granted it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Granted {
+    /// Slots granted (0: none within the horizon).
+    pub(crate) slots: u32,
+    /// The bucket's TAT before the lease, relative to the Redis clock's now (µs).
+    pub(crate) tat: i64,
+    /// The earliest any slot may go, relative to now (µs).
+    pub(crate) not_before: i64,
+    /// The bucket's new TAT (µs of the Redis clock), to give the unused end back.
+    pub(crate) new_tat: u64,
+}
+
 /// Durations passed to the scripts are kept below 2^50 µs (about 35 years): Lua numbers are
 /// doubles, exact only up to 2^53, and the scripts add them to the Redis clock.
 const MAX_MICROS: u64 = 1 << 50;
@@ -111,6 +182,8 @@ pub struct RedisBuckets {
     acquire: Script,
     adopt: Script,
     release: Script,
+    lease: Script,
+    give_back: Script,
 }
 
 impl std::fmt::Debug for RedisBuckets {
@@ -127,6 +200,8 @@ impl RedisBuckets {
             acquire: Script::new(ACQUIRE),
             adopt: Script::new(ADOPT),
             release: Script::new(RELEASE),
+            lease: Script::new(LEASE),
+            give_back: Script::new(GIVE_BACK),
         }
     }
 
@@ -139,7 +214,13 @@ impl RedisBuckets {
     /// scripting permissions cannot do.
     pub(crate) async fn load(&self) -> redis::RedisResult<()> {
         let mut connection = self.connection.clone();
-        for script in [&self.acquire, &self.adopt, &self.release] {
+        for script in [
+            &self.acquire,
+            &self.adopt,
+            &self.release,
+            &self.lease,
+            &self.give_back,
+        ] {
             script.load_async(&mut connection).await?;
         }
         Ok(())
@@ -196,6 +277,56 @@ impl RedisBuckets {
             .invoke_async(&mut connection)
             .await?;
         Ok(())
+    }
+
+    /// Reserves up to `slots` consecutive slots of bucket `key` at once, those that come within
+    /// `horizon` (at least one when the first does).
+    pub(crate) async fn lease(
+        &self,
+        key: &str,
+        interval: Duration,
+        burst: u32,
+        slots: u32,
+        horizon: Duration,
+    ) -> redis::RedisResult<Granted> {
+        let mut connection = self.connection.clone();
+        let (slots, tat, not_before, new_tat): (i64, i64, i64, i64) = self
+            .lease
+            .key(format!("{key}:tat"))
+            .key(format!("{key}:view"))
+            .arg(micros(interval))
+            .arg(burst)
+            .arg(slots.max(1))
+            .arg(micros(horizon))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(Granted {
+            slots: u32::try_from(slots.max(0)).unwrap_or(u32::MAX),
+            tat,
+            not_before,
+            new_tat: u64::try_from(new_tat).unwrap_or(0),
+        })
+    }
+
+    /// Gives back the `unused` last slots of a lease that set the TAT to `new_tat`, if no later
+    /// reservation was made since.
+    pub(crate) async fn give_back(
+        &self,
+        key: &str,
+        new_tat: u64,
+        unused: u32,
+        interval: Duration,
+    ) -> redis::RedisResult<bool> {
+        let mut connection = self.connection.clone();
+        let given: i64 = self
+            .give_back
+            .key(format!("{key}:tat"))
+            .arg(new_tat)
+            .arg(unused)
+            .arg(micros(interval))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(given == 1)
     }
 
     /// Gives back the slot a reservation took, if no later reservation was made since.

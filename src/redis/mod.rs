@@ -41,6 +41,7 @@
 mod bucket;
 mod connect;
 mod connection;
+mod lease;
 mod store;
 mod stream;
 

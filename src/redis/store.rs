@@ -9,6 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::bucket::{RedisBuckets, RedisDecision};
+use super::lease::{Lease, Leases};
 use crate::error::{Error, Kind};
 use crate::partition::PartitionKey;
 use crate::throttle::{Acquire, BucketStore, Decision, LocalStore, Quota, Reservation};
@@ -59,7 +60,7 @@ const HEARTBEATS_PER_TTL: u32 = 3;
 /// Counters of a [`RedisStore`]. Cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct RedisStoreStats {
-    counters: Arc<[AtomicU64; 4]>,
+    counters: Arc<[AtomicU64; 6]>,
 }
 
 impl RedisStoreStats {
@@ -84,6 +85,16 @@ impl RedisStoreStats {
         self.counters[3].load(Ordering::Relaxed)
     }
 
+    /// Leases taken from Redis (one round trip each; see [`RedisStore::lease`]).
+    pub fn leases(&self) -> u64 {
+        self.counters[4].load(Ordering::Relaxed)
+    }
+
+    /// Acquires decided from a lease this process held, with no round trip.
+    pub fn leased_decisions(&self) -> u64 {
+        self.counters[5].load(Ordering::Relaxed)
+    }
+
     fn count(&self, index: usize) {
         self.counters[index].fetch_add(1, Ordering::Relaxed);
     }
@@ -91,6 +102,15 @@ impl RedisStoreStats {
 
 /// Marks a reservation made by the local fallback, so its release goes there too.
 const LOCAL: u64 = 1 << 63;
+/// Marks a slot spent from a lease: a dropped waiter's slot passes unused (never looser).
+const LEASED: u64 = 1 << 62;
+
+/// Leasing's settings: the most slots per lease, and how far ahead a lease reaches.
+#[derive(Clone, Copy, Debug)]
+struct Leasing {
+    max_slots: u32,
+    horizon: Duration,
+}
 
 struct Inner {
     buckets: RedisBuckets,
@@ -107,6 +127,9 @@ struct Inner {
     heartbeat: Duration,
     register: Script,
     heartbeat_started: AtomicBool,
+    /// Leasing, when on, and the leases this process holds.
+    leasing: Option<Leasing>,
+    leases: Mutex<Leases>,
 }
 
 /// Throttle buckets in Redis, shared by every process that uses the same Redis and prefix.
@@ -176,6 +199,8 @@ impl RedisStore {
                 heartbeat: Duration::from_secs(1),
                 register: Script::new(REGISTER),
                 heartbeat_started: AtomicBool::new(false),
+                leasing: None,
+                leases: Mutex::new(Leases::new()),
             }),
         }
     }
@@ -197,6 +222,8 @@ impl RedisStore {
                 heartbeat: shared.heartbeat,
                 register: shared.register.clone(),
                 heartbeat_started: AtomicBool::new(false),
+                leasing: shared.leasing,
+                leases: Mutex::new(Leases::new()),
             },
         };
         f(&mut inner);
@@ -242,6 +269,64 @@ impl RedisStore {
         self.update(|i| i.heartbeat = every)
     }
 
+    /// Takes up to `max_slots` slots of a bucket per round trip and spends them in this process
+    /// (default 0: off, one round trip per acquire). A lease is a reservation of consecutive
+    /// slots in the shared bucket, so the fleet still never goes faster than the bucket; its
+    /// size follows this process's own rate (twice what it spent over the
+    /// [`lease_horizon`](Self::lease_horizon), one when quiet), and a new one is asked for in
+    /// the background once half is spent, so an acquire with a lease held answers at once. The
+    /// server's view another process adopted reaches this one at its next lease: until then
+    /// it may spend what it holds (the bound in docs/distributed.md). Values are kept within
+    /// 0 and 10,000.
+    pub fn lease(self, max_slots: u32) -> Self {
+        self.update(|i| {
+            let horizon = i.leasing.map_or(Duration::from_millis(100), |l| l.horizon);
+            i.leasing = (max_slots > 1).then_some(Leasing {
+                max_slots: max_slots.min(10_000),
+                horizon,
+            });
+        })
+    }
+
+    /// How far ahead a lease reaches (default 100 ms): its slots come within this time of the
+    /// grant. Values are kept within 1 ms and 10 s.
+    pub fn lease_horizon(self, horizon: Duration) -> Self {
+        let horizon = horizon.clamp(Duration::from_millis(1), Duration::from_secs(10));
+        self.update(|i| {
+            if let Some(leasing) = &mut i.leasing {
+                leasing.horizon = horizon;
+            }
+        })
+    }
+
+    /// Gives back the unused slots of the leases this process holds, where no later
+    /// reservation was made after them (call it before shutting down; a process that dies
+    /// leaves them to pass with their time). Returns how many were given back.
+    pub async fn return_leases(&self) -> u32 {
+        let held: Vec<(String, Lease)> = {
+            let mut leases = lock(&self.inner.leases);
+            leases
+                .iter_mut()
+                .filter_map(|(key, held)| held.leases.pop_back().map(|l| (key.clone(), l)))
+                .collect()
+        };
+        let mut given = 0;
+        for (key, lease) in held {
+            let (new_tat, unused) = lease.unused();
+            if unused == 0 {
+                continue;
+            }
+            let call = self
+                .inner
+                .buckets
+                .give_back(&key, new_tat, unused, lease.interval());
+            if let Ok(Ok(true)) = tokio::time::timeout(self.inner.timeout, call).await {
+                given += unused;
+            }
+        }
+        given
+    }
+
     /// The store's counters.
     pub fn stats(&self) -> RedisStoreStats {
         self.inner.stats.clone()
@@ -251,7 +336,9 @@ impl RedisStore {
     /// `redis://user:password@…`, `rediss://` with the `redis-tls` feature), checked before it
     /// is returned ([`verify`](Self::verify)): a Redis that does not answer, a refused
     /// password, a failed TLS handshake or a user without the permissions the store needs is a
-    /// typed error now, not a fallback at the first request.
+    /// typed error now, not a fallback at the first request. The check runs on the default
+    /// prefix's keys: a store given another [`prefix`](Self::prefix) under an ACL that limits
+    /// keys calls [`verify`](Self::verify) again after it.
     ///
     /// # Errors
     ///
@@ -347,7 +434,177 @@ impl RedisStore {
     }
 }
 
+impl RedisStore {
+    /// An acquire with leasing on: a slot from a lease held here when there is one (and a
+    /// renewal in the background once half of it is spent), else a lease asked for now.
+    fn acquire_leased(
+        &self,
+        key: Option<&PartitionKey>,
+        quota: &Quota,
+        max_wait: Duration,
+        leasing: Leasing,
+    ) -> Acquire {
+        let inner = &self.inner;
+        let redis_key = inner.key(key);
+        let now = tokio::time::Instant::now();
+        {
+            let mut leases = lock(&inner.leases);
+            let held = leases.entry(redis_key.clone()).or_default();
+            if let Some(at) = held.peek() {
+                let wait = at.saturating_duration_since(now);
+                if wait > max_wait {
+                    return Acquire::Ready(Ok(Decision::Reject { wait }));
+                }
+                held.take();
+                inner.stats.count(5);
+                let renew = !held.renewing
+                    && held.left() <= held.renew_below()
+                    && held.retry_at.is_none_or(|at| now >= at);
+                if renew {
+                    held.renewing = true;
+                    let size = held.next_size(now, leasing.horizon, leasing.max_slots);
+                    // The renewal's slots come after the ones held: it reaches past them.
+                    let horizon = leasing.horizon.saturating_add(held.reach(now));
+                    let store = self.inner.clone();
+                    let quota = *quota;
+                    let key = redis_key.clone();
+                    spawn(async move {
+                        let granted = store.take_lease(&key, &quota, size, horizon).await;
+                        let mut leases = lock(&store.leases);
+                        let held = leases.entry(key).or_default();
+                        held.renewing = false;
+                        held.arrived.notify_waiters();
+                        match granted {
+                            Some(Ok(lease)) => {
+                                held.retry_at = None;
+                                held.push(lease);
+                            }
+                            // Nothing within reach: ask again when the first slot is near.
+                            Some(Err(wait)) => {
+                                held.retry_at = Some(
+                                    tokio::time::Instant::now() + wait.saturating_sub(horizon),
+                                );
+                            }
+                            None => {}
+                        }
+                    });
+                }
+                return Acquire::Ready(Ok(leased(wait)));
+            }
+        }
+        let inner = self.inner.clone();
+        let key = key.cloned();
+        let quota = *quota;
+        Acquire::Pending(Box::pin(async move {
+            // One lease asked for at a time per bucket: a call that finds one on its way waits
+            // for it (as long as a Redis call may take) instead of asking for another.
+            let deadline = tokio::time::Instant::now() + inner.timeout;
+            loop {
+                let (notified, size) = {
+                    let mut leases = lock(&inner.leases);
+                    let held = leases.entry(redis_key.clone()).or_default();
+                    if let Some(at) = held.peek() {
+                        let now = tokio::time::Instant::now();
+                        let wait = at.saturating_duration_since(now);
+                        if wait > max_wait {
+                            return Ok(Decision::Reject { wait });
+                        }
+                        held.take();
+                        inner.stats.count(5);
+                        return Ok(leased(wait));
+                    }
+                    if held.renewing {
+                        // Registered before the lock is let go, so the lease's arrival wakes it.
+                        let mut waiting = Box::pin(held.arrived.clone().notified_owned());
+                        waiting.as_mut().enable();
+                        (Some(waiting), 0)
+                    } else {
+                        held.renewing = true;
+                        let size = held.next_size(
+                            tokio::time::Instant::now(),
+                            leasing.horizon,
+                            leasing.max_slots,
+                        );
+                        (None, size)
+                    }
+                };
+                if let Some(waiting) = notified {
+                    if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                        break;
+                    }
+                    continue;
+                }
+                let horizon = leasing.horizon.max(max_wait);
+                let granted = inner.take_lease(&redis_key, &quota, size, horizon).await;
+                let mut leases = lock(&inner.leases);
+                let held = leases.entry(redis_key.clone()).or_default();
+                held.renewing = false;
+                held.arrived.notify_waiters();
+                match granted {
+                    Some(Ok(lease)) => held.push(lease),
+                    Some(Err(wait)) => return Ok(Decision::Reject { wait }),
+                    None => break,
+                }
+            }
+            // Redis did not answer in time: the fallback decides.
+            inner.fallback(key.as_ref(), &quota, max_wait)
+        }))
+    }
+}
+
+/// The decision for a leased slot that may go after `wait`.
+fn leased(wait: Duration) -> Decision {
+    if wait.is_zero() {
+        Decision::Go
+    } else {
+        Decision::Wait {
+            wait,
+            reservation: Reservation(LEASED),
+        }
+    }
+}
+
 impl Inner {
+    /// A lease of up to `size` slots of bucket `key`, within `horizon`: `Err` with the wait
+    /// for the first slot when none comes within it, `None` when Redis did not answer (it is
+    /// then counted away).
+    async fn take_lease(
+        &self,
+        key: &str,
+        quota: &Quota,
+        size: u32,
+        horizon: Duration,
+    ) -> Option<Result<Lease, Duration>> {
+        let call = self
+            .buckets
+            .lease(key, quota.interval(), quota.burst(), size, horizon);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(granted)) => {
+                self.stats.count(4);
+                Some(if granted.slots > 0 {
+                    Ok(Lease::new(
+                        tokio::time::Instant::now(),
+                        granted,
+                        quota.interval(),
+                        quota.burst(),
+                    ))
+                } else {
+                    Err(Duration::from_micros(
+                        u64::try_from(granted.tat.max(0)).unwrap_or(0),
+                    ))
+                })
+            }
+            Ok(Err(error)) => {
+                self.went_away(&error);
+                None
+            }
+            Err(_) => {
+                self.went_away(&"timed out");
+                None
+            }
+        }
+    }
+
     fn key(&self, key: Option<&PartitionKey>) -> String {
         match key {
             Some(key) => format!("{{{}:{}}}", self.prefix, key),
@@ -492,6 +749,9 @@ impl BucketStore for RedisStore {
         if inner.is_away() {
             return Acquire::Ready(inner.fallback(key, quota, max_wait));
         }
+        if let Some(leasing) = inner.leasing {
+            return self.acquire_leased(key, quota, max_wait, leasing);
+        }
         let inner = self.inner.clone();
         let key = key.cloned();
         let quota = *quota;
@@ -547,6 +807,10 @@ impl BucketStore for RedisStore {
     }
 
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
+        if reservation.0 & LEASED != 0 && reservation.0 & LOCAL == 0 {
+            // A leased slot a dropped waiter did not use passes with its time.
+            return;
+        }
         if reservation.0 & LOCAL != 0 {
             let local = Reservation(reservation.0 & !LOCAL);
             self.inner
@@ -567,6 +831,12 @@ impl BucketStore for RedisStore {
 
 /// Runs a background update when a runtime is there (a drop outside one skips it: the slot
 /// stays used, which is safe).
+/// Locks `mutex`, going on with its data if a holder panicked (each critical section leaves it
+/// consistent).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 fn spawn(future: impl std::future::Future<Output = ()> + Send + 'static) {
     if let Ok(handle) = tokio::runtime::Handle::try_current() {
         handle.spawn(future);

@@ -1,0 +1,204 @@
+//! Token leasing against a real `redis-server`: several slots per round trip, spent locally,
+//! the shared rate kept; the server's view adopted by one process reaching another at its next
+//! lease; unused slots given back.
+#![cfg(feature = "redis")]
+
+#[path = "support/redis.rs"]
+mod redis_server;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use redis_server::RedisServer;
+use tower::{Service, ServiceExt};
+use tower_outbound::redis::RedisStore;
+use tower_outbound::throttle::BucketStore;
+use tower_outbound::ThrottleLayer;
+
+type Arrivals = Arc<Mutex<Vec<Instant>>>;
+
+/// A throttled service over `store` at `rate` a second (burst `burst`), whose upstream notes
+/// when each request arrives.
+fn worker(
+    store: RedisStore,
+    rate: u32,
+    burst: u32,
+    arrivals: Arrivals,
+) -> impl Service<
+    Request<String>,
+    Response = Response<()>,
+    Error = tower_outbound::Error,
+    Future = impl std::future::Future<Output = Result<Response<()>, tower_outbound::Error>> + Send,
+> + Clone {
+    tower::ServiceBuilder::new()
+        .layer(
+            ThrottleLayer::new(rate, Duration::from_secs(1))
+                .burst(burst)
+                .max_wait(Duration::from_secs(5))
+                .store(store),
+        )
+        .service(tower::service_fn(move |_req: Request<String>| {
+            let arrivals = arrivals.clone();
+            async move {
+                arrivals.lock().unwrap().push(Instant::now());
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }
+        }))
+}
+
+fn get() -> Request<String> {
+    Request::get("http://api.example.com/")
+        .body(String::new())
+        .unwrap()
+}
+
+/// The most arrivals in any window of `span`.
+fn most_in(arrivals: &[Instant], span: Duration) -> usize {
+    let mut sorted = arrivals.to_vec();
+    sorted.sort();
+    let mut most = 0;
+    let mut start = 0;
+    for end in 0..sorted.len() {
+        while sorted[end].duration_since(sorted[start]) >= span {
+            start += 1;
+        }
+        most = most.max(end - start + 1);
+    }
+    most
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_leasing_stores_take_few_round_trips_and_keep_the_shared_rate() {
+    let server = RedisServer::start();
+    let arrivals: Arrivals = Arc::default();
+    let (rate, burst) = (400, 20);
+    let stores: Vec<RedisStore> = (0..4)
+        .map(|_| {
+            RedisStore::open(&server.url())
+                .unwrap()
+                .prefix("leased")
+                .lease(64)
+        })
+        .collect();
+
+    // Four stores (four connections, as four processes would have), four tasks each, calling
+    // back to back: demand well above the rate.
+    let tasks: Vec<_> = stores
+        .iter()
+        .flat_map(|store| {
+            let service = worker(store.clone(), rate, burst, arrivals.clone());
+            (0..4).map(move |_| {
+                let mut service = service.clone();
+                tokio::spawn(async move {
+                    for _ in 0..60 {
+                        service.ready().await.unwrap().call(get()).await.unwrap();
+                    }
+                })
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+
+    let arrivals = arrivals.lock().unwrap().clone();
+    assert_eq!(arrivals.len(), 960);
+    let leases: u64 = stores.iter().map(|s| s.stats().leases()).sum();
+    let leased: u64 = stores.iter().map(|s| s.stats().leased_decisions()).sum();
+    let direct: u64 = stores.iter().map(|s| s.stats().redis_decisions()).sum();
+    let most = most_in(&arrivals, Duration::from_millis(500));
+    eprintln!("{leases} leases for 960 requests; at most {most} in any 500 ms");
+    assert_eq!(leased, 960, "every decision came from a lease");
+    assert_eq!(direct, 0);
+    assert!(
+        leases * 20 <= 960,
+        "at least 95 % fewer round trips than one per request: {leases} leases for 960"
+    );
+    // Never faster than the shared bucket: rate · span + burst in any half second, with a
+    // millisecond of slack for the clocks.
+    assert!(
+        most <= rate as usize / 2 + burst as usize + 1,
+        "{most} in 500 ms"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_view_adopted_by_one_process_reaches_another_at_its_next_lease() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url())
+        .unwrap()
+        .prefix("viewed")
+        .lease(8);
+    let b = RedisStore::open(&server.url())
+        .unwrap()
+        .prefix("viewed")
+        .lease(8);
+    let arrivals: Arrivals = Arc::default();
+    let mut busy = worker(b.clone(), 1_000, 1_000, arrivals.clone());
+    // B is busy: its leases grow to their bound.
+    for _ in 0..200 {
+        busy.ready().await.unwrap().call(get()).await.unwrap();
+    }
+
+    // A learns from the upstream: nothing more for 2 s.
+    let quota = tower_outbound::throttle::Quota::new(1_000, Duration::from_secs(1)).unwrap();
+    a.adopt(None, &quota, 0, Duration::from_secs(2));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    // B spends at most what it held (a lease and a renewal), then its next lease meets the view.
+    let quick = tower::ServiceBuilder::new()
+        .layer(
+            ThrottleLayer::new(1_000, Duration::from_secs(1))
+                .burst(1_000)
+                .max_wait(Duration::from_millis(100))
+                .store(b.clone()),
+        )
+        .service(tower::service_fn(|_req: Request<String>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }));
+    let mut after = 0;
+    loop {
+        match quick.clone().oneshot(get()).await {
+            Ok(_) => after += 1,
+            Err(err) => {
+                assert!(err.is_throttled(), "{err}");
+                break;
+            }
+        }
+        assert!(after <= 16, "B went on past its leases: {after}");
+    }
+    assert!(
+        after <= 16,
+        "at most a lease and a renewal (2 × 8) after the view: {after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_slots_of_a_lease_are_given_back() {
+    let server = RedisServer::start();
+    let arrivals: Arrivals = Arc::default();
+    // 10 a second, burst 1: a lease of 8 reaches 800 ms ahead.
+    let store = RedisStore::open(&server.url())
+        .unwrap()
+        .prefix("returned")
+        .lease(8)
+        .lease_horizon(Duration::from_secs(1));
+    let mut service = worker(store.clone(), 10, 1, arrivals.clone());
+    for _ in 0..6 {
+        service.ready().await.unwrap().call(get()).await.unwrap();
+    }
+
+    let given = store.return_leases().await;
+
+    assert!(given > 0, "the unused end of the last lease went back");
+    // Another process now gets the next slot sooner than the lease's end.
+    let other = RedisStore::open(&server.url()).unwrap().prefix("returned");
+    let start = Instant::now();
+    worker(other, 10, 1, arrivals).oneshot(get()).await.unwrap();
+    assert!(
+        start.elapsed() < Duration::from_millis(100) * (given + 1),
+        "{:?} for {given} slots given back",
+        start.elapsed()
+    );
+}
