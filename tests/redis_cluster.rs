@@ -23,7 +23,12 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Self {
-        let nodes: Vec<RedisServer> = (0..3)
+        Self::start_with(3, 0)
+    }
+
+    /// `primaries` primaries with `replicas` replicas each.
+    fn start_with(primaries: usize, replicas: usize) -> Self {
+        let nodes: Vec<RedisServer> = (0..primaries * (1 + replicas))
             .map(|_| {
                 RedisServer::start_with(
                     [
@@ -32,7 +37,7 @@ impl Cluster {
                         "--cluster-config-file",
                         "nodes.conf",
                         "--cluster-node-timeout",
-                        "2000",
+                        "1000",
                     ]
                     .map(str::to_owned)
                     .to_vec(),
@@ -43,7 +48,7 @@ impl Cluster {
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
             .args(&addresses)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status()
@@ -51,7 +56,31 @@ impl Cluster {
         assert!(status.success(), "redis-cli --cluster create");
         let cluster = Cluster { nodes };
         cluster.wait_ok();
+        cluster.wait_replicas_synced();
         cluster
+    }
+
+    /// Until every replica's link to its primary is up (a replica that never synced is not
+    /// promoted), 20 s at most.
+    fn wait_replicas_synced(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let synced = (0..self.nodes.len()).all(|node| {
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query(&mut self.connection(node))
+                    .unwrap_or_default();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            });
+            if synced {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the replicas did not sync in 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn urls(&self) -> Vec<String> {
@@ -65,11 +94,16 @@ impl Cluster {
             .unwrap()
     }
 
-    /// Until every node says the cluster is ok (its slots assigned and agreed), 20 s at most.
+    /// Until every live node says the cluster is ok (its slots assigned and agreed), 20 s at
+    /// most.
     fn wait_ok(&self) {
+        self.wait_ok_on(&(0..self.nodes.len()).collect::<Vec<_>>());
+    }
+
+    fn wait_ok_on(&self, live: &[usize]) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let ok = (0..self.nodes.len()).all(|node| {
+            let ok = live.iter().all(|&node| {
                 let info: String = redis::cmd("CLUSTER")
                     .arg("INFO")
                     .query(&mut self.connection(node))
@@ -85,6 +119,34 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// The node that serves `key`'s slot as its primary.
+    fn primary_of(&self, key: &str) -> usize {
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(key)
+            .query(&mut self.connection(0))
+            .unwrap();
+        let slots: Vec<(i64, i64, Vec<redis::Value>)> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut self.connection(0))
+            .map(|ranges: Vec<redis::Value>| {
+                ranges
+                    .into_iter()
+                    .map(|range| redis::from_redis_value(range).unwrap())
+                    .collect()
+            })
+            .unwrap();
+        let (_, _, master) = slots
+            .into_iter()
+            .find(|(from, to, _)| (*from..=*to).contains(&slot))
+            .expect("every slot is served");
+        let port: i64 = redis::from_redis_value(master[1].clone()).unwrap();
+        self.nodes
+            .iter()
+            .position(|n| i64::from(n.addr().port()) == port)
+            .expect("the primary is one of ours")
     }
 
     /// Keys each node holds.
@@ -186,4 +248,55 @@ async fn a_node_that_lost_its_scripts_gets_them_again() {
     }
     assert_eq!(store.stats().errors(), 0, "no acquire failed");
     assert_eq!(store.stats().fallback_decisions(), 0, "none fell back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_run_fails_over_and_the_store_shares_again() {
+    let mut cluster = Cluster::start_with(3, 1);
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::cluster(&nodes)
+        .await
+        .unwrap()
+        .prefix("failover");
+    // The bucket of this upstream, and the primary that holds it.
+    let host = HOSTS[0];
+    let primary = cluster.primary_of(&format!("{{failover:https://{host}:443}}"));
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            ThrottleLayer::new(100, Duration::from_secs(1))
+                .max_wait(Duration::from_secs(5))
+                .store(store.clone())
+                .partition(ByUpstream),
+        )
+        .service(tower::service_fn(|_req: Request<String>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }));
+    for _ in 0..20 {
+        service.clone().oneshot(get(host)).await.unwrap();
+    }
+    let before = store.stats().redis_decisions();
+    assert!(before >= 20, "shared through the cluster before the kill");
+
+    // The bucket's primary dies; its replica is promoted after the node timeout (1 s).
+    cluster.nodes[primary].kill();
+    let live: Vec<usize> = (0..cluster.nodes.len()).filter(|&n| n != primary).collect();
+    let started = Instant::now();
+    let mut calls = 0;
+    // Calls go on meanwhile (the store's fallback decides while the slot has no primary).
+    while started.elapsed() < Duration::from_secs(15) {
+        service.clone().oneshot(get(host)).await.unwrap();
+        calls += 1;
+        if store.stats().redis_decisions() > before + 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cluster.wait_ok_on(&live);
+
+    assert!(
+        store.stats().redis_decisions() > before + 20,
+        "after the failover the bucket is shared through Redis again ({calls} calls, {:?})",
+        started.elapsed()
+    );
 }
