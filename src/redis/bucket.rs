@@ -98,11 +98,11 @@ return 0
 /// honoring the server's view as an acquire does (a paused bucket leases from the pause's end,
 /// a view with `left` requests leases at most that many).
 ///
-/// KEYS as ACQUIRE; ARGV interval µs, burst, n, horizon µs. Returns {slots, the TAT before
-/// the lease relative to now (µs, may be negative), the earliest allowed time relative to now
-/// (µs, 0 without a pause), the new TAT}; slot j (from 0) may go at
-/// max(tat + (j + 1 − burst) · interval, not_before). {0, wait for the first µs, 0, 0} when
-/// none comes within the horizon.
+/// KEYS as ACQUIRE; ARGV interval µs, burst, n, horizon µs, m (the fewest slots worth a lease).
+/// Returns {slots, the TAT before the lease relative to now (µs, may be negative), the earliest
+/// allowed time relative to now (µs, 0 without a pause), the new TAT}; slot j (from 0) may go
+/// at max(tat + (j + 1 − burst) · interval, not_before). {0, µs until m slots would come within
+/// the horizon, 0, 0} when fewer do now (a view with fewer left than m lowers m to it).
 const LEASE: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -110,6 +110,7 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local horizon = tonumber(ARGV[4])
+local m = tonumber(ARGV[5])
 local not_before = now
 local viewing = false
 local left = n
@@ -125,15 +126,20 @@ if view[1] then
 end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < not_before then tat = not_before end
-local first = tat + interval - burst * interval
-if first < not_before then first = not_before end
-if first - now > horizon then
-  return {0, first - now, 0, 0}
+if m > n then m = n end
+if viewing and left < m then m = left end
+if m < 1 then m = 1 end
+-- When m slots come within the horizon: the m-th slot's time, less the horizon.
+local ready = tat + (m - burst) * interval
+if ready < not_before then ready = not_before end
+ready = ready - horizon
+if ready > now then
+  return {0, ready - now, 0, 0}
 end
 local fit = math.floor((now + horizon + burst * interval - tat) / interval)
 if fit < n then n = fit end
 if viewing and left < n then n = left end
-if n < 1 then n = 1 end
+if n < m then n = m end
 local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 if viewing then redis.call('HINCRBY', KEYS[2], 'left', -n) end
@@ -280,13 +286,13 @@ impl RedisBuckets {
     }
 
     /// Reserves up to `slots` consecutive slots of bucket `key` at once, those that come within
-    /// `horizon` (at least one when the first does).
+    /// `horizon`, and none unless `least` of them do.
     pub(crate) async fn lease(
         &self,
         key: &str,
         interval: Duration,
         burst: u32,
-        slots: u32,
+        (slots, least): (u32, u32),
         horizon: Duration,
     ) -> redis::RedisResult<Granted> {
         let mut connection = self.connection.clone();
@@ -298,6 +304,7 @@ impl RedisBuckets {
             .arg(burst)
             .arg(slots.max(1))
             .arg(micros(horizon))
+            .arg(least.clamp(1, slots.max(1)))
             .invoke_async(&mut connection)
             .await?;
         Ok(Granted {

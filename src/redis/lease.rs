@@ -86,6 +86,8 @@ pub(crate) struct Held {
     pub(crate) leases: VecDeque<Lease>,
     /// When a renewal that found nothing within reach may be asked for again.
     pub(crate) retry_at: Option<Instant>,
+    /// Not before this may a lease be asked for again, as the last refused one said.
+    ask_at: Option<Instant>,
     /// Whether a lease is being asked for, and what wakes the calls waiting for it.
     pub(crate) renewing: bool,
     pub(crate) arrived: std::sync::Arc<tokio::sync::Notify>,
@@ -115,16 +117,22 @@ impl Held {
         None
     }
 
-    /// How long until the last slot held may go (zero when none is held).
-    pub(crate) fn reach(&self, now: Instant) -> Duration {
-        self.leases
-            .back()
-            .filter(|lease| lease.left() > 0)
-            .map_or(Duration::ZERO, |lease| {
-                lease
-                    .time_of(lease.granted.slots.saturating_sub(1))
-                    .saturating_duration_since(now)
-            })
+    /// A lease asked for was refused: none worth asking for before `ask_at`.
+    pub(crate) fn refused(&mut self, ask_at: Instant) {
+        self.ask_at = Some(ask_at);
+    }
+
+    /// When, if Redis said lately that no lease worth asking for is there before a time still
+    /// to come, that time (the bucket's future only fills up: asking now would be refused too).
+    pub(crate) fn asked_too_soon(&mut self, now: Instant) -> Option<Instant> {
+        match self.ask_at {
+            Some(at) if at > now => Some(at),
+            Some(_) => {
+                self.ask_at = None;
+                None
+            }
+            None => None,
+        }
     }
 
     /// A lease granted, after those held.

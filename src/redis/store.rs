@@ -85,7 +85,7 @@ impl RedisStoreStats {
         self.counters[3].load(Ordering::Relaxed)
     }
 
-    /// Leases taken from Redis (one round trip each; see [`RedisStore::lease`]).
+    /// Lease round trips to Redis, granted or not (see [`RedisStore::lease`]).
     pub fn leases(&self) -> u64 {
         self.counters[4].load(Ordering::Relaxed)
     }
@@ -463,8 +463,10 @@ impl RedisStore {
                 if renew {
                     held.renewing = true;
                     let size = held.next_size(now, leasing.horizon, leasing.max_slots);
-                    // The renewal's slots come after the ones held: it reaches past them.
-                    let horizon = leasing.horizon.saturating_add(held.reach(now));
+                    // A renewal reaches the horizon from now, not past the slots held: a
+                    // process that holds slots does not take the bucket's farther future from
+                    // one that holds none (which asks as far as its wait allows).
+                    let horizon = leasing.horizon;
                     let store = self.inner.clone();
                     let quota = *quota;
                     let key = redis_key.clone();
@@ -479,17 +481,24 @@ impl RedisStore {
                                 held.retry_at = None;
                                 held.push(lease);
                             }
-                            // Nothing within reach: ask again when the first slot is near.
-                            Some(Err(wait)) => {
-                                held.retry_at = Some(
-                                    tokio::time::Instant::now() + wait.saturating_sub(horizon),
-                                );
+                            // Not enough within reach: ask again when there is.
+                            Some(Err(ask_in)) => {
+                                held.retry_at = Some(tokio::time::Instant::now() + ask_in);
                             }
                             None => {}
                         }
                     });
                 }
                 return Acquire::Ready(Ok(leased(wait)));
+            }
+            // Redis said lately that no lease worth asking for is there before a time: refused
+            // here, without another round trip, until then.
+            if let Some(ask_at) = held.asked_too_soon(now) {
+                return Acquire::Ready(Ok(Decision::Reject {
+                    wait: ask_at
+                        .saturating_duration_since(now)
+                        .saturating_add(leasing.horizon.max(max_wait)),
+                }));
             }
         }
         let inner = self.inner.clone();
@@ -542,7 +551,27 @@ impl RedisStore {
                 held.arrived.notify_waiters();
                 match granted {
                     Some(Ok(lease)) => held.push(lease),
-                    Some(Err(wait)) => return Ok(Decision::Reject { wait }),
+                    Some(Err(ask_in)) => {
+                        let now = tokio::time::Instant::now();
+                        // The other processes wait for the same moment: each takes a random
+                        // place among their turns, so they do not all ask, and all but one be
+                        // refused, at once.
+                        let others = inner.stats.workers_seen().saturating_sub(1).min(64);
+                        let turns = quota
+                            .interval()
+                            .saturating_mul(u32::try_from(others).unwrap_or(64))
+                            .saturating_mul((size / 2).max(1));
+                        let spread = u64::try_from(turns.as_micros()).unwrap_or(0);
+                        let jitter = if spread > 0 {
+                            rand::RngExt::random_range(&mut rand::rng(), 0..spread)
+                        } else {
+                            0
+                        };
+                        held.refused(now + ask_in + Duration::from_micros(jitter));
+                        return Ok(Decision::Reject {
+                            wait: ask_in.saturating_add(horizon),
+                        });
+                    }
                     None => break,
                 }
             }
@@ -575,9 +604,12 @@ impl Inner {
         size: u32,
         horizon: Duration,
     ) -> Option<Result<Lease, Duration>> {
+        // A lease of fewer than half the size is not worth a round trip: while the bucket's
+        // future is full, processes take it in blocks instead of a few slots each.
+        let least = (size / 2).max(1);
         let call = self
             .buckets
-            .lease(key, quota.interval(), quota.burst(), size, horizon);
+            .lease(key, quota.interval(), quota.burst(), (size, least), horizon);
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(granted)) => {
                 self.stats.count(4);
