@@ -483,7 +483,10 @@ impl RedisStore {
                             }
                             // Not enough within reach: ask again when there is.
                             Some(Err(ask_in)) => {
-                                held.retry_at = Some(tokio::time::Instant::now() + ask_in);
+                                held.retry_at = Some(crate::handoff::instant_after(
+                                    tokio::time::Instant::now(),
+                                    ask_in,
+                                ));
                             }
                             None => {}
                         }
@@ -507,7 +510,8 @@ impl RedisStore {
         Acquire::Pending(Box::pin(async move {
             // One lease asked for at a time per bucket: a call that finds one on its way waits
             // for it (as long as a Redis call may take) instead of asking for another.
-            let deadline = tokio::time::Instant::now() + inner.timeout;
+            let deadline =
+                crate::handoff::instant_after(tokio::time::Instant::now(), inner.timeout);
             loop {
                 let (notified, size) = {
                     let mut leases = lock(&inner.leases);
@@ -567,7 +571,10 @@ impl RedisStore {
                         } else {
                             0
                         };
-                        held.refused(now + ask_in + Duration::from_micros(jitter));
+                        held.refused(crate::handoff::instant_after(
+                            now,
+                            ask_in.saturating_add(Duration::from_micros(jitter)),
+                        ));
                         return Ok(Decision::Reject {
                             wait: ask_in.saturating_add(horizon),
                         });
