@@ -33,7 +33,38 @@
 //! the flags' stack; unknown keys and out-of-range values are refused naming the key),
 //! `--metrics ADDR` (feature `metrics`: serve the five
 //! signals on a Prometheus endpoint while the job runs, and print them in the report:
-//! `cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics 127.0.0.1:9464`).
+//! `cargo run --release --features lehnz,sim,metrics --example lehnz_sync -- --metrics 127.0.0.1:9464`),
+//! `--shard I/N` (this process sends the events whose offset modulo N is I; default `0/1`, all of
+//! them; N over 1 needs `--base-url`), `--redis URL[,URL…]` (feature `redis`: the rate-limit
+//! window and the dead letters shared through Redis; several URLs are the nodes of a Redis
+//! Cluster, feature `redis-cluster`).
+//!
+//! # Scaled out
+//!
+//! N processes over one input, one `--shard I/N` each, against one Lehnz organization:
+//!
+//! ```text
+//! LEHNZ_API_KEY=... lehnz_sync --base-url URL --window 100/5 --events 1000000 \
+//!     --shard 2/4 --checkpoint shard-2.checkpoint --redis redis://10.0.0.5:6379/
+//! ```
+//!
+//! - **The source.** Every process reads the same source (the same `--input` file, or the same
+//!   `--events` generated from their offsets) and sends the events whose offset modulo N is I.
+//!   An event's id is derived from its offset in the whole source, so a sharded run stores the
+//!   same ids as a run of one process, and a resumed shard sends the same ids again.
+//! - **The checkpoint** is the shard's own: it counts the shard's events (the I-th, (I + N)-th,
+//!   … of the source), so each process needs its own `--checkpoint`, and a shard resumes with
+//!   the same `--shard I/N`.
+//! - **The window.** With `--redis`, the throttle's bucket is in Redis under the prefix `lehnz`
+//!   (`RedisStore`, leasing up to 8 slots per round trip): every process takes its requests
+//!   from the organization's one window, and a `RateLimit-Remaining: 0` seen by one holds them
+//!   all. Without it, each process's throttle allows the whole window, N times what Lehnz
+//!   allows together, and only Lehnz's counts and 429s hold them back. Use one Redis (or one
+//!   database of it) per organization.
+//! - **The dead letters** go to one Redis Stream, `lehnz:dead-letters` (at most 10,000 letters;
+//!   past that a letter is refused, not stored, and the run fails), each marked with the shard
+//!   that wrote it. At the end, a process replays its own shard's letters only; see
+//!   `ShardLetters` for why. The report's exit status is the shard's.
 //!
 //! The checkpoint holds the offset below which every event is settled (accepted, in the
 //! dead-letter file, or rejected for good); it is replaced atomically (temporary file, fsync,
@@ -74,8 +105,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tower_outbound::config::Settings;
 use tower_outbound::dead_letter::StoredBody;
 use tower_outbound::lehnz::sim::{Chaos, Simulator};
-use tower_outbound::lehnz::{Client, Event, IngestOptions, EVENT_ID_NAMESPACE};
+use tower_outbound::lehnz::{Client, Event, IngestOptions, CLIENT_EVENT_ID, EVENT_ID_NAMESPACE};
 use tower_outbound::{ConcurrencyLayer, JsonLinesSink, Sink};
+#[cfg(feature = "redis")]
+use {
+    tower_outbound::dead_letter::{BoxFuture, DeadLetter, SinkError, StoredHeader},
+    tower_outbound::redis::{RedisConnection, RedisStore, RedisStreamSink},
+};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -104,6 +140,72 @@ pub(crate) struct Args {
     pub(crate) metrics: Option<std::net::SocketAddr>,
     /// `--config FILE`: the stack's settings, laid over what the flags chose.
     pub(crate) config: Option<PathBuf>,
+    /// `--shard I/N`: the part of the source this process sends.
+    pub(crate) shard: Shard,
+    /// `--redis URL[,URL…]`: the Redis (one URL) or the Redis Cluster's nodes (several) that
+    /// hold the shared window and dead letters.
+    #[cfg(feature = "redis")]
+    pub(crate) redis: Vec<String>,
+}
+
+/// `--shard I/N`: the process sends the events whose offset in the source, modulo `count`, is
+/// `index`. Its checkpoint counts those events only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shard {
+    pub(crate) index: usize,
+    pub(crate) count: usize,
+}
+
+impl Shard {
+    /// The whole source: `0/1`.
+    pub(crate) const WHOLE: Shard = Shard { index: 0, count: 1 };
+
+    /// Reads `I/N`: 0 ≤ I < N.
+    pub(crate) fn parse(text: &str) -> Result<Shard, String> {
+        let wrong = |why: &str| {
+            format!(
+                "--shard {text:?}: {why}; expected I/N, this process's shard and the number of \
+                 shards, for example 0/4"
+            )
+        };
+        let (index, count) = text.split_once('/').ok_or_else(|| wrong("no '/'"))?;
+        let index: usize = index
+            .trim()
+            .parse()
+            .map_err(|e| wrong(&format!("I: {e}")))?;
+        let count: usize = count
+            .trim()
+            .parse()
+            .map_err(|e| wrong(&format!("N: {e}")))?;
+        if count == 0 {
+            return Err(format!(
+                "--shard {text}: N is the number of shards and must be at least 1"
+            ));
+        }
+        if index >= count {
+            return Err(format!(
+                "--shard {text}: I must be below N (0 to {} for {count} shards)",
+                count - 1
+            ));
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// The offset in the source of the shard's `k`-th event.
+    pub(crate) fn offset(self, k: usize) -> usize {
+        k.saturating_mul(self.count).saturating_add(self.index)
+    }
+
+    /// How many of a source's first `total` events are the shard's.
+    pub(crate) fn len_of(self, total: usize) -> usize {
+        total.saturating_sub(self.index).div_ceil(self.count)
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
 }
 
 impl Args {
@@ -128,6 +230,9 @@ impl Args {
             key: None,
             metrics: None,
             config: None,
+            shard: Shard::WHOLE,
+            #[cfg(feature = "redis")]
+            redis: Vec::new(),
         };
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -172,8 +277,37 @@ impl Args {
                     let v = value()?;
                     parsed.metrics = Some(v.parse().map_err(|e| format!("--metrics {v:?}: {e}"))?);
                 }
+                "--shard" => parsed.shard = Shard::parse(&value()?)?,
+                #[cfg(feature = "redis")]
+                "--redis" => {
+                    parsed.redis = value()?
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|url| !url.is_empty())
+                        .map(str::to_owned)
+                        .collect();
+                    if parsed.redis.is_empty() {
+                        return Err(
+                            "--redis needs a URL (or the cluster's nodes, comma-separated)"
+                                .to_owned(),
+                        );
+                    }
+                }
+                #[cfg(not(feature = "redis"))]
+                "--redis" => {
+                    return Err("--redis needs the `redis` feature: cargo run --release \
+                                --features lehnz,sim,redis --example lehnz_sync -- --redis URL"
+                        .to_owned())
+                }
                 other => return Err(format!("unknown flag {other}")),
             }
+        }
+        if parsed.shard.count > 1 && parsed.base_url.is_none() {
+            return Err(format!(
+                "--shard {}: the shards must send to one server; give it with --base-url \
+                 (without it, each process would start a simulator of its own)",
+                parsed.shard
+            ));
         }
         Ok(parsed)
     }
@@ -197,6 +331,20 @@ pub(crate) fn generated(i: usize) -> Event {
     .at(format!("2026-11-24T12:{:02}:{:02}Z", (i / 60) % 60, i % 60))
 }
 
+/// The event with the id derived from its offset in the whole source, unless it has one: a
+/// shard's events carry the ids one process sending the whole source would give them (the
+/// client would derive them from the shard's own count instead).
+pub(crate) fn with_id(mut event: Event, offset: usize) -> Event {
+    if event.client_event_id().is_none() {
+        let id = event.derived_id(&EVENT_ID_NAMESPACE, offset);
+        event.context.insert(
+            CLIENT_EVENT_ID.to_owned(),
+            id.hyphenated().to_string().into(),
+        );
+    }
+    event
+}
+
 /// Where dead letters go: `--dead-letters`, or beside the checkpoint when there is one, so a
 /// resumed run replays the letters of the run that was killed; otherwise a file of this run's
 /// own.
@@ -212,6 +360,168 @@ pub(crate) fn dead_letter_path(args: &Args) -> PathBuf {
             std::env::temp_dir().join(format!("lehnz-sync-{}.jsonl", std::process::id()))
         }
     }
+}
+
+/// The prefix of the throttle's keys in Redis (`--redis`): one window for every process.
+#[cfg(feature = "redis")]
+pub(crate) const REDIS_PREFIX: &str = "lehnz";
+/// The stream every process's dead letters go to with `--redis`.
+#[cfg(feature = "redis")]
+pub(crate) const DEAD_LETTER_STREAM: &str = "lehnz:dead-letters";
+/// The most letters the stream holds (a letter is a batch, up to 1 MB): past it a letter is
+/// refused and reported as not stored, never evicted.
+#[cfg(feature = "redis")]
+const DEAD_LETTER_CAP: usize = 10_000;
+/// The stored header that says which shard wrote a letter on the shared stream.
+#[cfg(feature = "redis")]
+pub(crate) const SHARD_HEADER: &str = "x-lehnz-sync-shard";
+
+/// The window and the dead letters every process shares through Redis (`--redis`), on one
+/// connection.
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug)]
+pub(crate) struct Shared {
+    pub(crate) store: RedisStore,
+    pub(crate) letters: ShardLetters,
+}
+
+#[cfg(feature = "redis")]
+impl Shared {
+    /// Connects to the Redis of `urls` (one URL: a server; several: a cluster's nodes) and
+    /// checks, before the first request, that the store may run its scripts on its own keys
+    /// and that the stream can be read.
+    pub(crate) async fn connect(urls: &[String], shard: Shard) -> Result<Shared, BoxError> {
+        let connection = redis_connection(urls).await?;
+        // Lehnz's window is the organization's: one bucket for every shard. Leases spare a
+        // round trip per batch, and stay small: a server's word one process adopts reaches the
+        // others at their next lease, so at most twice 8 requests each go past it.
+        let store = RedisStore::new(connection.clone())
+            .prefix(REDIS_PREFIX)
+            .lease(8);
+        // Checked on the prefix's keys, which an ACL may limit (`RedisStore::connect` checks
+        // the default prefix's).
+        store.verify().await.map_err(|e| format!("--redis: {e}"))?;
+        let stream = RedisStreamSink::new(connection, DEAD_LETTER_STREAM, DEAD_LETTER_CAP);
+        stream.count().await.map_err(|e| format!("--redis: {e}"))?;
+        Ok(Shared {
+            store,
+            letters: ShardLetters::new(stream, shard),
+        })
+    }
+}
+
+/// One server's connection, or with several URLs a cluster's (feature `redis-cluster`).
+#[cfg(feature = "redis")]
+async fn redis_connection(urls: &[String]) -> Result<RedisConnection, BoxError> {
+    match urls {
+        [url] => Ok(tower_outbound::redis::connect(url)
+            .map_err(|e| format!("--redis: {e}"))?
+            .into()),
+        #[cfg(feature = "redis-cluster")]
+        nodes => {
+            let nodes: Vec<&str> = nodes.iter().map(String::as_str).collect();
+            Ok(tower_outbound::redis::connect_cluster(&nodes)
+                .await
+                .map_err(|e| format!("--redis: {e}"))?)
+        }
+        #[cfg(not(feature = "redis-cluster"))]
+        _ => Err(
+            "--redis: several URLs are the nodes of a Redis Cluster, which needs the \
+                  `redis-cluster` feature (--features lehnz,sim,redis-cluster)"
+                .into(),
+        ),
+    }
+}
+
+/// One shard's dead letters on the stream every process shares (`--redis`).
+///
+/// A letter is written with the shard that wrote it among its stored headers
+/// (`x-lehnz-sync-shard: I/N`); a shard reads, replays and removes its own letters only, and
+/// takes the mark off what it reads, so a replay never sends it to Lehnz.
+///
+/// Why its own letters and not the whole stream: each letter must be sent again by exactly one
+/// process. Shards finish within moments of each other; two that replayed the whole stream
+/// would both read a letter before either removed it, and both send it: its events stored
+/// twice, and counted as delivered by both, so the summed reports would overcount. With one
+/// owner per letter nothing is sent twice, and nothing is left out: a shard's letters are all
+/// written while it streams, before its own replay reads them; a letter leaves the stream only
+/// once a replay got a 2xx for it (one that fails again is written anew before the old entry
+/// goes); and the letters of a shard that was killed stay on the stream until the same
+/// `--shard I/N` runs again, resumes from its checkpoint and replays them, as the file beside
+/// the checkpoint does for a single process. Letters of a run sharded otherwise (another N)
+/// are left to that run.
+#[cfg(feature = "redis")]
+#[derive(Clone, Debug)]
+pub(crate) struct ShardLetters {
+    stream: RedisStreamSink,
+    shard: String,
+}
+
+#[cfg(feature = "redis")]
+impl ShardLetters {
+    pub(crate) fn new(stream: RedisStreamSink, shard: Shard) -> Self {
+        ShardLetters {
+            stream,
+            shard: shard.to_string(),
+        }
+    }
+
+    fn is_own(&self, letter: &DeadLetter) -> bool {
+        letter
+            .headers
+            .iter()
+            .any(|h| h.name == SHARD_HEADER && h.value.as_deref() == Some(self.shard.as_str()))
+    }
+
+    /// Letters on the stream, every shard's.
+    pub(crate) async fn on_stream(&self) -> Result<usize, SinkError> {
+        self.stream.count().await
+    }
+}
+
+#[cfg(feature = "redis")]
+impl Sink for ShardLetters {
+    fn write(&self, mut letter: DeadLetter) -> BoxFuture<'_, Result<(), SinkError>> {
+        letter.headers.retain(|h| h.name != SHARD_HEADER);
+        letter.headers.push(StoredHeader {
+            name: SHARD_HEADER.to_owned(),
+            value: Some(self.shard.clone()),
+            value_base64: None,
+        });
+        self.stream.write(letter)
+    }
+
+    fn read_all(&self) -> BoxFuture<'_, Result<Vec<DeadLetter>, SinkError>> {
+        Box::pin(async move {
+            let mut own: Vec<DeadLetter> = self
+                .stream
+                .read_all()
+                .await?
+                .into_iter()
+                .filter(|letter| self.is_own(letter))
+                .collect();
+            for letter in &mut own {
+                letter.headers.retain(|h| h.name != SHARD_HEADER);
+            }
+            Ok(own)
+        })
+    }
+
+    fn remove<'a>(&'a self, ids: &'a [String]) -> BoxFuture<'a, Result<usize, SinkError>> {
+        self.stream.remove(ids)
+    }
+}
+
+/// With `--metrics`, a metered sink of the same name as the stack's, so what the replay removes
+/// is counted and the depth and age gauges fall with it.
+#[cfg(feature = "metrics")]
+fn metered<S: Sink>(sink: S) -> impl Sink {
+    tower_outbound::metrics::MeteredSink::new(sink)
+}
+
+#[cfg(not(feature = "metrics"))]
+fn metered<S: Sink>(sink: S) -> impl Sink {
+    sink
 }
 
 /// Reads the checkpoint: 0 when the file does not exist.
@@ -289,8 +599,8 @@ pub(crate) struct Outcome {
     pub(crate) failed: usize,
     /// The whole run: streaming, the replay and the checks.
     pub(crate) wall_time: Duration,
-    /// The dead-letter file.
-    pub(crate) dead_letter_file: PathBuf,
+    /// Where the dead letters are: the file, or the shard's letters on the shared stream.
+    pub(crate) dead_letters_in: String,
 }
 
 impl Outcome {
@@ -309,13 +619,13 @@ impl Outcome {
     pub(crate) fn last_line(&self) -> String {
         match self.exit_status() {
             EXIT_DELIVERED => format!(
-                "all delivered: {} events this run ({} of this run's went through the dead-letter file), none left in dead letters (exit {EXIT_DELIVERED})",
+                "all delivered: {} events this run ({} of this run's went through the dead letters), none left in dead letters (exit {EXIT_DELIVERED})",
                 self.delivered, self.dead_lettered_while_streaming
             ),
             EXIT_DEAD_LETTERS => format!(
-                "not all delivered: {} events in the dead-letter file {}, nothing lost; run again to replay them (exit {EXIT_DEAD_LETTERS})",
+                "not all delivered: {} events in {}, nothing lost; run again to replay them (exit {EXIT_DEAD_LETTERS})",
                 self.dead_lettered,
-                self.dead_letter_file.display()
+                self.dead_letters_in
             ),
             _ => format!(
                 "failed: {} events rejected, unaccounted for or lost, {} in dead letters (exit {EXIT_ERROR})",
@@ -374,14 +684,43 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
         Some(path) => Some(read_settings(path)?),
         None => None,
     };
+    #[cfg(feature = "redis")]
+    let shared = match args.redis.as_slice() {
+        [] => None,
+        urls => Some(Shared::connect(urls, args.shard).await?),
+    };
+    #[cfg(feature = "redis")]
+    let dead_letters_in = match &shared {
+        Some(_) => format!(
+            "the dead-letter stream {DEAD_LETTER_STREAM} (shard {}'s letters)",
+            args.shard
+        ),
+        None => format!("the dead-letter file {}", dead_letter_path.display()),
+    };
+    #[cfg(not(feature = "redis"))]
+    let dead_letters_in = format!("the dead-letter file {}", dead_letter_path.display());
+    #[cfg(feature = "redis")]
+    let shared_window = shared.is_some();
+    #[cfg(not(feature = "redis"))]
+    let shared_window = false;
     let client = Client::builder(&key)
         .base_url(&base_url)
         .concurrency(args.concurrency)
         .event_batch(args.batch, tower_outbound::lehnz::MAX_BODY_BYTES)
         .stack(|s| {
+            let s = s.retry_seed(args.seed);
+            // With `--redis`, the organization's window and the dead letters are every
+            // process's; otherwise this process's own.
+            #[cfg(feature = "redis")]
+            let s = match &shared {
+                Some(shared) => s
+                    .throttle_store(shared.store.clone())
+                    .dead_letter_sink(shared.letters.clone()),
+                None => s.dead_letter_file(&dead_letter_path),
+            };
+            #[cfg(not(feature = "redis"))]
+            let s = s.dead_letter_file(&dead_letter_path);
             let s = s
-                .retry_seed(args.seed)
-                .dead_letter_file(&dead_letter_path)
                 .throttle(Some(window))
                 // Nobody waits on this job: a batch that meets an open circuit waits for it
                 // (the source pauses meanwhile) instead of going to the dead letters.
@@ -404,21 +743,26 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
         None => 0,
     };
     // The source, read lazily from its start offset; a bad line stops it, and is reported.
+    // Offsets (the checkpoint's, the progress's) count this shard's events; ids come from
+    // each event's offset in the whole source.
+    let shard = args.shard;
     let bad_line: Arc<Mutex<Option<String>>> = Arc::default();
     let (total, source): (usize, Box<dyn Iterator<Item = Event> + Send>) = match &args.input {
         Some(path) => {
-            let total = count_lines(path)?;
+            let total = shard.len_of(count_lines(path)?);
             let bad = bad_line.clone();
             let lines = BufReader::new(File::open(path)?)
                 .lines()
                 .enumerate()
+                .skip(shard.index)
+                .step_by(shard.count)
                 .skip(start);
             let events = lines.map_while(move |(number, line)| {
                 let parsed = line
                     .map_err(|e| e.to_string())
                     .and_then(|l| serde_json::from_str::<Event>(&l).map_err(|e| e.to_string()));
                 match parsed {
-                    Ok(event) => Some(event),
+                    Ok(event) => Some(with_id(event, number)),
                     Err(err) => {
                         *bad.lock().unwrap_or_else(|e| e.into_inner()) =
                             Some(format!("line {}: {err}", number + 1));
@@ -428,13 +772,26 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
             });
             (total, Box::new(events))
         }
-        None => (args.events, Box::new((start..args.events).map(generated))),
+        None => {
+            let total = shard.len_of(args.events);
+            let events =
+                (start..total).map(move |k| with_id(generated(shard.offset(k)), shard.offset(k)));
+            (total, Box::new(events))
+        }
     };
 
     if !args.quiet {
         println!(
-            "ingesting {} events into {base_url}{}{}",
+            "ingesting {} events into {base_url}{}{}{}",
             total.saturating_sub(start),
+            if shard.count > 1 {
+                format!(
+                    " (shard {shard}: offsets {} + {}k)",
+                    shard.index, shard.count
+                )
+            } else {
+                String::new()
+            },
             if sim.is_some() {
                 " (simulator, chaos on)"
             } else {
@@ -490,20 +847,22 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
         .into());
     }
 
-    // What still failed is in the dead-letter file (this run's and earlier runs'): send it
-    // once more. With `--metrics`, through a metered sink of the same name as the stack's, so
-    // the removals are counted and the depth and age gauges fall with the replay.
-    #[cfg(feature = "metrics")]
-    let sink = tower_outbound::metrics::MeteredSink::new(JsonLinesSink::new(&dead_letter_path));
-    #[cfg(not(feature = "metrics"))]
-    let sink = JsonLinesSink::new(&dead_letter_path);
+    // What still failed is in the dead letters (this run's and earlier runs'): send it once
+    // more. With `--redis`, only this shard's letters (see `ShardLetters`).
+    #[cfg(feature = "redis")]
+    let sink: Box<dyn Sink> = match &shared {
+        Some(shared) => Box::new(metered(shared.letters.clone())),
+        None => Box::new(metered(JsonLinesSink::new(&dead_letter_path))),
+    };
+    #[cfg(not(feature = "redis"))]
+    let sink: Box<dyn Sink> = Box::new(metered(JsonLinesSink::new(&dead_letter_path)));
     let dead_before: usize = sink
         .read_all()
         .await?
         .iter()
         .map(|l| events_in(l).len())
         .sum();
-    let replay = client.replay_dead_letters(&sink).await?;
+    let replay = client.replay_dead_letters(&*sink).await?;
     let still_dead = sink.read_all().await?;
     let dead_after: usize = still_dead.iter().map(|l| events_in(l).len()).sum();
     let replay_time = started.elapsed().saturating_sub(ingest_time);
@@ -518,8 +877,13 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
             .saturating_sub(summary.dead_lettered)
             + summary.unaccounted,
         wall_time: started.elapsed(),
-        dead_letter_file: dead_letter_path.clone(),
+        dead_letters_in,
     };
+    // The unused end of this process's last lease, back to the others.
+    #[cfg(feature = "redis")]
+    if let Some(shared) = &shared {
+        shared.store.return_leases().await;
+    }
 
     if args.quiet {
         if let Some(sim) = sim {
@@ -536,7 +900,13 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
     let window_rate = f64::from(window.0) / window.1.as_secs_f64() * args.batch as f64;
     println!();
     println!("report");
-    println!("  events                 {total} ({sent} this run, from offset {start})");
+    if shard.count > 1 {
+        println!(
+            "  events                 {total} of shard {shard} ({sent} this run, from the shard's offset {start})"
+        );
+    } else {
+        println!("  events                 {total} ({sent} this run, from offset {start})");
+    }
     println!("  accepted               {}", summary.accepted);
     println!(
         "  not accepted           {}",
@@ -544,10 +914,8 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
     );
     println!("  unaccounted by a 2xx   {}", summary.unaccounted);
     println!(
-        "  dead-lettered          {} (file {}; {} not stored)",
-        summary.dead_lettered,
-        dead_letter_path.display(),
-        summary.dead_letter_failed
+        "  dead-lettered          {} (to {}; {} not stored)",
+        summary.dead_lettered, outcome.dead_letters_in, summary.dead_letter_failed
     );
     println!(
         "  replayed at the end    {} batches, {} delivered, {} still dead, {} refused (other hosts), {} skipped, {} not sent (circuit open)",
@@ -591,6 +959,27 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
             );
         }
     }
+    #[cfg(feature = "redis")]
+    if let Some(shared) = &shared {
+        let redis = shared.store.stats();
+        println!(
+            "  redis                  {} processes at the last heartbeat; {} leases ({} requests from them), {} acquires one by one, {} decided by the fallback, {} errors",
+            redis.workers_seen(),
+            redis.leases(),
+            redis.leased_decisions(),
+            redis.redis_decisions(),
+            redis.fallback_decisions(),
+            redis.errors()
+        );
+        match shared.letters.on_stream().await {
+            Ok(letters) => println!(
+                "  dead-letter stream     {DEAD_LETTER_STREAM}: {} of this shard's letters left, {} letters in all",
+                still_dead.len(),
+                letters
+            ),
+            Err(err) => println!("  dead-letter stream     {DEAD_LETTER_STREAM}: {err}"),
+        }
+    }
     println!(
         "  wall time              {elapsed:.1?} (streaming {ingest_time:.1?}, replay {replay_time:.1?})"
     );
@@ -607,6 +996,19 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
         args.batch,
         rate / window_rate * 100.0
     );
+    if shard.count > 1 {
+        if shared_window {
+            println!(
+                "                         (the shards share the window through Redis: a shard's part of it is about 1/{})",
+                shard.count
+            );
+        } else {
+            println!(
+                "                         (without --redis each shard's throttle allows the whole window: {} of them overrun it)",
+                shard.count
+            );
+        }
+    }
     match peak_memory() {
         Some(bytes) => println!(
             "  peak memory            {:.1} MB{}",
@@ -633,7 +1035,8 @@ pub(crate) async fn run(args: Args) -> Result<Outcome, BoxError> {
             .filter_map(|e| e.client_event_id().map(str::to_owned))
             .collect();
         // The ids are derived, so they can be computed again instead of kept.
-        let lost = (start..args.events)
+        let lost = (start..total)
+            .map(|k| shard.offset(k))
             .map(|i| generated(i).derived_id(&EVENT_ID_NAMESPACE, i).to_string())
             .filter(|id| !sim.has_event_id(id) && !dead.contains(id))
             .count();
