@@ -44,6 +44,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt};
 
+pub use crate::error::BodySourceError;
 use crate::error::BoxError;
 
 /// The default limit on how much of a request body is held in memory for replay: 1 MiB.
@@ -219,25 +220,6 @@ impl BodySource {
                 BodySource(Arc::new(source))
             }
         }
-    }
-}
-
-/// A [`BodySource`] could not make an attempt's body: its maker failed (the file is gone), or
-/// the body came out longer or shorter than the length it declared. The call fails with
-/// [`Kind::Body`](crate::error::Kind::Body) and is not retried: the source would most likely fail
-/// again. An error of the body it made, once sending started, is the body's own error.
-#[derive(Debug)]
-pub struct BodySourceError(BoxError);
-
-impl fmt::Display for BodySourceError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "the request body's source failed: {}", self.0)
-    }
-}
-
-impl std::error::Error for BodySourceError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&*self.0)
     }
 }
 

@@ -135,7 +135,7 @@ impl Error {
     /// Converts any error a service may return into an [`Error`].
     ///
     /// An [`Error`] comes back as it is; [`tower::timeout::error::Elapsed`] becomes
-    /// [`Kind::Timeout`]; an error with a [`BodySourceError`](crate::body::BodySourceError)
+    /// [`Kind::Timeout`]; an error with a [`BodySourceError`]
     /// among its causes (the client could not send a body its source failed to make) becomes
     /// [`Kind::Body`]; anything else becomes [`Kind::Transport`] with the original as its
     /// source.
@@ -151,7 +151,7 @@ impl Error {
         let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&*error);
         for _ in 0..16 {
             match cause {
-                Some(err) if err.is::<crate::body::BodySourceError>() => {
+                Some(err) if err.is::<BodySourceError>() => {
                     return Error::with_source(Kind::Body, error);
                 }
                 Some(err) => cause = err.source(),
@@ -435,6 +435,25 @@ impl std::error::Error for Error {
             .source
             .as_deref()
             .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// A body source (`body::BodySource`) could not make an attempt's body: its maker failed (the
+/// file is gone), or the body came out longer or shorter than the length it declared. The call
+/// fails with [`Kind::Body`] and is not retried: the source would most likely fail again. An
+/// error of the body it made, once sending started, is the body's own error.
+#[derive(Debug)]
+pub struct BodySourceError(pub(crate) BoxError);
+
+impl fmt::Display for BodySourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the request body's source failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodySourceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
     }
 }
 
