@@ -21,7 +21,7 @@ use tower_outbound::body::ReplayBody;
 use tower_outbound::dead_letter::replay;
 use tower_outbound::dead_letter::{DeadLetter, SinkErrorKind};
 use tower_outbound::redis::{Fallback, RedisBuckets, RedisDecision, RedisStore, RedisStreamSink};
-use tower_outbound::throttle::{Acquire, BucketStore, Decision, Quota};
+use tower_outbound::throttle::{Acquire, BucketStore, Decision, Quota, WindowReport};
 use tower_outbound::{DeadLetterLayer, Sink, ThrottleLayer};
 
 async fn manager(server: &RedisServer) -> redis::aio::ConnectionManager {
@@ -585,6 +585,161 @@ async fn admitted(store: &RedisStore, n: usize) -> usize {
     admitted
 }
 
+/// Waits until the view of bucket `prefix` in Redis holds `field` = `value` (a store adopts a
+/// reply in the background); fails after 5 s.
+async fn wait_for_view(server: &RedisServer, prefix: &str, field: &str, value: i64) {
+    let mut connection = manager(server).await;
+    let key = format!("{{{prefix}:default}}:view");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let seen: Option<i64> = redis::cmd("HGET")
+            .arg(&key)
+            .arg(field)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if seen == Some(value) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} {field} is {seen:?}, not {value}, after 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// A regression test: a reply's `RateLimit-Remaining` does not count the requests still on
+/// their way, and in a fleet most of them are other processes'. The store adopted the count
+/// as it was, so the fleet sent a window's worth of extra requests (57 refusals for a
+/// used-up window in a million-event run of four processes). Now a reply's count is taken
+/// less every process's outstanding requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replys_count_is_taken_less_the_fleets_requests_in_flight() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url()).unwrap().prefix("fleet");
+    let b = RedisStore::open(&server.url()).unwrap().prefix("fleet");
+    let window = Duration::from_secs(60);
+    // Process A hears 8 left with 3 of its own requests still out; then B hears 7 left with 2
+    // of its own out. The server counted neither process's outstanding requests: 7 − 5 = 2.
+    assert!(a.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(8, window).with_outstanding(3)
+    ));
+    wait_for_view(&server, "fleet", "reported", 8).await;
+    assert!(b.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(7, window).with_outstanding(2)
+    ));
+    wait_for_view(&server, "fleet", "reported", 7).await;
+    assert_eq!(
+        admitted(&b, 5).await,
+        2,
+        "7 left less the fleet's 5 in flight"
+    );
+    assert_eq!(
+        admitted(&a, 5).await,
+        0,
+        "the same count holds every process"
+    );
+}
+
+/// Slots Redis grants after a process's last reply count among its outstanding requests in
+/// the next report of any process, before it replies again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_granted_since_a_processs_last_reply_count_as_its_outstanding() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url()).unwrap().prefix("granted");
+    let b = RedisStore::open(&server.url()).unwrap().prefix("granted");
+    let window = Duration::from_secs(60);
+    assert!(a.adopt_report(None, &quota(), WindowReport::new(9, window)));
+    wait_for_view(&server, "granted", "reported", 9).await;
+    // A sends three more: the view counts them down, and Redis counts them as A's.
+    assert_eq!(admitted(&a, 3).await, 3);
+    wait_for_view(&server, "granted", "left", 6).await;
+    // B's reply is fresher (8 < 9): it replaces the count, less A's three in flight.
+    assert!(b.adopt_report(None, &quota(), WindowReport::new(8, window)));
+    wait_for_view(&server, "granted", "reported", 8).await;
+    assert_eq!(admitted(&b, 10).await, 5, "8 left less A's 3 in flight");
+}
+
+/// A fresher reply replaces the count up as well as down: requests the server did not count
+/// (refused before counting, dropped on the way) come back, once nothing is in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresher_reply_gives_back_what_the_server_did_not_count() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url()).unwrap().prefix("up");
+    let window = Duration::from_secs(60);
+    assert!(a.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(6, window).with_outstanding(4)
+    ));
+    wait_for_view(&server, "up", "left", 2).await;
+    // The four were answered; the server counted only one of them.
+    assert!(a.adopt_report(None, &quota(), WindowReport::new(5, window)));
+    wait_for_view(&server, "up", "left", 5).await;
+    // An older word arriving late (more left than the server already said, 9 − 1 = 8) only
+    // tightens: still 5. Its outstanding count shows when it was adopted.
+    assert!(a.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(9, window).with_outstanding(1)
+    ));
+    wait_for_outstanding(&server, "up", "1:").await;
+    assert_eq!(admitted(&a, 8).await, 5);
+}
+
+/// A regression test: a reply from a window that already ended, adopted after the next
+/// window's count (replies of many processes reach Redis in any order), replaced that count
+/// with its own short-lived one; when it ran out, the current window had no count at all until
+/// the next reply, and the requests sent meanwhile went past the window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_reply_from_the_last_window_leaves_the_current_count_alone() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url()).unwrap().prefix("late");
+    assert!(a.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(5, Duration::from_secs(60))
+    ));
+    wait_for_view(&server, "late", "reported", 5).await;
+    // The old window's last word: 9 left, ending in 2 s. Shown by its outstanding count.
+    assert!(a.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(9, Duration::from_secs(2)).with_outstanding(1)
+    ));
+    wait_for_outstanding(&server, "late", "1:").await;
+    assert_eq!(
+        admitted(&a, 10).await,
+        5,
+        "the current window's 5, not the old one's"
+    );
+}
+
+/// Waits until a process's count of outstanding requests in bucket `prefix` starts with
+/// `prefix_of_count` (a store writes it with a report, in the background); fails after 5 s.
+async fn wait_for_outstanding(server: &RedisServer, prefix: &str, prefix_of_count: &str) {
+    let mut connection = manager(server).await;
+    let key = format!("{{{prefix}:default}}:outstanding");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let counts: Vec<String> = redis::cmd("HVALS")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if counts.iter().any(|c| c.starts_with(prefix_of_count)) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{key}: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 async fn wait_for_workers(store: &RedisStore, n: u64) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while store.stats().workers_seen() != n {
@@ -676,7 +831,9 @@ async fn one_acquire_is_one_round_trip() {
     // Thirty scripts, and no command sent but them (the stats also count the commands the
     // script runs inside Redis, and this test's own INFO and CONFIG).
     assert_eq!(calls(&mut admin, "evalsha").await, 30, "{info}");
-    let inside_the_script = ["time", "get", "hmget", "set", "del", "hincrby"];
+    let inside_the_script = [
+        "time", "get", "hmget", "set", "del", "hincrby", "hget", "hset", "pexpire",
+    ];
     let others: Vec<&str> = info
         .lines()
         .filter_map(|line| line.strip_prefix("cmdstat_")?.split_once(":calls="))

@@ -25,8 +25,9 @@ pub enum RedisDecision {
 
 /// Acquire: reserve the next slot if it comes within `max_wait`, honoring the server's view.
 ///
-/// KEYS[1] the bucket's TAT, KEYS[2] the adopted view (a hash: until, left); ARGV interval µs,
-/// burst, max wait µs. Returns {1, wait µs, new TAT} when reserved, {0, wait µs, 0} when
+/// KEYS[1] the bucket's TAT, KEYS[2] the adopted view (a hash: until, left, reported, pause),
+/// KEYS[3] the processes' outstanding counts; ARGV interval µs, burst, max wait µs, this
+/// process's member name (empty: none), how long its count stays fresh µs. Returns {1, wait µs, new TAT} when reserved, {0, wait µs, 0} when
 /// rejected (nothing changed).
 const ACQUIRE: &str = r"
 local t = redis.call('TIME')
@@ -36,13 +37,15 @@ local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local not_before = now
 local viewing = false
-local view = redis.call('HMGET', KEYS[2], 'until', 'left')
-if view[1] then
-  local view_until = tonumber(view[1])
-  if now < view_until then
-    if tonumber(view[2]) <= 0 then not_before = view_until else viewing = true end
+local view = redis.call('HMGET', KEYS[2], 'until', 'left', 'pause')
+local pause = tonumber(view[3] or 0)
+if pause > not_before then not_before = pause end
+local view_until = tonumber(view[1] or 0)
+if now < view_until then
+  if tonumber(view[2]) <= 0 then
+    if view_until > not_before then not_before = view_until end
   else
-    redis.call('DEL', KEYS[2])
+    viewing = true
   end
 end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -59,27 +62,108 @@ if wait > max_wait then
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 if viewing then redis.call('HINCRBY', KEYS[2], 'left', -1) end
+-- A grant adds to this process's count of outstanding requests (see ADOPT), when it has a
+-- member name: to its count while that is fresh, else to a new one.
+if ARGV[4] ~= '' then
+  local fresh = tonumber(ARGV[5])
+  local mine = redis.call('HGET', KEYS[3], ARGV[4])
+  local count, at = 0, now
+  if mine then
+    local sep = string.find(mine, ':', 1, true)
+    local was = tonumber(string.sub(mine, sep + 1))
+    if was + fresh >= now then
+      count = tonumber(string.sub(mine, 1, sep - 1))
+      at = was
+    end
+  end
+  redis.call('HSET', KEYS[3], ARGV[4], string.format('%d:%d', count + 1, at))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(fresh / 1000) + 1000)
+end
 return {1, wait, new_tat}
 ";
 
-/// Adopt the server's view: `remaining` more requests until `now + reset`. Within one window
-/// (resets within the slack of each other) the view only tightens; another window replaces it.
+/// Adopt the server's view, in one of two ways (ARGV[4]): `0` as [`BucketStore::adopt`]
+/// (`remaining` more requests until `now + reset`; within one window, resets within the slack
+/// of each other, the count only tightens), `1` as a reply's report
+/// ([`BucketStore::adopt_report`]): `remaining` less the requests not yet counted is what is
+/// left, and a reply that reports less than any earlier one of the same window replaces the
+/// count, up or down; one that does not only tightens it. The earliest reset of a window wins.
+/// `remaining: 0` is a pause until the reset (the longest named wins), kept apart from the
+/// window's count as the in-process bucket keeps it. A word whose reset comes well before the
+/// live count's (by more than the slack) is from a window that already ended, arriving late:
+/// it leaves the count as it is (windows only move forward).
 ///
-/// KEYS[1] the view; ARGV remaining, reset µs, slack µs.
+/// The requests not yet counted are those of the whole fleet: each reporting process writes
+/// how many of its own are outstanding (requests sent and not answered, and slots leased and
+/// not yet spent) into KEYS[2] under its member name, with the time; the sum of the entries
+/// written within the last ARGV[7] µs is the fleet's (older ones are dropped).
+///
+/// [`BucketStore::adopt`]: crate::throttle::BucketStore::adopt
+/// [`BucketStore::adopt_report`]: crate::throttle::BucketStore::adopt_report
+///
+/// KEYS[1] the view, KEYS[2] the outstanding counts; ARGV remaining, reset µs, slack µs, mode,
+/// member, this member's outstanding, how long an entry counts µs. Returns the
+/// fleet's outstanding requests taken from `remaining` (0 when adopting).
 const ADOPT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local left = tonumber(ARGV[1])
+local remaining = tonumber(ARGV[1])
 local view_until = now + tonumber(ARGV[2])
 local slack = tonumber(ARGV[3])
-local old = redis.call('HMGET', KEYS[1], 'until', 'left')
-if old[1] and now < tonumber(old[1]) and math.abs(view_until - tonumber(old[1])) <= slack then
-  if tonumber(old[1]) > view_until then view_until = tonumber(old[1]) end
-  if tonumber(old[2]) < left then left = tonumber(old[2]) end
+local report = ARGV[4] == '1'
+local old = redis.call('HMGET', KEYS[1], 'until', 'left', 'reported', 'pause')
+local pause = tonumber(old[4] or 0)
+local uncounted = 0
+if report then
+  local stale = tonumber(ARGV[7])
+  redis.call('HSET', KEYS[2], ARGV[5], string.format('%d:%d', tonumber(ARGV[6]), now))
+  local all = redis.call('HGETALL', KEYS[2])
+  for i = 1, #all, 2 do
+    local sep = string.find(all[i + 1], ':', 1, true)
+    local n = tonumber(string.sub(all[i + 1], 1, sep - 1))
+    local at = tonumber(string.sub(all[i + 1], sep + 1))
+    if at + stale < now then
+      redis.call('HDEL', KEYS[2], all[i])
+    else
+      uncounted = uncounted + n
+    end
+  end
+  redis.call('PEXPIRE', KEYS[2], math.ceil(stale / 1000) + 1000)
 end
-redis.call('HSET', KEYS[1], 'until', string.format('%d', view_until), 'left', left)
-redis.call('PEXPIRE', KEYS[1], math.ceil((view_until - now) / 1000) + 1000)
-return 1
+-- The view lives as long as the later of its count's end and its pause.
+local keep = tonumber(old[1] or 0)
+if remaining <= 0 then
+  if view_until > pause then pause = view_until end
+  redis.call('HSET', KEYS[1], 'pause', string.format('%d', pause))
+else
+  local left = remaining - uncounted
+  if left < 0 then left = 0 end
+  local reported = remaining
+  local old_until = tonumber(old[1] or 0)
+  if now < old_until and view_until + slack < old_until then
+    -- A reset well before the live view's: the word of a window that ended, arriving late.
+    -- The live count stays as it is.
+    left = tonumber(old[2] or 0)
+    reported = tonumber(old[3] or old[2] or 0)
+    view_until = old_until
+  elseif now < old_until and math.abs(view_until - old_until) <= slack then
+    if old_until < view_until then view_until = old_until end
+    local old_left = tonumber(old[2] or 0)
+    local old_reported = tonumber(old[3] or old[2] or 0)
+    if not report or remaining >= old_reported then
+      if old_left < left then left = old_left end
+      if old_reported < reported then reported = old_reported end
+    end
+  end
+  redis.call('HSET', KEYS[1], 'until', string.format('%d', view_until), 'left', left,
+    'reported', reported)
+  keep = view_until
+end
+if pause > keep then keep = pause end
+local ttl = 1000
+if keep > now then ttl = math.ceil((keep - now) / 1000) + 1000 end
+redis.call('PEXPIRE', KEYS[1], ttl)
+return uncounted
 ";
 
 /// Release: give back a reserved slot if nobody reserved after it.
@@ -98,7 +182,8 @@ return 0
 /// honoring the server's view as an acquire does (a paused bucket leases from the pause's end,
 /// a view with `left` requests leases at most that many).
 ///
-/// KEYS as ACQUIRE; ARGV interval µs, burst, n, horizon µs, m (the fewest slots worth a lease).
+/// KEYS as ACQUIRE; ARGV interval µs, burst, n, horizon µs, m (the fewest slots worth a lease),
+/// this process's member name, how long its count stays fresh µs.
 /// Returns {slots, the TAT before the lease relative to now (µs, may be negative), the earliest
 /// allowed time relative to now (µs, 0 without a pause), the new TAT}; slot j (from 0) may go
 /// at max(tat + (j + 1 − burst) · interval, not_before). {0, µs until m slots would come within
@@ -114,14 +199,16 @@ local m = tonumber(ARGV[5])
 local not_before = now
 local viewing = false
 local left = n
-local view = redis.call('HMGET', KEYS[2], 'until', 'left')
-if view[1] then
-  local view_until = tonumber(view[1])
-  if now < view_until then
-    left = tonumber(view[2])
-    if left <= 0 then not_before = view_until else viewing = true end
+local view = redis.call('HMGET', KEYS[2], 'until', 'left', 'pause')
+local pause = tonumber(view[3] or 0)
+if pause > not_before then not_before = pause end
+local view_until = tonumber(view[1] or 0)
+if now < view_until then
+  left = tonumber(view[2])
+  if left <= 0 then
+    if view_until > not_before then not_before = view_until end
   else
-    redis.call('DEL', KEYS[2])
+    viewing = true
   end
 end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -143,6 +230,23 @@ if n < m then n = m end
 local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 if viewing then redis.call('HINCRBY', KEYS[2], 'left', -n) end
+-- A grant adds to this process's count of outstanding requests (see ADOPT), when it has a
+-- member name: to its count while that is fresh, else to a new one.
+if ARGV[6] ~= '' then
+  local fresh = tonumber(ARGV[7])
+  local mine = redis.call('HGET', KEYS[3], ARGV[6])
+  local count, at = 0, now
+  if mine then
+    local sep = string.find(mine, ':', 1, true)
+    local was = tonumber(string.sub(mine, sep + 1))
+    if was + fresh >= now then
+      count = tonumber(string.sub(mine, 1, sep - 1))
+      at = was
+    end
+  end
+  redis.call('HSET', KEYS[3], ARGV[6], string.format('%d:%d', count + n, at))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(fresh / 1000) + 1000)
+end
 return {n, tat - now, not_before - now, new_tat}
 ";
 
@@ -170,6 +274,11 @@ pub(crate) struct Granted {
     /// The bucket's new TAT (µs of the Redis clock), to give the unused end back.
     pub(crate) new_tat: u64,
 }
+
+/// How long a process's count of outstanding requests in Redis is taken into the fleet's after
+/// it was written by a reply's report or begun by a grant (see [`ADOPT`]): a process that
+/// stopped stops counting after this.
+pub(crate) const OUTSTANDING_FRESH: Duration = Duration::from_secs(2);
 
 /// Durations passed to the scripts are kept below 2^50 µs (about 35 years): Lua numbers are
 /// doubles, exact only up to 2^53, and the scripts add them to the Redis clock.
@@ -242,14 +351,29 @@ impl RedisBuckets {
         burst: u32,
         max_wait: Duration,
     ) -> redis::RedisResult<RedisDecision> {
+        self.acquire_as(key, (interval, burst), max_wait, "").await
+    }
+
+    /// [`acquire`](Self::acquire) for `member`, whose count of outstanding requests (see
+    /// [`report`](Self::report)) a grant adds one to.
+    pub(crate) async fn acquire_as(
+        &self,
+        key: &str,
+        (interval, burst): (Duration, u32),
+        max_wait: Duration,
+        member: &str,
+    ) -> redis::RedisResult<RedisDecision> {
         let mut connection = self.connection.clone();
         let (reserved, wait, tat): (i64, i64, i64) = self
             .acquire
             .key(format!("{key}:tat"))
             .key(format!("{key}:view"))
+            .key(format!("{key}:outstanding"))
             .arg(micros(interval))
             .arg(burst)
             .arg(micros(max_wait))
+            .arg(member)
+            .arg(micros(OUTSTANDING_FRESH))
             .invoke_async(&mut connection)
             .await?;
         let wait = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
@@ -277,12 +401,47 @@ impl RedisBuckets {
         let _: i64 = self
             .adopt
             .key(format!("{key}:view"))
+            .key(format!("{key}:outstanding"))
             .arg(remaining)
             .arg(micros(reset))
             .arg(micros(slack))
+            .arg(0)
+            .arg("")
+            .arg(0)
+            .arg(0)
             .invoke_async(&mut connection)
             .await?;
         Ok(())
+    }
+
+    /// Adopts one reply's word on the window of bucket `key`: `remaining` until `reset`, less
+    /// the fleet's requests the server may not have counted yet. `member` (this process) has
+    /// `outstanding` of them; every process's count fresh (see [`OUTSTANDING_FRESH`]) is summed. A
+    /// reply that reports less than any earlier one of the same window (resets within `slack`)
+    /// replaces the count, up or down; one that does not only tightens it. `remaining: 0` is
+    /// a pause until the reset. Returns the fleet's outstanding requests it took into account.
+    pub(crate) async fn report(
+        &self,
+        key: &str,
+        (remaining, reset): (u64, Duration),
+        slack: Duration,
+        (member, outstanding): (&str, u64),
+    ) -> redis::RedisResult<u64> {
+        let mut connection = self.connection.clone();
+        let uncounted: i64 = self
+            .adopt
+            .key(format!("{key}:view"))
+            .key(format!("{key}:outstanding"))
+            .arg(remaining)
+            .arg(micros(reset))
+            .arg(micros(slack))
+            .arg(1)
+            .arg(member)
+            .arg(outstanding.min(MAX_MICROS))
+            .arg(micros(OUTSTANDING_FRESH))
+            .invoke_async(&mut connection)
+            .await?;
+        Ok(u64::try_from(uncounted).unwrap_or(0))
     }
 
     /// Reserves up to `slots` consecutive slots of bucket `key` at once, those that come within
@@ -294,17 +453,21 @@ impl RedisBuckets {
         burst: u32,
         (slots, least): (u32, u32),
         horizon: Duration,
+        member: &str,
     ) -> redis::RedisResult<Granted> {
         let mut connection = self.connection.clone();
         let (slots, tat, not_before, new_tat): (i64, i64, i64, i64) = self
             .lease
             .key(format!("{key}:tat"))
             .key(format!("{key}:view"))
+            .key(format!("{key}:outstanding"))
             .arg(micros(interval))
             .arg(burst)
             .arg(slots.max(1))
             .arg(micros(horizon))
             .arg(least.clamp(1, slots.max(1)))
+            .arg(member)
+            .arg(micros(OUTSTANDING_FRESH))
             .invoke_async(&mut connection)
             .await?;
         Ok(Granted {

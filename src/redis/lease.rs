@@ -90,6 +90,11 @@ pub(crate) struct Held {
     ask_at: Option<Instant>,
     /// Whether a lease is being asked for, and what wakes the calls waiting for it.
     pub(crate) renewing: bool,
+    /// The slots asked for by the lease on its way (0 when none is): Redis may have granted
+    /// them already, so this process counts them among its outstanding requests.
+    pub(crate) asking: u32,
+    /// Slots asked for in every lease so far (a running total).
+    pub(crate) asked: u64,
     pub(crate) arrived: std::sync::Arc<tokio::sync::Notify>,
     /// Slots spent since the last lease was asked for, and when that was.
     spent: u64,
@@ -115,6 +120,26 @@ impl Held {
             self.leases.pop_front();
         }
         None
+    }
+
+    /// A lease of `size` slots is being asked for.
+    pub(crate) fn ask(&mut self, size: u32) {
+        self.renewing = true;
+        self.asking = size;
+        self.asked = self.asked.saturating_add(u64::from(size));
+    }
+
+    /// The lease asked for was answered (or the ask given up): calls waiting for it wake.
+    pub(crate) fn answered(&mut self) {
+        self.renewing = false;
+        self.asking = 0;
+        self.arrived.notify_waiters();
+    }
+
+    /// Slots this process holds or may have been granted: those left in its leases and those
+    /// of the lease on its way.
+    pub(crate) fn held_or_asked(&self) -> u32 {
+        self.left().saturating_add(self.asking)
     }
 
     /// A lease asked for was refused: none worth asking for before `ask_at`.

@@ -112,6 +112,21 @@ struct Leasing {
     horizon: Duration,
 }
 
+impl Leasing {
+    /// The most slots one lease may hold under `quota`: `max_slots`, and no more than the
+    /// bucket lets through in two horizons (at least 1; the size follows twice the process's
+    /// rate over one). A lease's slots then come within two horizons of each other, so slots a
+    /// process holds never reach far past what the server's count knew when they were
+    /// granted: a slow bucket (a window of 100 per 5 s paces one slot every 50 ms) is leased a
+    /// few slots at a time, a fast one in blocks.
+    fn most(&self, quota: &Quota) -> u32 {
+        let interval = quota.interval().as_nanos().max(1);
+        let per_horizons =
+            u32::try_from(self.horizon.as_nanos().saturating_mul(2) / interval).unwrap_or(u32::MAX);
+        self.max_slots.min(per_horizons.max(1))
+    }
+}
+
 struct Inner {
     buckets: RedisBuckets,
     prefix: String,
@@ -130,6 +145,9 @@ struct Inner {
     /// Leasing, when on, and the leases this process holds.
     leasing: Option<Leasing>,
     leases: Mutex<Leases>,
+    /// Acquires sent to Redis and not answered yet (every bucket's), and sent in all.
+    acquiring: AtomicU64,
+    acquires: AtomicU64,
 }
 
 /// Throttle buckets in Redis, shared by every process that uses the same Redis and prefix.
@@ -201,6 +219,8 @@ impl RedisStore {
                 heartbeat_started: AtomicBool::new(false),
                 leasing: None,
                 leases: Mutex::new(Leases::new()),
+                acquiring: AtomicU64::new(0),
+                acquires: AtomicU64::new(0),
             }),
         }
     }
@@ -224,6 +244,8 @@ impl RedisStore {
                 heartbeat_started: AtomicBool::new(false),
                 leasing: shared.leasing,
                 leases: Mutex::new(Leases::new()),
+                acquiring: AtomicU64::new(0),
+                acquires: AtomicU64::new(0),
             },
         };
         f(&mut inner);
@@ -461,8 +483,8 @@ impl RedisStore {
                     && held.left() <= held.renew_below()
                     && held.retry_at.is_none_or(|at| now >= at);
                 if renew {
-                    held.renewing = true;
-                    let size = held.next_size(now, leasing.horizon, leasing.max_slots);
+                    let size = held.next_size(now, leasing.horizon, leasing.most(quota));
+                    held.ask(size);
                     // A renewal reaches the horizon from now, not past the slots held: a
                     // process that holds slots does not take the bucket's farther future from
                     // one that holds none (which asks as far as its wait allows).
@@ -474,8 +496,7 @@ impl RedisStore {
                         let granted = store.take_lease(&key, &quota, size, horizon).await;
                         let mut leases = lock(&store.leases);
                         let held = leases.entry(key).or_default();
-                        held.renewing = false;
-                        held.arrived.notify_waiters();
+                        held.answered();
                         match granted {
                             Some(Ok(lease)) => {
                                 held.retry_at = None;
@@ -532,12 +553,12 @@ impl RedisStore {
                         waiting.as_mut().enable();
                         (Some(waiting), 0)
                     } else {
-                        held.renewing = true;
                         let size = held.next_size(
                             tokio::time::Instant::now(),
                             leasing.horizon,
-                            leasing.max_slots,
+                            leasing.most(&quota),
                         );
+                        held.ask(size);
                         (None, size)
                     }
                 };
@@ -548,11 +569,15 @@ impl RedisStore {
                     continue;
                 }
                 let horizon = leasing.horizon.max(max_wait);
+                let asking = Asking {
+                    inner: &inner,
+                    key: &redis_key,
+                };
                 let granted = inner.take_lease(&redis_key, &quota, size, horizon).await;
+                std::mem::forget(asking);
                 let mut leases = lock(&inner.leases);
                 let held = leases.entry(redis_key.clone()).or_default();
-                held.renewing = false;
-                held.arrived.notify_waiters();
+                held.answered();
                 match granted {
                     Some(Ok(lease)) => held.push(lease),
                     Some(Err(ask_in)) => {
@@ -588,6 +613,40 @@ impl RedisStore {
     }
 }
 
+/// A lease asked for by a call's own future. Dropped before the answer (the call was
+/// cancelled), it marks the ask answered, so the calls waiting for it wake and the next one
+/// asks again instead of waiting for a lease that will never arrive.
+struct Asking<'a> {
+    inner: &'a Inner,
+    key: &'a str,
+}
+
+impl Drop for Asking<'_> {
+    fn drop(&mut self) {
+        if let Some(held) = lock(&self.inner.leases).get_mut(self.key) {
+            held.answered();
+        }
+    }
+}
+
+/// An acquire on its way to Redis, counted among this process's outstanding requests until
+/// its answer arrives (or the call is dropped): Redis may have granted it already.
+struct Acquiring<'a>(&'a AtomicU64);
+
+impl<'a> Acquiring<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.acquires.fetch_add(1, Ordering::Relaxed);
+        inner.acquiring.fetch_add(1, Ordering::Relaxed);
+        Acquiring(&inner.acquiring)
+    }
+}
+
+impl Drop for Acquiring<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// The decision for a leased slot that may go after `wait`.
 fn leased(wait: Duration) -> Decision {
     if wait.is_zero() {
@@ -614,9 +673,14 @@ impl Inner {
         // A lease of fewer than half the size is not worth a round trip: while the bucket's
         // future is full, processes take it in blocks instead of a few slots each.
         let least = (size / 2).max(1);
-        let call = self
-            .buckets
-            .lease(key, quota.interval(), quota.burst(), (size, least), horizon);
+        let call = self.buckets.lease(
+            key,
+            quota.interval(),
+            quota.burst(),
+            (size, least),
+            horizon,
+            &self.member,
+        );
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(granted)) => {
                 self.stats.count(4);
@@ -796,10 +860,16 @@ impl BucketStore for RedisStore {
         let quota = *quota;
         Acquire::Pending(Box::pin(async move {
             let redis_key = inner.key(key.as_ref());
-            let call = inner
-                .buckets
-                .acquire(&redis_key, quota.interval(), quota.burst(), max_wait);
-            match tokio::time::timeout(inner.timeout, call).await {
+            let call = inner.buckets.acquire_as(
+                &redis_key,
+                (quota.interval(), quota.burst()),
+                max_wait,
+                &inner.member,
+            );
+            let acquiring = Acquiring::new(&inner);
+            let answer = tokio::time::timeout(inner.timeout, call).await;
+            drop(acquiring);
+            match answer {
                 Ok(Ok(decision)) => {
                     inner.stats.count(0);
                     Ok(match decision {
@@ -843,6 +913,74 @@ impl BucketStore for RedisStore {
                 Err(_) => inner.went_away(&"timed out"),
             }
         });
+    }
+
+    /// Adopts one reply's word into the shared bucket, with the requests the server may not
+    /// have counted yet taken from what it says is left: not only this process's (requests
+    /// outstanding, slots leased and not yet spent) but the whole fleet's, as each process
+    /// last wrote its own into Redis with a reply of its own, and as Redis counted the slots it
+    /// granted each since (a count stays fresh for 2 s, so a process that died stops counting). A reply that
+    /// reports less than any earlier one of the same window replaces the count, up or down;
+    /// one that does not only tightens it; `remaining: 0` pauses every process until the
+    /// reset, as the in-process store's [`adopt_report`](LocalStore#method.adopt_report) does.
+    ///
+    /// Every refusal is believed (`true`): the window is shared, so a refusal this process's
+    /// view contradicts may be another process's doing.
+    fn adopt_report(
+        &self,
+        key: Option<&PartitionKey>,
+        quota: &Quota,
+        report: crate::throttle::WindowReport,
+    ) -> bool {
+        let inner = &self.inner;
+        // The fallback bucket learns it too, in case Redis goes away.
+        inner.local.adopt(
+            key,
+            &inner.fallback_quota(quota),
+            report.remaining,
+            report.reset,
+        );
+        if inner.is_away() {
+            return true;
+        }
+        let redis_key = inner.key(key);
+        // This process's part, as of the reply: requests outstanding, slots held or on their
+        // way. What it asks for between now and the report's send (a background task, which
+        // may run after the next lease was asked for) is added there, so a grant Redis made in
+        // between is not written over.
+        let asked = |inner: &Inner, key: &str| {
+            let leases = lock(&inner.leases);
+            let held = leases.get(key);
+            (
+                held.map_or(0, |held| held.held_or_asked()),
+                held.map_or(0, |held| held.asked),
+                inner.acquires.load(Ordering::Relaxed),
+            )
+        };
+        let (leased, asked_then, acquires_then) = asked(inner, &redis_key);
+        let outstanding = report
+            .outstanding
+            .saturating_add(u64::from(leased))
+            .saturating_add(inner.acquiring.load(Ordering::Relaxed));
+        let inner = self.inner.clone();
+        spawn(async move {
+            let (_, asked_now, acquires_now) = asked(&inner, &redis_key);
+            let outstanding = outstanding
+                .saturating_add(asked_now.saturating_sub(asked_then))
+                .saturating_add(acquires_now.saturating_sub(acquires_then));
+            let call = inner.buckets.report(
+                &redis_key,
+                (report.remaining, report.reset),
+                Duration::from_secs(1),
+                (&inner.member, outstanding),
+            );
+            match tokio::time::timeout(inner.timeout, call).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => inner.went_away(&error),
+                Err(_) => inner.went_away(&"timed out"),
+            }
+        });
+        true
     }
 
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {

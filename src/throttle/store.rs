@@ -55,6 +55,31 @@ pub struct WindowReport {
     pub outstanding: u64,
 }
 
+impl WindowReport {
+    /// A reply that served the request: `remaining` requests left until `reset`, with
+    /// nothing else outstanding.
+    pub fn new(remaining: u64, reset: Duration) -> Self {
+        WindowReport {
+            remaining,
+            reset,
+            refused: false,
+            outstanding: 0,
+        }
+    }
+
+    /// With `outstanding` other requests let through and not answered yet.
+    pub fn with_outstanding(mut self, outstanding: u64) -> Self {
+        self.outstanding = outstanding;
+        self
+    }
+
+    /// As a refusal on the window's count alone (see [`refused`](Self::refused)).
+    pub fn as_refusal(mut self) -> Self {
+        self.refused = true;
+        self
+    }
+}
+
 /// A decision, now or later.
 pub enum Acquire {
     /// Decided at once (the in-process store always is).
