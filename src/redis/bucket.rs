@@ -23,13 +23,38 @@ pub enum RedisDecision {
     },
 }
 
+/// The end of a script that granted `granted` slots to `member`: they are added to the
+/// member's count of outstanding requests (see [`ADOPT`]) while that count is fresh (written
+/// within `fresh` µs), else they begin a new one. No member (`''`): nothing is counted.
+macro_rules! count_grant {
+    () => {
+        r"
+if member ~= '' then
+  local mine = redis.call('HGET', KEYS[3], member)
+  local count, at = 0, now
+  if mine then
+    local sep = string.find(mine, ':', 1, true)
+    local was = tonumber(string.sub(mine, sep + 1))
+    if was + fresh >= now then
+      count = tonumber(string.sub(mine, 1, sep - 1))
+      at = was
+    end
+  end
+  redis.call('HSET', KEYS[3], member, string.format('%d:%d', count + granted, at))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(fresh / 1000) + 1000)
+end
+"
+    };
+}
+
 /// Acquire: reserve the next slot if it comes within `max_wait`, honoring the server's view.
 ///
 /// KEYS[1] the bucket's TAT, KEYS[2] the adopted view (a hash: until, left, reported, pause),
 /// KEYS[3] the processes' outstanding counts; ARGV interval µs, burst, max wait µs, this
-/// process's member name (empty: none), how long its count stays fresh µs. Returns {1, wait µs, new TAT} when reserved, {0, wait µs, 0} when
-/// rejected (nothing changed).
-const ACQUIRE: &str = r"
+/// process's member name (empty: none), how long its count stays fresh µs. Returns {1, wait µs,
+/// new TAT} when reserved, {0, wait µs, 0} when rejected (nothing changed).
+const ACQUIRE: &str = concat!(
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -62,25 +87,12 @@ if wait > max_wait then
 end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 if viewing then redis.call('HINCRBY', KEYS[2], 'left', -1) end
--- A grant adds to this process's count of outstanding requests (see ADOPT), when it has a
--- member name: to its count while that is fresh, else to a new one.
-if ARGV[4] ~= '' then
-  local fresh = tonumber(ARGV[5])
-  local mine = redis.call('HGET', KEYS[3], ARGV[4])
-  local count, at = 0, now
-  if mine then
-    local sep = string.find(mine, ':', 1, true)
-    local was = tonumber(string.sub(mine, sep + 1))
-    if was + fresh >= now then
-      count = tonumber(string.sub(mine, 1, sep - 1))
-      at = was
-    end
-  end
-  redis.call('HSET', KEYS[3], ARGV[4], string.format('%d:%d', count + 1, at))
-  redis.call('PEXPIRE', KEYS[3], math.ceil(fresh / 1000) + 1000)
-end
-return {1, wait, new_tat}
-";
+local member, fresh, granted = ARGV[4], tonumber(ARGV[5]), 1
+",
+    count_grant!(),
+    r"return {1, wait, new_tat}
+"
+);
 
 /// Adopt the server's view, in one of two ways (ARGV[4]): `0` as [`BucketStore::adopt`]
 /// (`remaining` more requests until `now + reset`; within one window, resets within the slack
@@ -188,7 +200,8 @@ return 0
 /// allowed time relative to now (µs, 0 without a pause), the new TAT}; slot j (from 0) may go
 /// at max(tat + (j + 1 − burst) · interval, not_before). {0, µs until m slots would come within
 /// the horizon, 0, 0} when fewer do now (a view with fewer left than m lowers m to it).
-const LEASE: &str = r"
+const LEASE: &str = concat!(
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
@@ -230,25 +243,12 @@ if n < m then n = m end
 local new_tat = tat + n * interval
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
 if viewing then redis.call('HINCRBY', KEYS[2], 'left', -n) end
--- A grant adds to this process's count of outstanding requests (see ADOPT), when it has a
--- member name: to its count while that is fresh, else to a new one.
-if ARGV[6] ~= '' then
-  local fresh = tonumber(ARGV[7])
-  local mine = redis.call('HGET', KEYS[3], ARGV[6])
-  local count, at = 0, now
-  if mine then
-    local sep = string.find(mine, ':', 1, true)
-    local was = tonumber(string.sub(mine, sep + 1))
-    if was + fresh >= now then
-      count = tonumber(string.sub(mine, 1, sep - 1))
-      at = was
-    end
-  end
-  redis.call('HSET', KEYS[3], ARGV[6], string.format('%d:%d', count + n, at))
-  redis.call('PEXPIRE', KEYS[3], math.ceil(fresh / 1000) + 1000)
-end
-return {n, tat - now, not_before - now, new_tat}
-";
+local member, fresh, granted = ARGV[6], tonumber(ARGV[7]), n
+",
+    count_grant!(),
+    r"return {n, tat - now, not_before - now, new_tat}
+"
+);
 
 /// Give back the unused end of a lease, if nobody reserved after it.
 ///
@@ -397,29 +397,18 @@ impl RedisBuckets {
         reset: Duration,
         slack: Duration,
     ) -> redis::RedisResult<()> {
-        let mut connection = self.connection.clone();
-        let _: i64 = self
-            .adopt
-            .key(format!("{key}:view"))
-            .key(format!("{key}:outstanding"))
-            .arg(remaining)
-            .arg(micros(reset))
-            .arg(micros(slack))
-            .arg(0)
-            .arg("")
-            .arg(0)
-            .arg(0)
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(())
+        self.view(key, (remaining, reset), slack, None)
+            .await
+            .map(drop)
     }
 
     /// Adopts one reply's word on the window of bucket `key`: `remaining` until `reset`, less
     /// the fleet's requests the server may not have counted yet. `member` (this process) has
-    /// `outstanding` of them; every process's count fresh (see [`OUTSTANDING_FRESH`]) is summed. A
-    /// reply that reports less than any earlier one of the same window (resets within `slack`)
-    /// replaces the count, up or down; one that does not only tightens it. `remaining: 0` is
-    /// a pause until the reset. Returns the fleet's outstanding requests it took into account.
+    /// `outstanding` of them; every process's count fresh (see [`OUTSTANDING_FRESH`]) is
+    /// summed. A reply that reports less than any earlier one of the same window (resets within
+    /// `slack`) replaces the count, up or down; one that does not only tightens it.
+    /// `remaining: 0` is a pause until the reset. Returns the fleet's outstanding requests it
+    /// took into account.
     pub(crate) async fn report(
         &self,
         key: &str,
@@ -427,6 +416,23 @@ impl RedisBuckets {
         slack: Duration,
         (member, outstanding): (&str, u64),
     ) -> redis::RedisResult<u64> {
+        self.view(key, (remaining, reset), slack, Some((member, outstanding)))
+            .await
+    }
+
+    /// Runs [`ADOPT`]: as [`adopt`](Self::adopt) without a reporter, as
+    /// [`report`](Self::report) with one.
+    async fn view(
+        &self,
+        key: &str,
+        (remaining, reset): (u64, Duration),
+        slack: Duration,
+        reporter: Option<(&str, u64)>,
+    ) -> redis::RedisResult<u64> {
+        let (mode, member, outstanding) = match reporter {
+            Some((member, outstanding)) => (1, member, outstanding),
+            None => (0, "", 0),
+        };
         let mut connection = self.connection.clone();
         let uncounted: i64 = self
             .adopt
@@ -435,7 +441,7 @@ impl RedisBuckets {
             .arg(remaining)
             .arg(micros(reset))
             .arg(micros(slack))
-            .arg(1)
+            .arg(mode)
             .arg(member)
             .arg(outstanding.min(MAX_MICROS))
             .arg(micros(OUTSTANDING_FRESH))

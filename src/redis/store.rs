@@ -919,10 +919,11 @@ impl BucketStore for RedisStore {
     /// have counted yet taken from what it says is left: not only this process's (requests
     /// outstanding, slots leased and not yet spent) but the whole fleet's, as each process
     /// last wrote its own into Redis with a reply of its own, and as Redis counted the slots it
-    /// granted each since (a count stays fresh for 2 s, so a process that died stops counting). A reply that
-    /// reports less than any earlier one of the same window replaces the count, up or down;
-    /// one that does not only tightens it; `remaining: 0` pauses every process until the
-    /// reset, as the in-process store's [`adopt_report`](LocalStore#method.adopt_report) does.
+    /// granted each since (a count stays fresh for 2 s, so a process that died stops
+    /// counting). A reply that reports less than any earlier one of the same window replaces
+    /// the count, up or down; one that does not only tightens it; `remaining: 0` pauses every
+    /// process until the reset, as the in-process store's
+    /// [`adopt_report`](LocalStore#method.adopt_report) does.
     ///
     /// Every refusal is believed (`true`): the window is shared, so a refusal this process's
     /// view contradicts may be another process's doing.
