@@ -288,7 +288,10 @@ async fn under_sustained_overload_no_leasing_process_is_starved() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_acquire_cancelled_while_it_asked_for_a_lease_does_not_stall_the_next() {
     let server = RedisServer::start();
-    let store = RedisStore::open(&server.url())
+    // Connected and checked first, so the lease below waits on Redis's answer, not on a
+    // connection being made.
+    let store = RedisStore::connect(&server.url())
+        .await
         .unwrap()
         .prefix("cancelled")
         .lease(8);
@@ -302,7 +305,11 @@ async fn an_acquire_cancelled_while_it_asked_for_a_lease_does_not_stall_the_next
     // Polled once (the lease is asked for), then dropped.
     let mut first = acquire(&store);
     let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx))).await;
-    assert!(polled.is_pending(), "answered before Redis was asked");
+    assert!(
+        polled.is_pending(),
+        "answered before Redis was asked: {polled:?}, {:?}",
+        store.stats()
+    );
     drop(first);
 
     let decision = acquire(&store).await;
