@@ -294,6 +294,7 @@ async fn an_acquire_cancelled_while_it_asked_for_a_lease_does_not_stall_the_next
         .await
         .unwrap()
         .prefix("cancelled")
+        .timeout(Duration::from_secs(2))
         .lease(8);
     let quota = tower_outbound::throttle::Quota::new(100, Duration::from_secs(1)).unwrap();
     let acquire = |store: &RedisStore| match store.acquire(None, &quota, Duration::from_secs(1)) {
@@ -302,12 +303,25 @@ async fn an_acquire_cancelled_while_it_asked_for_a_lease_does_not_stall_the_next
             panic!("no lease is held yet, so Redis must be asked: {decision:?}")
         }
     };
+    // Redis holds every client's commands for 100 ms, so the lease asked for below cannot be
+    // answered before the call is dropped (on a busy machine a loopback answer can otherwise
+    // arrive within one poll). The store waits up to 2 s on Redis, and its connection 250 ms
+    // for an answer, so the next acquire outlasts the pause.
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(100)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
     // Polled once (the lease is asked for), then dropped.
     let mut first = acquire(&store);
     let polled = std::future::poll_fn(|cx| std::task::Poll::Ready(first.as_mut().poll(cx))).await;
     assert!(
         polled.is_pending(),
-        "answered before Redis was asked: {polled:?}, {:?}",
+        "answered while Redis held its commands: {polled:?}, {:?}",
         store.stats()
     );
     drop(first);
