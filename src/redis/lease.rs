@@ -88,13 +88,13 @@ pub(crate) struct Held {
     pub(crate) retry_at: Option<Instant>,
     /// Not before this may a lease be asked for again, as the last refused one said.
     ask_at: Option<Instant>,
-    /// Whether a lease is being asked for, and what wakes the calls waiting for it.
-    pub(crate) renewing: bool,
-    /// The slots asked for by the lease on its way (0 when none is): Redis may have granted
-    /// them already, so this process counts them among its outstanding requests.
-    pub(crate) asking: u32,
+    /// The slots asked for by the lease on its way (0 when none is; an ask is at least one
+    /// slot): Redis may have granted them already, so this process counts them among its
+    /// outstanding requests.
+    asking: u32,
     /// Slots asked for in every lease so far (a running total).
     pub(crate) asked: u64,
+    /// What wakes the calls waiting for the lease on its way.
     pub(crate) arrived: std::sync::Arc<tokio::sync::Notify>,
     /// Slots spent since the last lease was asked for, and when that was.
     spent: u64,
@@ -122,16 +122,20 @@ impl Held {
         None
     }
 
-    /// A lease of `size` slots is being asked for.
+    /// Whether a lease is being asked for.
+    pub(crate) fn renewing(&self) -> bool {
+        self.asking > 0
+    }
+
+    /// A lease of `size` slots (at least one) is being asked for.
     pub(crate) fn ask(&mut self, size: u32) {
-        self.renewing = true;
+        let size = size.max(1);
         self.asking = size;
         self.asked = self.asked.saturating_add(u64::from(size));
     }
 
     /// The lease asked for was answered (or the ask given up): calls waiting for it wake.
     pub(crate) fn answered(&mut self) {
-        self.renewing = false;
         self.asking = 0;
         self.arrived.notify_waiters();
     }

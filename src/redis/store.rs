@@ -479,7 +479,7 @@ impl RedisStore {
                 }
                 held.take();
                 inner.stats.count(5);
-                let renew = !held.renewing
+                let renew = !held.renewing()
                     && held.left() <= held.renew_below()
                     && held.retry_at.is_none_or(|at| now >= at);
                 if renew {
@@ -547,7 +547,7 @@ impl RedisStore {
                         inner.stats.count(5);
                         return Ok(leased(wait));
                     }
-                    if held.renewing {
+                    if held.renewing() {
                         // Registered before the lock is let go, so the lease's arrival wakes it.
                         let mut waiting = Box::pin(held.arrived.clone().notified_owned());
                         waiting.as_mut().enable();

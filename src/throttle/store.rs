@@ -72,12 +72,6 @@ impl WindowReport {
         self.outstanding = outstanding;
         self
     }
-
-    /// As a refusal on the window's count alone (see [`refused`](Self::refused)).
-    pub fn as_refusal(mut self) -> Self {
-        self.refused = true;
-        self
-    }
 }
 
 /// A decision, now or later.
