@@ -720,6 +720,64 @@ async fn a_late_reply_from_the_last_window_leaves_the_current_count_alone() {
     );
 }
 
+/// A regression test: a grant added to a process's count kept the time of the process's last
+/// report, so a count last reported just under 2 s before was dropped from the fleet's sum soon
+/// after the grant, with the requests it had just been granted still on their way. A window
+/// that pauses the fleet for about 2 s (as the simulator's 2 s window does) ends exactly there:
+/// the next reply's count left out the burst that followed the pause, and one request went past
+/// the window (a refusal now and then in the scaled-out test). Now a grant counts for 2 s from
+/// when it was made, however old the process's last report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_counts_in_the_fleets_sum_after_its_processs_report_went_stale() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url()).unwrap().prefix("stale");
+    let b = RedisStore::open(&server.url()).unwrap().prefix("stale");
+    let window = Duration::from_secs(60);
+    assert!(a.adopt_report(
+        None,
+        &quota(),
+        WindowReport::new(9, window).with_outstanding(3)
+    ));
+    wait_for_outstanding(&server, "stale", "3:").await;
+    // A's report made 1.995 s ago by Redis's clock: it counts for 5 ms more.
+    let mut connection = manager(&server).await;
+    let key = "{stale:default}:outstanding";
+    let entries: Vec<(String, String)> = redis::cmd("HGETALL")
+        .arg(key)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let [(member, entry)] = &entries[..] else {
+        panic!("one process's count: {entries:?}")
+    };
+    let mut fields: Vec<u64> = entry.split(':').map(|f| f.parse().unwrap()).collect();
+    fields[1] -= 1_995_000;
+    let backdated: Vec<String> = fields.iter().map(u64::to_string).collect();
+    let () = redis::cmd("HSET")
+        .arg(key)
+        .arg(member)
+        .arg(backdated.join(":"))
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    // A is granted one more slot, its request on its way; its report goes stale.
+    assert_eq!(admitted(&a, 1).await, 1);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // B's fresher reply (8 < 9) replaces the count: less A's request granted 10 ms ago.
+    assert!(b.adopt_report(None, &quota(), WindowReport::new(8, window)));
+    wait_for_view(&server, "stale", "reported", 8).await;
+    let left: i64 = redis::cmd("HGET")
+        .arg("{stale:default}:view")
+        .arg("left")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(
+        left, 7,
+        "8 left less A's granted request (A's three reported are stale, its grant is not)"
+    );
+}
+
 /// Waits until a process's count of outstanding requests in bucket `prefix` starts with
 /// `prefix_of_count` (a store writes it with a report, in the background); fails after 5 s.
 async fn wait_for_outstanding(server: &RedisServer, prefix: &str, prefix_of_count: &str) {

@@ -23,25 +23,47 @@ pub enum RedisDecision {
     },
 }
 
+/// A Lua function reading one process's entry of the outstanding counts (KEYS[3] of the grant
+/// scripts, KEYS[2] of [`ADOPT`]): `reported:at:granted:before:epoch`. `reported` is what the
+/// process last wrote with a reply's report, at `at`; it counts while fresh (written within
+/// `fresh` µs). `granted` and `before` are the slots Redis granted it since, in the epoch of
+/// `fresh` µs that began at `epoch` and in the one before: a grant counts for at least `fresh`
+/// after it was made and at most twice that, however long ago the process last reported, and a
+/// process that is granted slots but never reports counts at most two epochs of grants.
+/// Returns the entry as of `now` (a stale report as 0, epochs moved on); an entry it cannot
+/// read counts nothing.
+macro_rules! outstanding_of {
+    () => {
+        r"
+local function outstanding_of(entry, now, fresh)
+  local r, at, cur, prev, epoch =
+    string.match(entry or '', '^(%d+):(%d+):(%d+):(%d+):(%d+)$')
+  if not r then return 0, 0, 0, 0, now end
+  r, at, cur, prev, epoch =
+    tonumber(r), tonumber(at), tonumber(cur), tonumber(prev), tonumber(epoch)
+  if at + fresh < now then r = 0 end
+  if epoch + 2 * fresh <= now then
+    cur, prev, epoch = 0, 0, now
+  elseif epoch + fresh <= now then
+    cur, prev, epoch = 0, cur, epoch + fresh
+  end
+  return r, at, cur, prev, epoch
+end
+"
+    };
+}
+
 /// The end of a script that granted `granted` slots to `member`: they are added to the
-/// member's count of outstanding requests (see [`ADOPT`]) while that count is fresh (written
-/// within `fresh` µs), else they begin a new one. No member (`''`): nothing is counted.
+/// member's grants of the current epoch (see [`outstanding_of!`]), which count among its
+/// outstanding requests (see [`ADOPT`]). No member (`''`): nothing is counted.
 macro_rules! count_grant {
     () => {
         r"
 if member ~= '' then
-  local mine = redis.call('HGET', KEYS[3], member)
-  local count, at = 0, now
-  if mine then
-    local sep = string.find(mine, ':', 1, true)
-    local was = tonumber(string.sub(mine, sep + 1))
-    if was + fresh >= now then
-      count = tonumber(string.sub(mine, 1, sep - 1))
-      at = was
-    end
-  end
-  redis.call('HSET', KEYS[3], member, string.format('%d:%d', count + granted, at))
-  redis.call('PEXPIRE', KEYS[3], math.ceil(fresh / 1000) + 1000)
+  local r, at, cur, prev, epoch = outstanding_of(redis.call('HGET', KEYS[3], member), now, fresh)
+  redis.call('HSET', KEYS[3], member,
+    string.format('%d:%d:%d:%d:%d', r, at, cur + granted, prev, epoch))
+  redis.call('PEXPIRE', KEYS[3], math.ceil(2 * fresh / 1000) + 1000)
 end
 "
     };
@@ -54,6 +76,7 @@ end
 /// process's member name (empty: none), how long its count stays fresh µs. Returns {1, wait µs,
 /// new TAT} when reserved, {0, wait µs, 0} when rejected (nothing changed).
 const ACQUIRE: &str = concat!(
+    outstanding_of!(),
     r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -107,8 +130,9 @@ local member, fresh, granted = ARGV[4], tonumber(ARGV[5]), 1
 ///
 /// The requests not yet counted are those of the whole fleet: each reporting process writes
 /// how many of its own are outstanding (requests sent and not answered, and slots leased and
-/// not yet spent) into KEYS[2] under its member name, with the time; the sum of the entries
-/// written within the last ARGV[7] µs is the fleet's (older ones are dropped).
+/// not yet spent) into KEYS[2] under its member name, with the time, and the grant scripts add
+/// the slots Redis grants it since (see [`outstanding_of!`]); the sum of what each entry counts
+/// now, with ARGV[7] µs for `fresh`, is the fleet's (entries that count nothing are dropped).
 ///
 /// [`BucketStore::adopt`]: crate::throttle::BucketStore::adopt
 /// [`BucketStore::adopt_report`]: crate::throttle::BucketStore::adopt_report
@@ -116,7 +140,9 @@ local member, fresh, granted = ARGV[4], tonumber(ARGV[5]), 1
 /// KEYS[1] the view, KEYS[2] the outstanding counts; ARGV remaining, reset µs, slack µs, mode,
 /// member, this member's outstanding, how long an entry counts µs. Returns the
 /// fleet's outstanding requests taken from `remaining` (0 when adopting).
-const ADOPT: &str = r"
+const ADOPT: &str = concat!(
+    outstanding_of!(),
+    r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local remaining = tonumber(ARGV[1])
@@ -128,19 +154,18 @@ local pause = tonumber(old[4] or 0)
 local uncounted = 0
 if report then
   local stale = tonumber(ARGV[7])
-  redis.call('HSET', KEYS[2], ARGV[5], string.format('%d:%d', tonumber(ARGV[6]), now))
+  -- This process's report counts every grant made to it so far: they start over.
+  redis.call('HSET', KEYS[2], ARGV[5], string.format('%d:%d:0:0:%d', tonumber(ARGV[6]), now, now))
   local all = redis.call('HGETALL', KEYS[2])
   for i = 1, #all, 2 do
-    local sep = string.find(all[i + 1], ':', 1, true)
-    local n = tonumber(string.sub(all[i + 1], 1, sep - 1))
-    local at = tonumber(string.sub(all[i + 1], sep + 1))
-    if at + stale < now then
+    local r, _, cur, prev = outstanding_of(all[i + 1], now, stale)
+    if r + cur + prev == 0 then
       redis.call('HDEL', KEYS[2], all[i])
     else
-      uncounted = uncounted + n
+      uncounted = uncounted + r + cur + prev
     end
   end
-  redis.call('PEXPIRE', KEYS[2], math.ceil(stale / 1000) + 1000)
+  redis.call('PEXPIRE', KEYS[2], math.ceil(2 * stale / 1000) + 1000)
 end
 -- The view lives as long as the later of its count's end and its pause.
 local keep = tonumber(old[1] or 0)
@@ -176,7 +201,8 @@ local ttl = 1000
 if keep > now then ttl = math.ceil((keep - now) / 1000) + 1000 end
 redis.call('PEXPIRE', KEYS[1], ttl)
 return uncounted
-";
+"
+);
 
 /// Release: give back a reserved slot if nobody reserved after it.
 ///
@@ -201,6 +227,7 @@ return 0
 /// at max(tat + (j + 1 − burst) · interval, not_before). {0, µs until m slots would come within
 /// the horizon, 0, 0} when fewer do now (a view with fewer left than m lowers m to it).
 const LEASE: &str = concat!(
+    outstanding_of!(),
     r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -276,8 +303,9 @@ pub(crate) struct Granted {
 }
 
 /// How long a process's count of outstanding requests in Redis is taken into the fleet's after
-/// it was written by a reply's report or begun by a grant (see [`ADOPT`]): a process that
-/// stopped stops counting after this.
+/// it was written by a reply's report, and the least a grant counts there after it was made
+/// (at most twice this; see [`outstanding_of!`]): a process that stopped stops counting after
+/// that.
 pub(crate) const OUTSTANDING_FRESH: Duration = Duration::from_secs(2);
 
 /// Durations passed to the scripts are kept below 2^50 µs (about 35 years): Lua numbers are
