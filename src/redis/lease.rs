@@ -214,6 +214,31 @@ impl Held {
 /// Every bucket's leases in this process, by Redis key.
 pub(crate) type Leases = HashMap<String, Held>;
 
+/// How many buckets' leasing state a process keeps before it forgets the idle ones (see
+/// [`held_for`]).
+pub(crate) const MOST_HELD: usize = 1024;
+
+impl Held {
+    /// Whether forgetting this bucket's state loses nothing but its smoothed rate: no slot
+    /// held, no lease on its way, no refusal or empty renewal still to wait out.
+    fn idle(&mut self, now: Instant) -> bool {
+        self.peek().is_none()
+            && self.asking == 0
+            && self.asked_too_soon(now).is_none()
+            && self.retry_at.is_none_or(|at| at <= now)
+    }
+}
+
+/// The leasing state of bucket `key`, made when it is new. Before a new bucket is added to a
+/// map that holds [`MOST_HELD`], the idle ones are forgotten: a process that meets many
+/// partition keys over its life keeps only those it is leasing for.
+pub(crate) fn held_for<'a>(leases: &'a mut Leases, key: &str, now: Instant) -> &'a mut Held {
+    if leases.len() >= MOST_HELD && !leases.contains_key(key) {
+        leases.retain(|_, held| !held.idle(now));
+    }
+    leases.entry(key.to_owned()).or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,6 +250,31 @@ mod tests {
             not_before,
             new_tat: 1_000,
         }
+    }
+
+    /// A regression test: the map of leasing state kept every bucket a process ever leased for,
+    /// so a process partitioned by many keys (tenants, hosts) grew it for good. Now a full map
+    /// forgets the idle buckets before it takes a new one, and keeps the busy ones.
+    #[tokio::test(start_paused = true)]
+    async fn a_full_map_of_leases_forgets_idle_buckets_and_keeps_busy_ones() {
+        let now = Instant::now();
+        let mut leases = Leases::new();
+        for i in 0..MOST_HELD {
+            held_for(&mut leases, &format!("idle-{i}"), now);
+        }
+        let interval = Duration::from_millis(10);
+        held_for(&mut leases, "idle-0", now).push(Lease::new(now, granted(4, 0, 0), interval, 1));
+        held_for(&mut leases, "idle-1", now).ask(2);
+        held_for(&mut leases, "idle-2", now).refused(now + Duration::from_secs(1));
+        assert_eq!(leases.len(), MOST_HELD, "a known key takes no room");
+        held_for(&mut leases, "new", now);
+        let mut kept: Vec<&str> = leases.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        assert_eq!(
+            kept,
+            ["idle-0", "idle-1", "idle-2", "new"],
+            "slots held, a lease on its way and a refusal to wait out are kept"
+        );
     }
 
     #[tokio::test(start_paused = true)]

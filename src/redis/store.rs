@@ -9,7 +9,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
 
 use super::bucket::{RedisBuckets, RedisDecision};
-use super::lease::{Lease, Leases};
+use super::lease::{self, Lease, Leases};
 use crate::error::{Error, Kind};
 use crate::partition::PartitionKey;
 use crate::throttle::{Acquire, BucketStore, Decision, LocalStore, Quota, Reservation};
@@ -471,7 +471,7 @@ impl RedisStore {
         let now = tokio::time::Instant::now();
         {
             let mut leases = lock(&inner.leases);
-            let held = leases.entry(redis_key.clone()).or_default();
+            let held = lease::held_for(&mut leases, &redis_key, now);
             if let Some(at) = held.peek() {
                 let wait = at.saturating_duration_since(now);
                 if wait > max_wait {
