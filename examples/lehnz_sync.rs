@@ -389,7 +389,7 @@ pub(crate) struct Shared {
 impl Shared {
     /// Connects to the Redis of `urls` (one URL: a server; several: a cluster's nodes) and
     /// checks, before the first request, that the store may run its scripts on its own keys
-    /// and that the stream can be read.
+    /// and that the stream can be added to, read and removed from.
     pub(crate) async fn connect(urls: &[String], shard: Shard) -> Result<Shared, BoxError> {
         let connection = redis_connection(urls).await?;
         // Lehnz's window is the organization's: one bucket for every shard. Leases spare a
@@ -402,7 +402,7 @@ impl Shared {
         // the default prefix's).
         store.verify().await.map_err(|e| format!("--redis: {e}"))?;
         let stream = RedisStreamSink::new(connection, DEAD_LETTER_STREAM, DEAD_LETTER_CAP);
-        stream.count().await.map_err(|e| format!("--redis: {e}"))?;
+        stream.verify().await.map_err(|e| format!("--redis: {e}"))?;
         Ok(Shared {
             store,
             letters: ShardLetters::new(stream, shard),

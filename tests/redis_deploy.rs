@@ -13,7 +13,8 @@ use std::time::Duration;
 use http::{Request, Response};
 use redis_server::RedisServer;
 use tower::ServiceExt;
-use tower_outbound::redis::{RedisStore, RedisTls, SetupErrorKind};
+use tower_outbound::redis::{RedisStore, RedisStreamSink, RedisTls, SetupErrorKind};
+use tower_outbound::Sink;
 use tower_outbound::ThrottleLayer;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -204,6 +205,15 @@ async fn acl_users_work_with_their_permissions_and_are_refused_at_connect_withou
         vec!["reader", "on", ">reader-pw-2", "~*", "+@all", "-@scripting"],
         // Scripts, but not on the store's keys.
         vec!["elsewhere", "on", ">elsewhere-pw-3", "~other:*", "+@all"],
+        // All but one command a reply's report runs (in its script).
+        vec![
+            "no-hgetall",
+            "on",
+            ">no-hgetall-pw-5",
+            "~*",
+            "+@all",
+            "-hgetall",
+        ],
     ] {
         let _: () = redis::cmd("ACL")
             .arg("SETUSER")
@@ -228,6 +238,11 @@ async fn acl_users_work_with_their_permissions_and_are_refused_at_connect_withou
     for (user, password, kind) in [
         ("reader", "reader-pw-2", SetupErrorKind::NoPermission),
         ("elsewhere", "elsewhere-pw-3", SetupErrorKind::NoPermission),
+        (
+            "no-hgetall",
+            "no-hgetall-pw-5",
+            SetupErrorKind::NoPermission,
+        ),
         ("worker", "not-the-pw-4", SetupErrorKind::Auth),
     ] {
         let err = RedisStore::connect(&url(user, password)).await.unwrap_err();
@@ -243,9 +258,94 @@ async fn acl_users_work_with_their_permissions_and_are_refused_at_connect_withou
         );
         if kind == SetupErrorKind::NoPermission {
             assert!(
-                shown.contains("'script|load'") || shown.contains("keys"),
+                shown.contains("'script|load'")
+                    || shown.contains("keys")
+                    || shown.contains("@user_script"),
                 "{user}: the refused command or key is named: {shown}"
             );
         }
+    }
+}
+
+/// The dead-letter stream is checked at start as the store is: a user that cannot add to,
+/// read or remove from it, or a key of another type under its name, is a typed error before
+/// the first letter, not a letter refused on the way to being stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_stream_the_user_cannot_write_is_refused_at_start() {
+    let server = RedisServer::start();
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    for rules in [
+        vec!["worker", "on", ">worker-pw-1", "~*", "+@all"],
+        vec!["reader", "on", ">reader-pw-2", "~*", "+@all", "-@scripting"],
+        vec!["no-xadd", "on", ">no-xadd-pw-3", "~*", "+@all", "-xadd"],
+        vec!["read-only", "on", ">read-only-pw-4", "%R~*", "+@all"],
+    ] {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(&rules)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+    }
+    let _: () = redis::cmd("SET")
+        .arg("not-a-stream")
+        .arg("1")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let sink = |user: &str, password: &str, stream: &str| {
+        let url = format!(
+            "redis://{user}:{password}@127.0.0.1:{}/",
+            server.addr().port()
+        );
+        RedisStreamSink::new(tower_outbound::redis::connect(&url).unwrap(), stream, 10)
+    };
+
+    let worker = sink("worker", "worker-pw-1", "letters");
+    worker.verify().await.unwrap();
+    assert_eq!(worker.count().await.unwrap(), 0, "the check wrote nothing");
+
+    for (user, password, stream, kind, named) in [
+        (
+            "reader",
+            "reader-pw-2",
+            "letters",
+            SetupErrorKind::NoPermission,
+            "script",
+        ),
+        (
+            "no-xadd",
+            "no-xadd-pw-3",
+            "letters",
+            SetupErrorKind::NoPermission,
+            "xadd",
+        ),
+        (
+            "read-only",
+            "read-only-pw-4",
+            "letters",
+            SetupErrorKind::NoPermission,
+            "keys",
+        ),
+        (
+            "worker",
+            "worker-pw-1",
+            "not-a-stream",
+            SetupErrorKind::Other,
+            "WRONGTYPE",
+        ),
+    ] {
+        let err = sink(user, password, stream).verify().await.unwrap_err();
+        assert_eq!(err.kind(), kind, "{user} on {stream}: {err}");
+        let shown = format!("{err} {err:?}");
+        assert!(
+            shown.contains(named),
+            "{user}: {named} is not named: {shown}"
+        );
+        assert!(
+            !shown.contains(password),
+            "{user}: the password is shown: {shown}"
+        );
     }
 }

@@ -165,7 +165,12 @@ impl RedisSetupError {
         let kind = match error.kind() {
             ErrorKind::InvalidClientConfig => SetupErrorKind::Url,
             ErrorKind::AuthenticationFailed => SetupErrorKind::Auth,
-            _ if error.code() == Some("NOPERM") || lower.contains("noperm") => {
+            // Refused inside a script, Redis 7.0 says so in words, without the NOPERM code.
+            _ if error.code() == Some("NOPERM")
+                || lower.contains("noperm")
+                || lower.contains("can't run this command")
+                || lower.contains("no permissions to access") =>
+            {
                 SetupErrorKind::NoPermission
             }
             _ if lower.contains("wrongpass") || lower.contains("noauth") => SetupErrorKind::Auth,
@@ -187,6 +192,13 @@ impl RedisSetupError {
         RedisSetupError {
             kind,
             message: redact(&text, url),
+        }
+    }
+
+    pub(crate) fn other(what: &str) -> Self {
+        RedisSetupError {
+            kind: SetupErrorKind::Other,
+            message: what.to_owned(),
         }
     }
 

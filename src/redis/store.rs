@@ -406,8 +406,8 @@ impl RedisStore {
 
     /// Checks that Redis answers and lets this connection do what the store does: load its
     /// scripts (`SCRIPT LOAD`), run them on keys under its [`prefix`](Self::prefix) (one
-    /// acquire on a probe bucket, `{prefix:probe}`, which expires on its own) and register in
-    /// the heartbeat's set. Each step has the store's timeout, at least 1 s.
+    /// acquire and one reply's report on a probe bucket, `{prefix:probe}`, whose keys expire on
+    /// their own) and register in the heartbeat's set. Each step has the store's timeout, at least 1 s.
     ///
     /// # Errors
     ///
@@ -430,12 +430,27 @@ impl RedisStore {
         let probe = format!("{{{}:probe}}", inner.prefix);
         tokio::time::timeout(
             limit,
-            inner
-                .buckets
-                .acquire(&probe, Duration::from_micros(1), 1, Duration::ZERO),
+            inner.buckets.acquire_as(
+                &probe,
+                (Duration::from_micros(1), 1),
+                Duration::ZERO,
+                &inner.member,
+            ),
         )
         .await
         .map_err(within("a probe acquire timed out"))?
+        .map_err(setup)?;
+        tokio::time::timeout(
+            limit,
+            inner.buckets.report(
+                &probe,
+                (1, Duration::from_millis(1)),
+                Duration::ZERO,
+                (&inner.member, 0),
+            ),
+        )
+        .await
+        .map_err(within("a probe report timed out"))?
         .map_err(setup)?;
         let mut connection = inner.buckets.connection();
         let mut invocation = inner.register.key(format!("{{{}}}:workers", inner.prefix));

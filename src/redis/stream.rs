@@ -94,6 +94,74 @@ impl RedisStreamSink {
         self.max_len
     }
 
+    /// Checks that Redis answers and lets this connection do what the sink does on its stream,
+    /// so an ACL user without a permission is a typed error at start, not a letter refused
+    /// later: load and run the script that adds letters (`SCRIPT LOAD`, `EVALSHA`, `XLEN`), add
+    /// an entry (`XADD` with the id `0-0`, which Redis refuses after the permission check, so
+    /// nothing is written), read (`XRANGE`) and remove (`XDEL` of `0-0`, which no entry has).
+    /// Each step has the sink's timeout, at least 1 s. A key of another type under the
+    /// stream's name is an error too.
+    ///
+    /// # Errors
+    ///
+    /// A [`RedisSetupError`](super::RedisSetupError): [`NoPermission`](super::SetupErrorKind::NoPermission)
+    /// names the command or key the ACL refused.
+    pub async fn verify(&self) -> Result<(), super::RedisSetupError> {
+        let limit = self.timeout.max(Duration::from_secs(1));
+        let within = |what: &'static str| move |_| super::RedisSetupError::unreachable("", what);
+        let setup = |e: redis::RedisError| super::RedisSetupError::of(&e, "");
+        let mut connection = self.connection.clone();
+        tokio::time::timeout(limit, self.add.load_async(&mut connection))
+            .await
+            .map_err(within("loading the dead-letter script timed out"))?
+            .map_err(setup)?;
+        // A cap of 0 adds nothing.
+        let added: Option<String> = tokio::time::timeout(
+            limit,
+            self.add
+                .key(&self.stream)
+                .arg(0)
+                .arg("")
+                .arg("")
+                .invoke_async(&mut connection),
+        )
+        .await
+        .map_err(within("running the dead-letter script timed out"))?
+        .map_err(setup)?;
+        debug_assert!(added.is_none());
+        let refused: redis::RedisResult<String> = tokio::time::timeout(
+            limit,
+            redis::cmd("XADD")
+                .arg(&self.stream)
+                .arg("0-0")
+                .arg("id")
+                .arg("")
+                .query_async(&mut connection),
+        )
+        .await
+        .map_err(within("a probe XADD timed out"))?;
+        match refused {
+            Err(e) if e.to_string().contains("greater than 0-0") => {}
+            Err(e) => return Err(setup(e)),
+            Ok(id) => {
+                return Err(super::RedisSetupError::other(&format!(
+                    "XADD with the id 0-0 added entry {id} to {}",
+                    self.stream
+                )))
+            }
+        }
+        let _: StreamRangeReply =
+            tokio::time::timeout(limit, connection.xrange_count(&self.stream, "-", "+", 1))
+                .await
+                .map_err(within("a probe XRANGE timed out"))?
+                .map_err(setup)?;
+        let _: u64 = tokio::time::timeout(limit, connection.xdel(&self.stream, &["0-0"]))
+            .await
+            .map_err(within("a probe XDEL timed out"))?
+            .map_err(setup)?;
+        Ok(())
+    }
+
     fn remembered(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
