@@ -778,6 +778,57 @@ async fn a_grant_counts_in_the_fleets_sum_after_its_processs_report_went_stale()
     );
 }
 
+/// A regression test: the Redis store believed every refusal on the count alone, so a server's
+/// stray `429` (`remaining: 0`, a short reset, while the window had room) paused every process
+/// until its reset: one process with Redis used 75.5 % of the simulator's window where the same
+/// process without Redis, which doubts such refusals, used 92 %. Now the process that got the
+/// refusal judges it by its own view, as the in-process store does: two in a row are doubted
+/// and pause nobody, the third is believed and pauses the fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_the_processs_view_contradicts_is_doubted_and_pauses_no_process() {
+    let server = RedisServer::start();
+    let a = RedisStore::open(&server.url()).unwrap().prefix("doubt");
+    let b = RedisStore::open(&server.url()).unwrap().prefix("doubt");
+    let window = Duration::from_secs(60);
+    assert!(a.adopt_report(None, &quota(), WindowReport::new(50, window)));
+    wait_for_view(&server, "doubt", "reported", 50).await;
+    let refusal = WindowReport::refusal(Duration::from_secs(30));
+    assert!(
+        !a.adopt_report(None, &quota(), refusal),
+        "the first is doubted"
+    );
+    assert!(!a.adopt_report(None, &quota(), refusal), "the second too");
+    assert_eq!(
+        admitted(&b, 5).await,
+        5,
+        "nobody paused by a doubted refusal"
+    );
+    assert!(
+        a.adopt_report(None, &quota(), refusal),
+        "the third is believed"
+    );
+    let mut connection = manager(&server).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pause: Option<i64> = redis::cmd("HGET")
+            .arg("{doubt:default}:view")
+            .arg("pause")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if pause.is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no pause after 5 s");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert_eq!(
+        admitted(&b, 5).await,
+        0,
+        "a believed refusal pauses the fleet"
+    );
+}
+
 /// Waits until a process's count of outstanding requests in bucket `prefix` starts with
 /// `prefix_of_count` (a store writes it with a report, in the background); fails after 5 s.
 async fn wait_for_outstanding(server: &RedisServer, prefix: &str, prefix_of_count: &str) {

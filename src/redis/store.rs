@@ -940,8 +940,12 @@ impl BucketStore for RedisStore {
     /// process until the reset, as the in-process store's
     /// [`adopt_report`](LocalStore#method.adopt_report) does.
     ///
-    /// Every refusal is believed (`true`): the window is shared, so a refusal this process's
-    /// view contradicts may be another process's doing.
+    /// A refusal on the count alone (`429`, `remaining: 0`, no `Retry-After`) is judged by this
+    /// process's own view of the window, as the in-process store judges it: while its last
+    /// reply said the window had room, two in a row are doubted (`false`: that request's own
+    /// refusal, which pauses no process and is not written to Redis), the third is believed.
+    /// A window the fleet used up shows in a served reply with nothing left before any
+    /// refusal, and that pauses every process at once.
     fn adopt_report(
         &self,
         key: Option<&PartitionKey>,
@@ -949,13 +953,15 @@ impl BucketStore for RedisStore {
         report: crate::throttle::WindowReport,
     ) -> bool {
         let inner = &self.inner;
-        // The fallback bucket learns it too, in case Redis goes away.
-        inner.local.adopt(
-            key,
-            &inner.fallback_quota(quota),
-            report.remaining,
-            report.reset,
-        );
+        // The fallback bucket learns it too, in case Redis goes away. It is this process's own
+        // view of the window, and says whether a refusal on the count alone is doubted: a
+        // refusal it doubts is that request's own, and pauses no process.
+        if !inner
+            .local
+            .adopt_report(key, &inner.fallback_quota(quota), report)
+        {
+            return false;
+        }
         if inner.is_away() {
             return true;
         }

@@ -67,6 +67,15 @@ impl WindowReport {
         }
     }
 
+    /// A reply that refused the request on the window's count alone (a `429` with
+    /// `remaining: 0` and no `Retry-After`), the window resetting in `reset`.
+    pub fn refusal(reset: Duration) -> Self {
+        WindowReport {
+            refused: true,
+            ..Self::new(0, reset)
+        }
+    }
+
     /// With `outstanding` other requests let through and not answered yet.
     pub fn with_outstanding(mut self, outstanding: u64) -> Self {
         self.outstanding = outstanding;
