@@ -21,7 +21,9 @@
 //! ([`RetryLayer::max_buffered_body`](crate::RetryLayer::max_buffered_body), 1 MiB) and sends
 //! a longer one once, unretried. For an upload of any size that can be retried, send a
 //! [`ReplayBody`] made by a [`BodySource`](crate::body::BodySource) through
-//! [`ReqwestService`]: each attempt makes the body again.
+//! [`ReqwestService`], or through `OutboundMiddleware` give the request no body and the
+//! source as an extension (`client.post(url).with_extension(source)`): each attempt makes the
+//! body again.
 //!
 //! # reqwest's own retries
 //!
@@ -243,7 +245,8 @@ mod middleware {
     use tower_service::Service;
 
     use super::{to_http, to_reqwest};
-    use crate::body::ReplayBody;
+    use crate::body::{BodySource, ReplayBody};
+    use crate::error::{Error, Kind};
     use crate::outbound::{Outbound, OutboundService};
 
     /// An [`Outbound`] stack as reqwest-middleware's [`Middleware`]: every request of a
@@ -256,6 +259,12 @@ mod middleware {
     ///
     /// Each attempt gets a copy of the request's extensions as they were when the middleware was
     /// called; what the middleware after it put in them does not come back.
+    ///
+    /// An upload that must survive a retry without being held in memory gives the request no
+    /// body and a [`BodySource`] as an extension
+    /// (`client.post(url).with_extension(source).send()`): each attempt makes the body again,
+    /// as through [`ReqwestService`](super::ReqwestService). A request with a body and a
+    /// source fails with [`Kind::Body`] before anything is sent.
     #[derive(Clone)]
     pub struct OutboundMiddleware {
         // The stack, made once: its records are shared by every call, whatever `Next` it runs.
@@ -295,21 +304,41 @@ mod middleware {
         ) -> reqwest_middleware::Result<::reqwest::Response> {
             let request = http::Request::<::reqwest::Body>::try_from(request)
                 .map_err(|e| reqwest_middleware::Error::Reqwest(e.without_url()))?;
+            let source = extensions.get::<BodySource>().cloned();
             let mut service = self.stack.with_client(Rest {
                 next,
                 extensions: extensions.clone(),
             });
-            std::future::poll_fn(|cx| {
-                Service::<http::Request<::reqwest::Body>>::poll_ready(&mut service, cx)
-            })
-            .await
-            .map_err(reqwest_middleware::Error::middleware)?;
-            let response = service
-                .call(request)
-                .await
-                .map_err(reqwest_middleware::Error::middleware)?;
-            Ok(::reqwest::Response::from(response))
+            let response = match source {
+                None => call(&mut service, request).await,
+                Some(source) => {
+                    if request.body().as_bytes() != Some(&[]) {
+                        return Err(reqwest_middleware::Error::middleware(Error::with_source(
+                            Kind::Body,
+                            "the request has a body and a BodySource extension: give it one",
+                        )));
+                    }
+                    let (parts, _) = request.into_parts();
+                    call(
+                        &mut service,
+                        http::Request::from_parts(parts, ReplayBody::from(source)),
+                    )
+                    .await
+                }
+            };
+            Ok(::reqwest::Response::from(
+                response.map_err(reqwest_middleware::Error::middleware)?,
+            ))
         }
+    }
+
+    /// One call through the stack, once it is ready.
+    async fn call<S, B>(service: &mut S, request: http::Request<B>) -> Result<S::Response, Error>
+    where
+        S: Service<http::Request<B>, Error = Error>,
+    {
+        std::future::poll_fn(|cx| service.poll_ready(cx)).await?;
+        service.call(request).await
     }
 
     /// The rest of the chain as the stack's client: each attempt runs it once.

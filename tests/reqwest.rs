@@ -15,7 +15,7 @@ use reqwest_retry::policies::ExponentialBackoff;
 use reqwest_retry::RetryTransientMiddleware;
 use support::{Reply, ScriptedServer};
 use tower::{Service, ServiceExt};
-use tower_outbound::body::ReplayBody;
+use tower_outbound::body::{BodySource, ReplayBody};
 use tower_outbound::error::Kind;
 use tower_outbound::reqwest::{OutboundMiddleware, ReqwestService};
 use tower_outbound::retry::Attempts;
@@ -246,6 +246,65 @@ async fn a_body_source_is_made_again_for_each_attempt_through_a_reqwest_client()
     let received = server.received();
     assert_eq!(received.len(), 3);
     assert!(received.iter().all(|r| r.body == "part one, part two"));
+}
+
+/// An upload through the middleware that survives retries without being held: the request
+/// has no body and a `BodySource` extension, made again for each attempt.
+#[tokio::test(start_paused = true)]
+async fn a_body_source_extension_is_made_again_for_each_attempt_through_the_middleware() {
+    let server = ScriptedServer::start(vec![Reply::status(503), Reply::status(503)]).await;
+    let opened = Arc::new(AtomicU32::new(0));
+    let counted = opened.clone();
+    let source = BodySource::new(move || {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async { Ok::<_, std::io::Error>(Full::new(Bytes::from_static(b"part one, part two"))) }
+    })
+    .content_length(18);
+    let client = with_stack(Outbound::new());
+
+    let response = client
+        .post(server.url("/upload"))
+        .with_extension(source)
+        .send()
+        .await
+        .unwrap();
+
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(opened.load(Ordering::SeqCst), 3, "made once per attempt");
+    let received = server.received();
+    assert_eq!(received.len(), 3);
+    let key = received[0].headers.get("idempotency-key").unwrap();
+    for request in &received {
+        assert_eq!(request.body, "part one, part two");
+        assert_eq!(request.headers.get("content-length").unwrap(), "18");
+        assert_eq!(request.headers.get("idempotency-key"), Some(key));
+    }
+}
+
+/// A request with a body of its own and a source is ambiguous: refused before anything is
+/// sent, with the stack's typed error.
+#[tokio::test(start_paused = true)]
+async fn a_request_with_a_body_and_a_body_source_is_refused_unsent() {
+    let server = ScriptedServer::start(vec![]).await;
+    let source = BodySource::new(|| async {
+        Ok::<_, std::io::Error>(Full::new(Bytes::from_static(b"from the source")))
+    });
+    let client = with_stack(Outbound::new());
+
+    let err = client
+        .post(server.url("/upload"))
+        .body("inline")
+        .with_extension(source)
+        .send()
+        .await
+        .unwrap_err();
+
+    let reqwest_middleware::Error::Middleware(err) = err else {
+        panic!("{err:?}")
+    };
+    let err = err.downcast_ref::<tower_outbound::Error>().unwrap();
+    assert_eq!(err.kind(), Kind::Body, "{err}");
+    assert!(server.received().is_empty());
 }
 
 #[tokio::test(start_paused = true)]
