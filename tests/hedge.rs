@@ -606,6 +606,84 @@ mod composed {
         assert_eq!(counts(&layer).refused_state, 1);
     }
 
+    /// An upstream whose every answer carries the window's count (`RateLimit-Remaining` as
+    /// planned for the n-th request, reset in 60 s).
+    #[derive(Clone)]
+    struct Windowed {
+        calls: Arc<AtomicU32>,
+        plan: Arc<dyn Fn(u32) -> (Duration, u64) + Send + Sync>,
+    }
+
+    impl Service<Request<ReplayBody>> for Windowed {
+        type Response = Response<()>;
+        type Error = Error;
+        type Future = futures_like::BoxFuture<Result<Response<()>, Error>>;
+
+        fn poll_ready(
+            &mut self,
+            _cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _request: Request<ReplayBody>) -> Self::Future {
+            let (delay, remaining) = (self.plan)(self.calls.fetch_add(1, Ordering::SeqCst));
+            Box::pin(async move {
+                tokio::time::sleep(delay).await;
+                Ok(Response::builder()
+                    .header("ratelimit-remaining", remaining)
+                    .header("ratelimit-reset", "60")
+                    .body(())
+                    .unwrap())
+            })
+        }
+    }
+
+    /// A regression test: a copy went on a token of the throttle's bucket but was not among its
+    /// outstanding requests, so a reply that came while a copy was in flight was taken as
+    /// leaving one more request in the window than it did.
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_in_flight_counts_among_the_throttles_outstanding_requests() {
+        let upstream = Windowed {
+            calls: Arc::default(),
+            plan: Arc::new(|n| match n {
+                // A and its copy: slow, still out when B answers.
+                0 | 1 => (ms(300), 50),
+                // B: 4 left in the window, not counting A and its copy.
+                2 => (ms(5), 4),
+                _ => (ms(1), 1),
+            }),
+        };
+        let layer = HedgeLayer::new().fallback_delay(ms(20)).budget(1.0);
+        let stack = hedging(&layer)
+            .throttle(Some(
+                ThrottleLayer::new(100, Duration::from_secs(60)).burst(100),
+            ))
+            .service(upstream.clone());
+
+        let a = tokio::spawn(stack.clone().oneshot(get()));
+        tokio::time::sleep(ms(30)).await;
+        assert_eq!(counts(&layer).sent, 1, "A's copy is out");
+        stack.clone().oneshot(get()).await.unwrap();
+        // 4 left less A and its copy: two more go, the others would wait for the reset.
+        let calls: Vec<_> = (0..4)
+            .map(|_| tokio::spawn(stack.clone().oneshot(get())))
+            .collect();
+        let mut results = Vec::new();
+        for call in calls {
+            results.push(call.await.unwrap());
+        }
+        let sent = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(sent, 2, "{results:?}");
+        for err in results.iter().filter_map(|r| r.as_ref().err()) {
+            assert!(
+                matches!(err.kind(), tower_outbound::error::Kind::Throttled { .. }),
+                "{err}"
+            );
+        }
+        a.await.unwrap().unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_hedged_call_that_fails_gets_one_dead_letter() {
         let upstream = Upstream::new(|_| (ms(100), StatusCode::SERVICE_UNAVAILABLE));

@@ -183,6 +183,9 @@ enum Wait {
 /// An attempt's copy in flight (boxed with its future: few attempts get one).
 struct Copy<F> {
     future: Pin<Box<F>>,
+    /// Its place among the throttle's outstanding requests (the server counts it too), given
+    /// back when the copy answers or is dropped.
+    _outstanding: Option<crate::throttle::OutstandingHold>,
     /// When it was sent, in nanoseconds after the record's epoch.
     sent_at: u64,
     /// Whether the attempt's first copy ended in a retryable failure: this one goes on alone.
@@ -656,6 +659,7 @@ impl<S> Call<S> {
         };
         *hedge = Some(Box::new(Copy {
             future: Box::pin(self.inner.call(request)),
+            _outstanding: stack.throttle.as_ref().map(|t| t.hold_outstanding()),
             sent_at: since,
             first_done: false,
         }));

@@ -305,6 +305,15 @@ pub(crate) enum Slot {
     Refused(Error),
 }
 
+/// A request counted among the outstanding ones while this lives.
+pub(crate) struct OutstandingHold(Arc<crate::sync::ShardedCount>);
+
+impl Drop for OutstandingHold {
+    fn drop(&mut self) {
+        self.0.add(-1);
+    }
+}
+
 impl Shared {
     /// Counts the store's decision for one request and turns it into what the request does.
     /// A request that goes (now or later) is outstanding until [`answered`](Self::answered).
@@ -336,6 +345,13 @@ impl Shared {
     /// An outstanding request was answered (or failed, or was dropped).
     pub(crate) fn answered(&self) {
         self.outstanding.add(-1);
+    }
+
+    /// One more request outstanding (a hedge's copy, sent on a token taken at once) until the
+    /// returned hold is dropped.
+    pub(crate) fn hold_outstanding(&self) -> OutstandingHold {
+        self.outstanding.add(1);
+        OutstandingHold(self.outstanding.clone())
     }
 
     /// Requests outstanding now (summed over the shards: for adopting a server's report).
