@@ -585,28 +585,33 @@ async fn admitted(store: &RedisStore, n: usize) -> usize {
     admitted
 }
 
-/// Waits until the view of bucket `prefix` in Redis holds `field` = `value` (a store adopts a
-/// reply in the background); fails after 5 s.
-async fn wait_for_view(server: &RedisServer, prefix: &str, field: &str, value: i64) {
+/// Runs `command` every millisecond until its answer passes `done` (a store writes to Redis in
+/// the background) and returns that answer; fails after 5 s, showing the last one.
+async fn wait_until<T>(server: &RedisServer, command: &redis::Cmd, done: impl Fn(&T) -> bool) -> T
+where
+    T: redis::FromRedisValue + std::fmt::Debug,
+{
     let mut connection = manager(server).await;
-    let key = format!("{{{prefix}:default}}:view");
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let seen: Option<i64> = redis::cmd("HGET")
-            .arg(&key)
-            .arg(field)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if seen == Some(value) {
-            return;
+        let seen: T = command.query_async(&mut connection).await.unwrap();
+        if done(&seen) {
+            return seen;
         }
         assert!(
             Instant::now() < deadline,
-            "{key} {field} is {seen:?}, not {value}, after 5 s"
+            "{:?} is {seen:?} after 5 s",
+            String::from_utf8_lossy(&command.get_packed_command())
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// Waits until the view of bucket `prefix` in Redis holds `field` = `value`.
+async fn wait_for_view(server: &RedisServer, prefix: &str, field: &str, value: i64) {
+    let mut command = redis::cmd("HGET");
+    command.arg(format!("{{{prefix}:default}}:view")).arg(field);
+    wait_until(server, &command, |seen: &Option<i64>| *seen == Some(value)).await;
 }
 
 /// A regression test: a reply's `RateLimit-Remaining` does not count the requests still on
@@ -807,21 +812,9 @@ async fn a_refusal_the_processs_view_contradicts_is_doubted_and_pauses_no_proces
         a.adopt_report(None, &quota(), refusal),
         "the third is believed"
     );
-    let mut connection = manager(&server).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let pause: Option<i64> = redis::cmd("HGET")
-            .arg("{doubt:default}:view")
-            .arg("pause")
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if pause.is_some() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no pause after 5 s");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let mut pause = redis::cmd("HGET");
+    pause.arg("{doubt:default}:view").arg("pause");
+    wait_until(&server, &pause, |pause: &Option<i64>| pause.is_some()).await;
     assert_eq!(
         admitted(&b, 5).await,
         0,
@@ -830,23 +823,14 @@ async fn a_refusal_the_processs_view_contradicts_is_doubted_and_pauses_no_proces
 }
 
 /// Waits until a process's count of outstanding requests in bucket `prefix` starts with
-/// `prefix_of_count` (a store writes it with a report, in the background); fails after 5 s.
+/// `prefix_of_count` (a store writes it with a report).
 async fn wait_for_outstanding(server: &RedisServer, prefix: &str, prefix_of_count: &str) {
-    let mut connection = manager(server).await;
-    let key = format!("{{{prefix}:default}}:outstanding");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let counts: Vec<String> = redis::cmd("HVALS")
-            .arg(&key)
-            .query_async(&mut connection)
-            .await
-            .unwrap();
-        if counts.iter().any(|c| c.starts_with(prefix_of_count)) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{key}: {counts:?}");
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    let mut command = redis::cmd("HVALS");
+    command.arg(format!("{{{prefix}:default}}:outstanding"));
+    wait_until(server, &command, |counts: &Vec<String>| {
+        counts.iter().any(|c| c.starts_with(prefix_of_count))
+    })
+    .await;
 }
 
 async fn wait_for_workers(store: &RedisStore, n: u64) {

@@ -204,18 +204,6 @@ return uncounted
 "
 );
 
-/// Release: give back a reserved slot if nobody reserved after it.
-///
-/// KEYS[1] the bucket's TAT; ARGV the TAT the reservation set, interval µs.
-const RELEASE: &str = r"
-local tat = redis.call('GET', KEYS[1])
-if tat and tonumber(tat) == tonumber(ARGV[1]) then
-  redis.call('SET', KEYS[1], string.format('%d', tonumber(ARGV[1]) - tonumber(ARGV[2])), 'KEEPTTL')
-  return 1
-end
-return 0
-";
-
 /// Lease: reserve up to `n` consecutive slots at once, those that come within `horizon`,
 /// honoring the server's view as an acquire does (a paused bucket leases from the pause's end,
 /// a view with `left` requests leases at most that many).
@@ -277,9 +265,11 @@ local member, fresh, granted = ARGV[6], tonumber(ARGV[7]), n
 "
 );
 
-/// Give back the unused end of a lease, if nobody reserved after it.
+/// Give back the unused end of a lease, or the slot of one reservation (one slot unused), if
+/// nobody reserved after it.
 ///
-/// KEYS[1] the bucket's TAT; ARGV the TAT the lease set, the slots unused, interval µs.
+/// KEYS[1] the bucket's TAT; ARGV the TAT the lease or reservation set, the slots unused,
+/// interval µs.
 const GIVE_BACK: &str = r"
 local tat = redis.call('GET', KEYS[1])
 if tat and tonumber(tat) == tonumber(ARGV[1]) then
@@ -324,7 +314,6 @@ pub struct RedisBuckets {
     connection: RedisConnection,
     acquire: Script,
     adopt: Script,
-    release: Script,
     lease: Script,
     give_back: Script,
 }
@@ -342,7 +331,6 @@ impl RedisBuckets {
             connection: connection.into(),
             acquire: Script::new(ACQUIRE),
             adopt: Script::new(ADOPT),
-            release: Script::new(RELEASE),
             lease: Script::new(LEASE),
             give_back: Script::new(GIVE_BACK),
         }
@@ -360,7 +348,6 @@ impl RedisBuckets {
         for script in [
             &self.acquire,
             &self.adopt,
-            &self.release,
             &self.lease,
             &self.give_back,
         ] {
@@ -540,14 +527,6 @@ impl RedisBuckets {
         tat_micros: u64,
         interval: Duration,
     ) -> redis::RedisResult<bool> {
-        let mut connection = self.connection.clone();
-        let released: i64 = self
-            .release
-            .key(format!("{key}:tat"))
-            .arg(tat_micros)
-            .arg(micros(interval))
-            .invoke_async(&mut connection)
-            .await?;
-        Ok(released == 1)
+        self.give_back(key, tat_micros, 1, interval).await
     }
 }
