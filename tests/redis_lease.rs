@@ -334,3 +334,88 @@ async fn an_acquire_cancelled_while_it_asked_for_a_lease_does_not_stall_the_next
     assert_eq!(store.stats().fallback_decisions(), 0, "{:?}", store.stats());
     assert!(store.stats().leases() >= 1, "{:?}", store.stats());
 }
+
+/// With leasing, a hedge's copy goes on a slot of the lease this process holds, decided at once
+/// without a round trip; without leasing a shared store has no slot at once, and no copy goes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedge_copy_goes_on_a_leased_slot_and_never_without_one() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use tower_outbound::body::ReplayBody;
+    use tower_outbound::hedge::HedgeLayer;
+    use tower_outbound::partition::ByUpstream;
+    use tower_outbound::Outbound;
+
+    const WARM_UP: u32 = 20;
+    let server = RedisServer::start();
+    for leasing in [true, false] {
+        let store = RedisStore::connect(&server.url())
+            .await
+            .unwrap()
+            .prefix(if leasing { "hedged-leasing" } else { "hedged" });
+        let store = if leasing { store.lease(8) } else { store };
+        let hedge = HedgeLayer::new()
+            .fallback_delay(Duration::from_millis(1))
+            .budget(1.0);
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let counts = {
+            let hedge = hedge.clone();
+            move || {
+                hedge
+                    .stats()
+                    .of(&ByUpstream::of(&"http://api.example.com/".parse().unwrap()).unwrap())
+                    .unwrap_or_default()
+            }
+        };
+        let seen = counts.clone();
+        let stack = Outbound::new()
+            .hedge(Some(hedge.clone()))
+            .throttle(Some(
+                ThrottleLayer::new(1_000, Duration::from_secs(1))
+                    .burst(100)
+                    .store(store.clone()),
+            ))
+            .service(tower::service_fn(move |_req: Request<ReplayBody>| {
+                let n = counted.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                async move {
+                    // The call after the warm-up answers only when its copy won (it is dropped
+                    // then) or when the hedge refused to send one; the copy answers at once.
+                    if n == WARM_UP {
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        while seen().refused_state == 0 && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(1)).await;
+                        }
+                    }
+                    Ok::<_, std::convert::Infallible>(Response::new(()))
+                }
+            }));
+        let get = || {
+            Request::get("http://api.example.com/")
+                .body(ReplayBody::from_bytes(bytes::Bytes::new()))
+                .unwrap()
+        };
+        // Quick calls: the process's rate grows its leases, and the hedge learns the latency.
+        for _ in 0..WARM_UP {
+            stack.clone().oneshot(get()).await.unwrap();
+        }
+        // A renewal asked for during the warm-up lands.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        stack.clone().oneshot(get()).await.unwrap();
+
+        let counts = counts();
+        if leasing {
+            assert_eq!(
+                (counts.sent, counts.won),
+                (1, 1),
+                "{counts:?}, {:?}",
+                store.stats()
+            );
+            assert_eq!(calls.load(Ordering::SeqCst), WARM_UP + 2);
+        } else {
+            assert_eq!(counts.sent, 0, "{counts:?}");
+            assert_eq!(counts.refused_state, 1, "{counts:?}");
+            assert_eq!(calls.load(Ordering::SeqCst), WARM_UP + 1);
+        }
+    }
+}

@@ -19,7 +19,8 @@
 //!   struggling upstream), nor when the call's remaining deadline is shorter than the median (the copy
 //!   could not answer in time). Within [`Outbound`](crate::Outbound), also none while the
 //!   upstream's breaker is not closed, while its Retry-After gate holds a server-named pause,
-//!   or when the throttle has no token at once.
+//!   or when the throttle has no token at once (a shared store's token at once is one it holds
+//!   here, as a Redis store's leased slot).
 //! - **Only what may be sent twice.** `GET`, `HEAD`, `OPTIONS`, and writes that carry an
 //!   idempotency key (both copies carry the same one). Any other request is never hedged, nor
 //!   is a body that cannot be sent again (a stream over the buffer limit).

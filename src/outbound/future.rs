@@ -633,9 +633,10 @@ impl<S> Call<S> {
             return;
         }
         if let Some(throttle) = &stack.throttle {
-            // A token at once from this process's bucket, or no copy.
-            let token = record.bucket.as_ref().is_some_and(|bucket| {
-                matches!(
+            // A token at once (from this process's bucket, or one a shared store holds here),
+            // or no copy.
+            let token = match &record.bucket {
+                Some(bucket) => matches!(
                     LocalStore::acquire_at(
                         bucket,
                         since.saturating_add(record.bucket_lag),
@@ -643,8 +644,11 @@ impl<S> Call<S> {
                         0,
                     ),
                     Decision::Go
-                )
-            });
+                ),
+                None => throttle
+                    .store
+                    .take_at_once(record.key.as_ref(), &throttle.quota),
+            };
             if !token {
                 hedger.refused(shared, Refusal::State);
                 return;

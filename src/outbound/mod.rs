@@ -382,8 +382,10 @@ impl Outbound {
     /// answers first is the attempt's answer. A hedge is not a retry: the attempt cap, the retry
     /// budget and the breaker count the hedged attempt once, with the winner's outcome; the
     /// copy takes no place of its own under the concurrency limit, and goes only when the
-    /// breaker is closed, the gate open and (with a throttle in this process) a token is there
-    /// at once (with a shared store, never).
+    /// breaker is closed, the gate open and (with a throttle) a token is there at once: from
+    /// this process's bucket, or from a shared store that holds one here without a round trip
+    /// ([`BucketStore::take_at_once`](crate::throttle::BucketStore::take_at_once): a Redis
+    /// store's leased slot; without leasing, never).
     pub fn hedge(mut self, layer: Option<HedgeLayer>) -> Self {
         self.hedge = layer.map(|h| h.partition(self.scope));
         self

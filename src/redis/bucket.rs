@@ -345,12 +345,7 @@ impl RedisBuckets {
     /// scripting permissions cannot do.
     pub(crate) async fn load(&self) -> redis::RedisResult<()> {
         let mut connection = self.connection.clone();
-        for script in [
-            &self.acquire,
-            &self.adopt,
-            &self.lease,
-            &self.give_back,
-        ] {
+        for script in [&self.acquire, &self.adopt, &self.lease, &self.give_back] {
             script.load_async(&mut connection).await?;
         }
         Ok(())

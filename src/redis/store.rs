@@ -1005,6 +1005,30 @@ impl BucketStore for RedisStore {
         true
     }
 
+    /// With leasing on, a slot of a lease this process holds when one is due now (counted as
+    /// a leased decision); while Redis is away, a slot of the fallback bucket's share, as an
+    /// acquire would take. Without leasing every slot is a round trip: none.
+    fn take_at_once(&self, key: Option<&PartitionKey>, quota: &Quota) -> bool {
+        let inner = &self.inner;
+        if inner.leasing.is_none() {
+            return false;
+        }
+        if inner.is_away() {
+            return inner.local.take_at_once(key, &inner.fallback_quota(quota));
+        }
+        let now = tokio::time::Instant::now();
+        let mut leases = lock(&inner.leases);
+        let Some(held) = leases.get_mut(&inner.key(key)) else {
+            return false;
+        };
+        if held.peek().is_none_or(|at| at > now) {
+            return false;
+        }
+        held.take();
+        inner.stats.count(5);
+        true
+    }
+
     fn release(&self, key: Option<&PartitionKey>, quota: &Quota, reservation: Reservation) {
         if reservation.0 & LEASED != 0 && reservation.0 & LOCAL == 0 {
             // A leased slot a dropped waiter did not use passes with its time.

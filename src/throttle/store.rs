@@ -135,6 +135,17 @@ pub trait BucketStore: Send + Sync + 'static {
         self.adopt(key, quota, report.remaining, report.reset);
         true
     }
+
+    /// Takes a slot of the bucket `key` if one is there now, deciding at once, without waiting
+    /// or a round trip: for a request that goes only if it costs nothing (a hedge's copy).
+    /// Returns whether it took one.
+    ///
+    /// The default takes none, so such requests never go. [`LocalStore`] takes a slot its
+    /// bucket has now; a Redis store with leasing takes a leased slot that is due.
+    fn take_at_once(&self, key: Option<&PartitionKey>, quota: &Quota) -> bool {
+        let _ = (key, quota);
+        false
+    }
 }
 
 impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
@@ -157,6 +168,10 @@ impl<T: BucketStore + ?Sized> BucketStore for Arc<T> {
         report: WindowReport,
     ) -> bool {
         (**self).adopt_report(key, quota, report)
+    }
+
+    fn take_at_once(&self, key: Option<&PartitionKey>, quota: &Quota) -> bool {
+        (**self).take_at_once(key, quota)
     }
 }
 
@@ -339,5 +354,12 @@ impl BucketStore for LocalStore {
         report: WindowReport,
     ) -> bool {
         self.with_bucket(key, |b| self.report_in(b, report))
+    }
+
+    fn take_at_once(&self, key: Option<&PartitionKey>, quota: &Quota) -> bool {
+        let now = Instant::now();
+        self.with_bucket(key, |b| {
+            matches!(self.acquire_in(b, now, quota, Duration::ZERO), Decision::Go)
+        })
     }
 }
