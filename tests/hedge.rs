@@ -38,6 +38,8 @@ impl Drop for Alive {
 #[derive(Clone)]
 struct Upstream {
     plan: Arc<dyn Fn(u32) -> (Duration, StatusCode) + Send + Sync>,
+    /// The window's count each answer carries, when the upstream has a window (reset in 60 s).
+    remaining: Option<Arc<dyn Fn(u32) -> u64 + Send + Sync>>,
     calls: Arc<AtomicU32>,
     alive: Arc<AtomicU32>,
     seen: Arc<Mutex<Vec<Seen>>>,
@@ -50,10 +52,18 @@ impl Upstream {
     fn new(plan: impl Fn(u32) -> (Duration, StatusCode) + Send + Sync + 'static) -> Self {
         Upstream {
             plan: Arc::new(plan),
+            remaining: None,
             calls: Arc::default(),
             alive: Arc::default(),
             seen: Arc::default(),
         }
+    }
+
+    /// With a window: the `n`-th answer says `remaining(n)` requests are left
+    /// (`RateLimit-Remaining`), the window resetting in 60 s.
+    fn window(mut self, remaining: impl Fn(u32) -> u64 + Send + Sync + 'static) -> Self {
+        self.remaining = Some(Arc::new(remaining));
+        self
     }
 
     fn calls(&self) -> u32 {
@@ -76,6 +86,7 @@ impl Service<Request<ReplayBody>> for Upstream {
     fn call(&mut self, request: Request<ReplayBody>) -> Self::Future {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         let (delay, status) = (self.plan)(n);
+        let remaining = self.remaining.as_ref().map(|remaining| remaining(n));
         let alive = Alive::new(&self.alive);
         let seen = self.seen.clone();
         Box::pin(async move {
@@ -91,7 +102,13 @@ impl Service<Request<ReplayBody>> for Upstream {
                 .to_bytes();
             seen.lock().unwrap().push((parts.method, key, body));
             tokio::time::sleep(delay).await;
-            Ok(Response::builder().status(status).body(()).unwrap())
+            let mut response = Response::builder().status(status);
+            if let Some(remaining) = remaining {
+                response = response
+                    .header("ratelimit-remaining", remaining)
+                    .header("ratelimit-reset", "60");
+            }
+            Ok(response.body(()).unwrap())
         })
     }
 }
@@ -606,54 +623,23 @@ mod composed {
         assert_eq!(counts(&layer).refused_state, 1);
     }
 
-    /// An upstream whose every answer carries the window's count (`RateLimit-Remaining` as
-    /// planned for the n-th request, reset in 60 s).
-    #[derive(Clone)]
-    struct Windowed {
-        calls: Arc<AtomicU32>,
-        plan: Arc<dyn Fn(u32) -> (Duration, u64) + Send + Sync>,
-    }
-
-    impl Service<Request<ReplayBody>> for Windowed {
-        type Response = Response<()>;
-        type Error = Error;
-        type Future = futures_like::BoxFuture<Result<Response<()>, Error>>;
-
-        fn poll_ready(
-            &mut self,
-            _cx: &mut std::task::Context<'_>,
-        ) -> std::task::Poll<Result<(), Error>> {
-            std::task::Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, _request: Request<ReplayBody>) -> Self::Future {
-            let (delay, remaining) = (self.plan)(self.calls.fetch_add(1, Ordering::SeqCst));
-            Box::pin(async move {
-                tokio::time::sleep(delay).await;
-                Ok(Response::builder()
-                    .header("ratelimit-remaining", remaining)
-                    .header("ratelimit-reset", "60")
-                    .body(())
-                    .unwrap())
-            })
-        }
-    }
-
     /// A regression test: a copy went on a token of the throttle's bucket but was not among its
     /// outstanding requests, so a reply that came while a copy was in flight was taken as
     /// leaving one more request in the window than it did.
     #[tokio::test(start_paused = true)]
     async fn a_copy_in_flight_counts_among_the_throttles_outstanding_requests() {
-        let upstream = Windowed {
-            calls: Arc::default(),
-            plan: Arc::new(|n| match n {
-                // A and its copy: slow, still out when B answers.
-                0 | 1 => (ms(300), 50),
-                // B: 4 left in the window, not counting A and its copy.
-                2 => (ms(5), 4),
-                _ => (ms(1), 1),
-            }),
-        };
+        // A and its copy: slow, still out when B answers with 4 left in the window, not
+        // counting A and its copy.
+        let upstream = Upstream::new(|n| match n {
+            0 | 1 => (ms(300), StatusCode::OK),
+            2 => (ms(5), StatusCode::OK),
+            _ => (ms(1), StatusCode::OK),
+        })
+        .window(|n| match n {
+            2 => 4,
+            0 | 1 => 50,
+            _ => 1,
+        });
         let layer = HedgeLayer::new().fallback_delay(ms(20)).budget(1.0);
         let stack = hedging(&layer)
             .throttle(Some(

@@ -196,32 +196,27 @@ async fn a_server_certificate_from_another_ca_is_a_typed_tls_error_at_connect() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acl_users_work_with_their_permissions_and_are_refused_at_connect_without_them() {
     let server = RedisServer::start();
-    let admin = redis::Client::open(server.url()).unwrap();
-    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
-    for rules in [
-        // Everything the store does.
-        vec!["worker", "on", ">worker-pw-1", "~*", "+@all"],
-        // No scripting.
-        vec!["reader", "on", ">reader-pw-2", "~*", "+@all", "-@scripting"],
-        // Scripts, but not on the store's keys.
-        vec!["elsewhere", "on", ">elsewhere-pw-3", "~other:*", "+@all"],
-        // All but one command a reply's report runs (in its script).
-        vec![
-            "no-hgetall",
-            "on",
-            ">no-hgetall-pw-5",
-            "~*",
-            "+@all",
-            "-hgetall",
+    add_users(
+        &server,
+        &[
+            // Everything the store does.
+            vec!["worker", "on", ">worker-pw-1", "~*", "+@all"],
+            // No scripting.
+            vec!["reader", "on", ">reader-pw-2", "~*", "+@all", "-@scripting"],
+            // Scripts, but not on the store's keys.
+            vec!["elsewhere", "on", ">elsewhere-pw-3", "~other:*", "+@all"],
+            // All but one command a reply's report runs (in its script).
+            vec![
+                "no-hgetall",
+                "on",
+                ">no-hgetall-pw-5",
+                "~*",
+                "+@all",
+                "-hgetall",
+            ],
         ],
-    ] {
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&rules)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-    }
+    )
+    .await;
     let url = |user: &str, password: &str| {
         format!(
             "redis://{user}:{password}@127.0.0.1:{}/",
@@ -273,21 +268,18 @@ async fn acl_users_work_with_their_permissions_and_are_refused_at_connect_withou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_stream_the_user_cannot_write_is_refused_at_start() {
     let server = RedisServer::start();
+    add_users(
+        &server,
+        &[
+            vec!["worker", "on", ">worker-pw-1", "~*", "+@all"],
+            vec!["reader", "on", ">reader-pw-2", "~*", "+@all", "-@scripting"],
+            vec!["no-xadd", "on", ">no-xadd-pw-3", "~*", "+@all", "-xadd"],
+            vec!["read-only", "on", ">read-only-pw-4", "%R~*", "+@all"],
+        ],
+    )
+    .await;
     let admin = redis::Client::open(server.url()).unwrap();
     let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
-    for rules in [
-        vec!["worker", "on", ">worker-pw-1", "~*", "+@all"],
-        vec!["reader", "on", ">reader-pw-2", "~*", "+@all", "-@scripting"],
-        vec!["no-xadd", "on", ">no-xadd-pw-3", "~*", "+@all", "-xadd"],
-        vec!["read-only", "on", ">read-only-pw-4", "%R~*", "+@all"],
-    ] {
-        let _: () = redis::cmd("ACL")
-            .arg("SETUSER")
-            .arg(&rules)
-            .query_async(&mut admin)
-            .await
-            .unwrap();
-    }
     let _: () = redis::cmd("SET")
         .arg("not-a-stream")
         .arg("1")
@@ -347,5 +339,19 @@ async fn a_dead_letter_stream_the_user_cannot_write_is_refused_at_start() {
             !shown.contains(password),
             "{user}: the password is shown: {shown}"
         );
+    }
+}
+
+/// Adds ACL users, each with its `ACL SETUSER` rules.
+async fn add_users(server: &RedisServer, users: &[Vec<&str>]) {
+    let admin = redis::Client::open(server.url()).unwrap();
+    let mut admin = admin.get_multiplexed_async_connection().await.unwrap();
+    for rules in users {
+        let _: () = redis::cmd("ACL")
+            .arg("SETUSER")
+            .arg(rules)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
     }
 }
