@@ -433,7 +433,7 @@ mod composed {
     use tower_outbound::dead_letter::MemorySink;
     use tower_outbound::retry::Attempts;
     use tower_outbound::{
-        CircuitBreakerLayer, DeadLetterLayer, Outbound, RetryLayer, ThrottleLayer,
+        CircuitBreakerLayer, ConcurrencyLayer, DeadLetterLayer, Outbound, RetryLayer, ThrottleLayer,
     };
 
     fn hedging(layer: &HedgeLayer) -> Outbound {
@@ -668,6 +668,41 @@ mod composed {
             );
         }
         a.await.unwrap().unwrap();
+    }
+
+    /// A copy is a request to the upstream like the attempt: it goes only with a place under
+    /// the concurrency limit free at once (it never waits in line), and gives it back when it
+    /// answers or is dropped.
+    #[tokio::test(start_paused = true)]
+    async fn a_copy_goes_only_with_a_place_under_the_concurrency_limit_free_at_once() {
+        for (limit, copies) in [(1, 0), (2, 1)] {
+            let upstream = Upstream::new(|n| match n {
+                0 => (ms(300), StatusCode::OK),
+                _ => (ms(2), StatusCode::OK),
+            });
+            let layer = HedgeLayer::new().fallback_delay(ms(20)).budget(1.0);
+            let stack = hedging(&layer).concurrency(Some(ConcurrencyLayer::fixed(limit)));
+
+            let response = stack
+                .clone()
+                .service(upstream.clone())
+                .oneshot(get())
+                .await
+                .unwrap();
+
+            assert_eq!(response.status(), StatusCode::OK);
+            let counts = counts(&layer);
+            assert_eq!(counts.sent, copies, "limit {limit}: {counts:?}");
+            assert_eq!(
+                counts.refused_state,
+                1 - copies,
+                "limit {limit}: {counts:?}"
+            );
+            assert_eq!(upstream.calls(), 1 + copies as u32, "limit {limit}");
+            let key = ByUpstream::of(&URL.parse().unwrap()).unwrap();
+            let state = stack.concurrency_layer().unwrap().limit_of(&key).unwrap();
+            assert_eq!(state.in_flight, 0, "limit {limit}: every place given back");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -211,6 +211,17 @@ impl Limiter {
         Acquired::Wait(state.line.join())
     }
 
+    /// A place now, if one is free and no call is in line: for a request that goes only if it
+    /// costs no wait (a hedge's copy). Never joins the line.
+    pub(crate) fn try_acquire(&self) -> bool {
+        let mut state = lock(&self.state);
+        let free = state.line.is_empty() && state.in_flight < state.cap();
+        if free {
+            state.in_flight += 1;
+        }
+        free
+    }
+
     /// Whether the call of `ticket` may go now: it takes a place when its turn has come (the
     /// calls ahead of it in line leave first), else waits to be woken with `waker`.
     pub(crate) fn turn(&self, ticket: u64, waker: &Waker) -> bool {

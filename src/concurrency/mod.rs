@@ -141,6 +141,16 @@ impl Registry {
         acquired
     }
 
+    /// A request that never waits (a hedge's copy) takes a place if one is free now.
+    pub(crate) fn try_acquire(&self, limiter: &Limiter) -> bool {
+        let took = limiter.try_acquire();
+        #[cfg(feature = "metrics")]
+        if took {
+            meter(limiter);
+        }
+        took
+    }
+
     /// The call of `ticket` looks whether its turn has come.
     pub(crate) fn turn(&self, limiter: &Limiter, ticket: u64, waker: &std::task::Waker) -> bool {
         let went = limiter.turn(ticket, waker);

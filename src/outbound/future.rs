@@ -186,10 +186,24 @@ struct Copy<F> {
     /// Its place among the throttle's outstanding requests (the server counts it too), given
     /// back when the copy answers or is dropped.
     _outstanding: Option<crate::throttle::OutstandingHold>,
+    /// Its place under the concurrency limit, given back the same way.
+    _place: Option<CopyPlace>,
     /// When it was sent, in nanoseconds after the record's epoch.
     sent_at: u64,
     /// Whether the attempt's first copy ended in a retryable failure: this one goes on alone.
     first_done: bool,
+}
+
+/// A copy's place under its upstream's concurrency limit, given back when dropped (with no
+/// latency sample: the attempt's answer speaks for the upstream once).
+struct CopyPlace(Arc<Record>);
+
+impl Drop for CopyPlace {
+    fn drop(&mut self) {
+        if let (Some(limits), Some(limiter)) = (&self.0.stack.concurrency, &self.0.limiter) {
+            limits.release(limiter, None, Instant::now());
+        }
+    }
 }
 
 /// What the timer of an attempt in flight fired for.
@@ -632,6 +646,17 @@ impl<S> Call<S> {
         if hedger.admit(shared, now, remaining).is_err() {
             return;
         }
+        // A place under the concurrency limit free now, or no copy: a copy never waits.
+        let place = match (&stack.concurrency, &record.limiter) {
+            (Some(limits), Some(limiter)) => {
+                if !limits.try_acquire(limiter) {
+                    hedger.refused(shared, Refusal::State);
+                    return;
+                }
+                Some(CopyPlace(record.clone()))
+            }
+            _ => None,
+        };
         if let Some(throttle) = &stack.throttle {
             // A token at once (from this process's bucket, or one a shared store holds here),
             // or no copy.
@@ -664,6 +689,7 @@ impl<S> Call<S> {
         *hedge = Some(Box::new(Copy {
             future: Box::pin(self.inner.call(request)),
             _outstanding: stack.throttle.as_ref().map(|t| t.hold_outstanding()),
+            _place: place,
             sent_at: since,
             first_done: false,
         }));

@@ -380,9 +380,10 @@ impl Outbound {
     /// [`partition`](Self::partition). An attempt not answered after its upstream's usual p95
     /// gets one copy (see [`hedge`](crate::hedge) for when one is never sent); whichever
     /// answers first is the attempt's answer. A hedge is not a retry: the attempt cap, the retry
-    /// budget and the breaker count the hedged attempt once, with the winner's outcome; the
-    /// copy takes no place of its own under the concurrency limit, and goes only when the
-    /// breaker is closed, the gate open and (with a throttle) a token is there at once: from
+    /// budget and the breaker count the hedged attempt once, with the winner's outcome. The
+    /// copy goes only when the breaker is closed, the gate open, (with a concurrency limit) a
+    /// place is free at once, which it holds until it answers or is dropped, and (with a
+    /// throttle) a token is there at once: from
     /// this process's bucket, or from a shared store that holds one here without a round trip
     /// ([`BucketStore::take_at_once`](crate::throttle::BucketStore::take_at_once): a Redis
     /// store's leased slot; without leasing, never).
