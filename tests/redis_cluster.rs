@@ -300,3 +300,64 @@ async fn a_primary_killed_mid_run_fails_over_and_the_store_shares_again() {
         started.elapsed()
     );
 }
+
+/// A primary without a replica restarted empty (a crash with no persistence): it comes back
+/// with its slots (its cluster config survives) but without the bucket's keys or the scripts.
+/// The store goes on through its fallback meanwhile, loads the scripts again on `NOSCRIPT`, and
+/// shares the bucket through the cluster again; the bucket starts over full, which lets at
+/// most one burst more through than the lost state would have.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_restarted_empty_shares_the_bucket_again() {
+    let mut cluster = Cluster::start();
+    let urls = cluster.urls();
+    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
+    let store = RedisStore::cluster(&nodes)
+        .await
+        .unwrap()
+        .prefix("restarted");
+    let host = HOSTS[0];
+    let primary = cluster.primary_of(&format!("{{restarted:https://{host}:443}}"));
+    let service = tower::ServiceBuilder::new()
+        .layer(
+            ThrottleLayer::new(100, Duration::from_secs(1))
+                .max_wait(Duration::from_secs(5))
+                .store(store.clone())
+                .partition(ByUpstream),
+        )
+        .service(tower::service_fn(|_req: Request<String>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        }));
+    for _ in 0..20 {
+        service.clone().oneshot(get(host)).await.unwrap();
+    }
+    let before = store.stats().redis_decisions();
+    assert!(
+        before >= 20,
+        "shared through the cluster before the restart"
+    );
+
+    cluster.nodes[primary].restart();
+    assert_eq!(cluster.keys_per_node()[primary], 0, "it came back empty");
+    cluster.wait_ok();
+    let started = Instant::now();
+    let mut calls = 0;
+    while started.elapsed() < Duration::from_secs(15) {
+        service.clone().oneshot(get(host)).await.unwrap();
+        calls += 1;
+        if store.stats().redis_decisions() > before + 20 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    assert!(
+        store.stats().redis_decisions() > before + 20,
+        "after the restart the bucket is shared through Redis again ({calls} calls, {:?}, {:?})",
+        started.elapsed(),
+        store.stats()
+    );
+    assert!(
+        cluster.keys_per_node()[primary] > 0,
+        "the bucket's keys are on the restarted node again"
+    );
+}

@@ -21,31 +21,56 @@ fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// A free loopback port; for a cluster node, one whose cluster bus port (the port + 10000) is
+/// free too.
+fn free_port_for(cluster: bool) -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        let bus_free = port
+            .checked_add(10_000)
+            .is_some_and(|bus| TcpListener::bind(("127.0.0.1", bus)).is_ok());
+        if !cluster || bus_free {
+            return port;
+        }
+    }
+    panic!("no free loopback port with a free cluster bus port in 100 tries");
+}
+
 impl RedisServer {
     /// Starts `redis-server` on a free port and waits until it answers PING.
     pub fn start() -> Self {
         Self::start_with(Vec::new())
     }
 
-    /// Starts it with these arguments too (its plain port stays open for PING).
+    /// Starts it with these arguments too (its plain port stays open for PING). A port found
+    /// free can be taken by another socket before the server binds it (tests run in parallel,
+    /// and every connection takes a local port): then it starts again on another, three times
+    /// at most.
     pub fn start_with(extra: Vec<String>) -> Self {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!(
-            "tower-outbound-redis-{}-{port}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("create the redis directory");
-        let mut server = RedisServer {
-            child: None,
-            port,
-            dir,
-            extra,
-        };
-        server.spawn();
-        server
+        let cluster = extra.iter().any(|arg| arg == "--cluster-enabled");
+        for _ in 0..3 {
+            let port = free_port_for(cluster);
+            let dir = std::env::temp_dir().join(format!(
+                "tower-outbound-redis-{}-{port}",
+                std::process::id()
+            ));
+            std::fs::create_dir_all(&dir).expect("create the redis directory");
+            let mut server = RedisServer {
+                child: None,
+                port,
+                dir,
+                extra: extra.clone(),
+            };
+            if server.spawn() {
+                return server;
+            }
+        }
+        panic!("redis-server did not start on any of three free ports");
     }
 
-    fn spawn(&mut self) {
+    /// Starts the server and waits until it answers PING: `false` when it exited or did not
+    /// answer within 10 s.
+    fn spawn(&mut self) -> bool {
         let child = Command::new("redis-server")
             .args([
                 "--port",
@@ -72,21 +97,29 @@ impl RedisServer {
                 )
             });
         self.child = Some(child);
-        self.wait_ready();
+        let ready = self.wait_ready();
+        if !ready {
+            self.kill();
+        }
+        ready
     }
 
-    fn wait_ready(&self) {
+    fn wait_ready(&mut self) -> bool {
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if self.ping() {
-                return;
+                return true;
+            }
+            let exited = self
+                .child
+                .as_mut()
+                .is_none_or(|child| !matches!(child.try_wait(), Ok(None)));
+            if exited {
+                return false;
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        panic!(
-            "redis-server on port {} did not answer PING within 10 s",
-            self.port
-        );
+        false
     }
 
     fn ping(&self) -> bool {
@@ -126,7 +159,11 @@ impl RedisServer {
     /// Starts it again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        assert!(
+            self.spawn(),
+            "redis-server did not come back on port {} within 10 s",
+            self.port
+        );
     }
 }
 
