@@ -250,18 +250,21 @@ async fn a_node_that_lost_its_scripts_gets_them_again() {
     assert_eq!(store.stats().fallback_decisions(), 0, "none fell back");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_primary_killed_mid_run_fails_over_and_the_store_shares_again() {
-    let mut cluster = Cluster::start_with(3, 1);
+/// One upstream's bucket on the cluster, shared through a store under `prefix` at 100 requests
+/// a second: the store, a throttled service over it, and the node that holds the bucket as its
+/// primary. Twenty calls have gone through Redis already.
+async fn shared_bucket(
+    cluster: &Cluster,
+    prefix: &str,
+) -> (
+    RedisStore,
+    impl tower::Service<Request<String>, Response = Response<()>, Error = tower_outbound::Error> + Clone,
+    usize,
+) {
     let urls = cluster.urls();
     let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let store = RedisStore::cluster(&nodes)
-        .await
-        .unwrap()
-        .prefix("failover");
-    // The bucket of this upstream, and the primary that holds it.
-    let host = HOSTS[0];
-    let primary = cluster.primary_of(&format!("{{failover:https://{host}:443}}"));
+    let store = RedisStore::cluster(&nodes).await.unwrap().prefix(prefix);
+    let primary = cluster.primary_of(&format!("{{{prefix}:https://{}:443}}", HOSTS[0]));
     let service = tower::ServiceBuilder::new()
         .layer(
             ThrottleLayer::new(100, Duration::from_secs(1))
@@ -273,31 +276,55 @@ async fn a_primary_killed_mid_run_fails_over_and_the_store_shares_again() {
             Ok::<_, std::convert::Infallible>(Response::new(()))
         }));
     for _ in 0..20 {
-        service.clone().oneshot(get(host)).await.unwrap();
+        service.clone().oneshot(get(HOSTS[0])).await.unwrap();
     }
-    let before = store.stats().redis_decisions();
-    assert!(before >= 20, "shared through the cluster before the kill");
+    assert!(
+        store.stats().redis_decisions() >= 20,
+        "shared through the cluster"
+    );
+    (store, service, primary)
+}
 
-    // The bucket's primary dies; its replica is promoted after the node timeout (1 s).
-    cluster.nodes[primary].kill();
-    let live: Vec<usize> = (0..cluster.nodes.len()).filter(|&n| n != primary).collect();
+/// Calls every 10 ms (the store's fallback decides while the bucket's slot has no primary)
+/// until 20 more were decided by Redis than `before`, or 15 s passed: how many calls, and how
+/// long it took.
+async fn calls_until_shared_again<S>(
+    store: &RedisStore,
+    service: &S,
+    before: u64,
+) -> (u32, Duration)
+where
+    S: tower::Service<Request<String>, Response = Response<()>, Error = tower_outbound::Error>
+        + Clone,
+{
     let started = Instant::now();
     let mut calls = 0;
-    // Calls go on meanwhile (the store's fallback decides while the slot has no primary).
     while started.elapsed() < Duration::from_secs(15) {
-        service.clone().oneshot(get(host)).await.unwrap();
+        service.clone().oneshot(get(HOSTS[0])).await.unwrap();
         calls += 1;
         if store.stats().redis_decisions() > before + 20 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    (calls, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_run_fails_over_and_the_store_shares_again() {
+    let mut cluster = Cluster::start_with(3, 1);
+    let (store, service, primary) = shared_bucket(&cluster, "failover").await;
+    let before = store.stats().redis_decisions();
+
+    // The bucket's primary dies; its replica is promoted after the node timeout (1 s).
+    cluster.nodes[primary].kill();
+    let live: Vec<usize> = (0..cluster.nodes.len()).filter(|&n| n != primary).collect();
+    let (calls, took) = calls_until_shared_again(&store, &service, before).await;
     cluster.wait_ok_on(&live);
 
     assert!(
         store.stats().redis_decisions() > before + 20,
-        "after the failover the bucket is shared through Redis again ({calls} calls, {:?})",
-        started.elapsed()
+        "after the failover the bucket is shared through Redis again ({calls} calls, {took:?})"
     );
 }
 
@@ -309,51 +336,17 @@ async fn a_primary_killed_mid_run_fails_over_and_the_store_shares_again() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_restarted_empty_shares_the_bucket_again() {
     let mut cluster = Cluster::start();
-    let urls = cluster.urls();
-    let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
-    let store = RedisStore::cluster(&nodes)
-        .await
-        .unwrap()
-        .prefix("restarted");
-    let host = HOSTS[0];
-    let primary = cluster.primary_of(&format!("{{restarted:https://{host}:443}}"));
-    let service = tower::ServiceBuilder::new()
-        .layer(
-            ThrottleLayer::new(100, Duration::from_secs(1))
-                .max_wait(Duration::from_secs(5))
-                .store(store.clone())
-                .partition(ByUpstream),
-        )
-        .service(tower::service_fn(|_req: Request<String>| async {
-            Ok::<_, std::convert::Infallible>(Response::new(()))
-        }));
-    for _ in 0..20 {
-        service.clone().oneshot(get(host)).await.unwrap();
-    }
+    let (store, service, primary) = shared_bucket(&cluster, "restarted").await;
     let before = store.stats().redis_decisions();
-    assert!(
-        before >= 20,
-        "shared through the cluster before the restart"
-    );
 
     cluster.nodes[primary].restart();
     assert_eq!(cluster.keys_per_node()[primary], 0, "it came back empty");
     cluster.wait_ok();
-    let started = Instant::now();
-    let mut calls = 0;
-    while started.elapsed() < Duration::from_secs(15) {
-        service.clone().oneshot(get(host)).await.unwrap();
-        calls += 1;
-        if store.stats().redis_decisions() > before + 20 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let (calls, took) = calls_until_shared_again(&store, &service, before).await;
 
     assert!(
         store.stats().redis_decisions() > before + 20,
-        "after the restart the bucket is shared through Redis again ({calls} calls, {:?}, {:?})",
-        started.elapsed(),
+        "after the restart the bucket is shared through Redis again ({calls} calls, {took:?}, {:?})",
         store.stats()
     );
     assert!(

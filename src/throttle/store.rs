@@ -363,3 +363,26 @@ impl BucketStore for LocalStore {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_at_once_is_taken_only_while_the_bucket_has_one_now() {
+        let store = LocalStore::new();
+        let quota = Quota::new(1, Duration::from_secs(1))
+            .unwrap()
+            .with_burst(2)
+            .unwrap();
+        let taken: Vec<bool> = (0..3).map(|_| store.take_at_once(None, &quota)).collect();
+        assert_eq!(
+            taken,
+            [true, true, false],
+            "the burst, then none without a wait"
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(store.take_at_once(None, &quota), "one more a second later");
+        assert!(!store.take_at_once(None, &quota));
+    }
+}
